@@ -1,0 +1,137 @@
+"""The backend the page and the API call: one loaded model, guarded, and chat turns on it.
+
+Settings and messages go in; text chunks and Stats come out. Nothing here knows about
+Gradio, so the same backend serves the page, the API, the tests and the benchmark.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from . import prompt as prompts
+from .engines import Chunk, Engine, load_engine
+from .export import Exported, ModelUnavailable, Progress, default_settings, ensure_exported
+from .settings import BUNDLED, ExportSettings, GenerationSettings, Limits, RuntimeSettings, SettingsError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """The model in memory, how it got there, and anything the user should be told."""
+
+    engine: Engine
+    exported: Exported
+    runtime: RuntimeSettings
+    notices: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        return (f"**{self.exported.source}** · {self.exported.describe()} · "
+                f"engine {self.engine.name} on {self.engine.device} · "
+                f"{self.engine.context_window}-token window")
+
+
+def fallback_notice(model: str, reason: str) -> str:
+    return (
+        f"{model} could not be loaded: {reason} Running the bundled SmolLM2-135M-Instruct "
+        f"instead. To chat with Phi-3, connect to the internet once and run "
+        f"`python -m phi3ui.export {model}`, or start with `--model /path/to/exported/folder`."
+    )
+
+
+@dataclass
+class ChatBackend:
+    """Holds the one loaded model. Loading swaps it under `_load_lock`; generation is
+    serialised by the engine's own lock; `_stops` lets a session stop its own answer."""
+
+    limits: Limits = field(default_factory=Limits)
+    loaded: Loaded | None = None
+    _load_lock: threading.Lock = field(default_factory=threading.Lock)
+    _stops: dict[str, threading.Event] = field(default_factory=dict)
+
+    def load(self, model: str, export: ExportSettings | None = None,
+             runtime: RuntimeSettings = RuntimeSettings(), progress: Progress = log.info,
+             fallback: bool = False) -> Loaded:
+        """Export if needed, then load; with `fallback`, an unavailable model gives way to
+        the bundled one (the page says so) instead of failing the start."""
+        runtime.validate()
+        notices: list[str] = []
+        with self._load_lock:
+            try:
+                exported = ensure_exported(model, export, progress)
+            except ModelUnavailable as exc:
+                if not fallback or model == BUNDLED:
+                    raise
+                notice = fallback_notice(model, str(exc))
+                log.warning(notice)
+                notices.append(notice)
+                exported = ensure_exported(BUNDLED, default_settings(BUNDLED), progress)
+            progress(f"Loading {exported.folder} with the {runtime.engine} engine…")
+            old, self.loaded = self.loaded, None
+            del old  # free the previous model's memory before loading the next one
+            engine = load_engine(exported.folder, runtime)
+            if engine.device_warning:
+                log.warning(engine.device_warning)
+                notices.append(engine.device_warning)
+            self.loaded = Loaded(engine, exported, runtime, tuple(notices))
+            progress(f"Loaded: {self.loaded.describe()}")
+            return self.loaded
+
+    @property
+    def engine(self) -> Engine:
+        if self.loaded is None:
+            raise SettingsError("No model is loaded yet.")
+        return self.loaded.engine
+
+    def check_message(self, message: object) -> str:
+        if not isinstance(message, str):
+            raise prompts.PromptError("The message must be text.")
+        if not message.strip():
+            raise prompts.PromptError("The message is empty.")
+        if len(message) > self.limits.max_message_chars:
+            raise prompts.PromptError(
+                f"The message is {len(message):,} characters; the limit is "
+                f"{self.limits.max_message_chars:,}. Nothing was sent; your text is still in the box."
+            )
+        return message
+
+    def prepare(self, history: object, message: object, settings: GenerationSettings) -> prompts.Fitted:
+        """Validate everything a client sent and fit it into the context window."""
+        settings.validate(self.limits)
+        message = self.check_message(message)
+        messages = prompts.normalize(history)
+        if len(messages) > self.limits.max_history_messages:
+            raise prompts.PromptError(
+                f"The history has {len(messages)} messages; the limit is {self.limits.max_history_messages}."
+            )
+        engine = self.engine
+        return prompts.fit(
+            engine.render, engine.count_tokens, system=settings.system_prompt, history=messages,
+            message=message, max_new_tokens=settings.max_new_tokens, window=engine.context_window,
+            system_ok=engine.system_ok,
+        )
+
+    def stream(self, fitted: prompts.Fitted, settings: GenerationSettings,
+               session: str | None = None) -> Iterator[Chunk]:
+        """Text chunks, then Stats. `stop(session)` ends it within about one token."""
+        stop = threading.Event()
+        if session:
+            self._stops[session] = stop
+        try:
+            yield from self.engine.stream(fitted.prompt, settings, stop)
+        finally:
+            if session and self._stops.get(session) is stop:
+                del self._stops[session]
+
+    def stop(self, session: str) -> bool:
+        event = self._stops.get(session)
+        if event:
+            event.set()
+        return event is not None
+
+    def reply(self, history: object, message: object, settings: GenerationSettings) -> Iterator[Chunk]:
+        """prepare + stream, for callers that need no prompt details."""
+        yield from self.stream(self.prepare(history, message, settings), settings)

@@ -1,0 +1,289 @@
+"""Runtimes that stream an answer from an exported OpenVINO model.
+
+Every engine does the same thing the same way from the outside: render a conversation
+with the model's chat template, count tokens, and stream text chunks for a prompt,
+ending with `Stats`. `genai` (openvino-genai, no torch at run time, KV cache re-used
+across turns) is the default; `optimum` is the seed's OVModelForCausalLM path.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import random
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from . import prompt as prompts
+from .settings import GenerationSettings, RuntimeSettings, SettingsError, cache_root
+
+
+@dataclass(frozen=True)
+class Stats:
+    """What the user sees under an answer."""
+
+    prompt_tokens: int
+    answer_tokens: int
+    ttft_s: float
+    tokens_per_s: float
+    total_s: float
+    stopped: bool = False
+    text: str = ""  # the whole answer, decoded at once: what the streamed chunks must add up to
+
+    def summary(self) -> str:
+        stopped = " · stopped" if self.stopped else ""
+        return (
+            f"{self.ttft_s:.2f} s to first token · {self.tokens_per_s:.1f} tokens/s · "
+            f"{self.prompt_tokens} prompt + {self.answer_tokens} answer tokens{stopped}"
+        )
+
+
+Chunk = str | Stats
+Emit = Callable[[str], None]
+
+
+def available_devices() -> list[str]:
+    import openvino as ov
+
+    return list(ov.Core().available_devices)
+
+
+def resolve_device(requested: str) -> tuple[str, str | None]:
+    """The device to use, and a warning when the requested one does not exist here."""
+    devices = available_devices()
+    name = (requested or "CPU").strip()
+    if name in devices or name.split(":")[0] in ("AUTO", "HETERO", "MULTI"):
+        return name, None
+    return "CPU", f"Device {name!r} is not available here (found: {', '.join(devices)}); using CPU."
+
+
+def default_properties() -> dict:
+    """The seed's latency settings, plus a model cache so the second start is faster."""
+    return {
+        "PERFORMANCE_HINT": "LATENCY",
+        "NUM_STREAMS": "1",
+        "CACHE_DIR": str(cache_root() / "ov-cache"),
+    }
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+class Engine(ABC):
+    """One loaded model. Generation is serialised by `lock`: one answer at a time."""
+
+    name: ClassVar[str]
+
+    def __init__(self, folder: Path, runtime: RuntimeSettings):
+        self.folder = Path(folder)
+        self.device, self.device_warning = resolve_device(runtime.device)
+        self.properties = {**default_properties(), **runtime.properties}
+        self.lock = threading.Lock()
+        config = _read_json(self.folder / "config.json")
+        self.model_type: str = config.get("model_type", "")
+        self.context_window: int = int(config.get("max_position_embeddings") or 4096)
+        eos = _read_json(self.folder / "generation_config.json").get("eos_token_id", [])
+        self.eos_ids: list[int] = sorted(set([eos] if isinstance(eos, int) else eos))
+        self.chat_template: str | None = None
+        self._load()
+        self.system_ok = prompts.supports_system(self.render)
+        if not self.system_ok and self.model_type == "phi3":
+            self.chat_template, self.system_ok = prompts.PHI3_CHAT_TEMPLATE, True
+
+    @abstractmethod
+    def _load(self) -> None: ...
+
+    @abstractmethod
+    def render(self, messages: list[prompts.Message]) -> str:
+        """The prompt text for a conversation, ending with the assistant's turn."""
+
+    @abstractmethod
+    def count_tokens(self, text: str) -> int: ...
+
+    @abstractmethod
+    def decode(self, ids: list[int]) -> str: ...
+
+    @abstractmethod
+    def _generate(self, prompt: str, settings: GenerationSettings, emit: Emit, stop: threading.Event) -> list[int]:
+        """Run generation in the calling thread, emit text, return the answer's token ids."""
+
+    def stream(
+        self, prompt: str, settings: GenerationSettings, stop: threading.Event | None = None
+    ) -> Iterator[Chunk]:
+        """Yield text chunks, then one Stats. Closing the iterator stops generation."""
+        stop = stop or threading.Event()
+        chunks: queue.Queue = queue.Queue()
+        done = object()
+        outcome: dict = {}
+
+        def work() -> None:
+            try:
+                ids = self._generate(prompt, settings, chunks.put, stop)
+                outcome["ids"] = [i for i in ids if i not in self.eos_ids]
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+                outcome["error"] = exc
+            finally:
+                chunks.put(done)
+
+        with self.lock:
+            prompt_tokens = self.count_tokens(prompt)
+            start = time.perf_counter()
+            first, finished = None, False
+            thread = threading.Thread(target=work, name=f"{self.name}-generate", daemon=True)
+            thread.start()
+            try:
+                while (item := chunks.get()) is not done:
+                    if item:
+                        first = first or time.perf_counter()
+                        yield item
+                finished = True
+            finally:
+                if not finished:  # the consumer went away: end generation within a token
+                    stop.set()
+                thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        end = time.perf_counter()
+        ids = outcome.get("ids", [])
+        tokens = len(ids)
+        first = first or end
+        decode = end - first
+        yield Stats(
+            prompt_tokens=prompt_tokens,
+            answer_tokens=tokens,
+            ttft_s=first - start,
+            tokens_per_s=(tokens - 1) / decode if tokens > 1 and decode > 0 else 0.0,
+            total_s=end - start,
+            stopped=stop.is_set(),
+            text=self.decode(ids),
+        )
+
+
+class OptimumEngine(Engine):
+    """The seed's runtime: optimum-intel's OVModelForCausalLM with transformers' streamer."""
+
+    name = "optimum"
+
+    def _load(self) -> None:
+        from optimum.intel import OVModelForCausalLM
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
+        self.model = OVModelForCausalLM.from_pretrained(
+            self.folder, device=self.device, ov_config=self.properties
+        )
+        if self.tokenizer.eos_token_id is not None and not self.eos_ids:
+            self.eos_ids = [self.tokenizer.eos_token_id]
+
+    def render(self, messages: list[prompts.Message]) -> str:
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, chat_template=self.chat_template
+        )
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _generate(self, prompt: str, settings: GenerationSettings, emit: Emit, stop: threading.Event) -> int:
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
+
+        class Streamer(TextStreamer):
+            """transformers' streamer holds back half words and split characters for us."""
+
+            def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+                emit(text)
+
+        class Stopped(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool)
+
+        inputs = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        sampling = {}
+        if not settings.greedy:
+            if settings.seed is not None:
+                torch.manual_seed(settings.seed)
+            sampling = dict(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
+        output = self.model.generate(
+            **inputs,
+            max_new_tokens=settings.max_new_tokens,
+            do_sample=not settings.greedy,
+            repetition_penalty=settings.repetition_penalty,
+            eos_token_id=self.eos_ids,
+            pad_token_id=self.eos_ids[0] if self.tokenizer.pad_token_id is None else self.tokenizer.pad_token_id,
+            streamer=Streamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True),
+            stopping_criteria=StoppingCriteriaList([Stopped()]),
+            **sampling,
+        )
+        return output[0, inputs.input_ids.shape[1]:].tolist()
+
+
+class GenAIEngine(Engine):
+    """openvino-genai's LLMPipeline: its own tokenizer, and PagedAttention's prefix cache
+    re-uses the KV cache of earlier turns, so turn 20 starts as fast as turn 2."""
+
+    name = "genai"
+
+    def _load(self) -> None:
+        import openvino_genai as ov_genai
+
+        if not (self.folder / "openvino_tokenizer.xml").exists():
+            raise SettingsError(
+                f"{self.folder} has no openvino_tokenizer.xml, which the genai engine needs; "
+                "re-export the model or use --engine optimum."
+            )
+        self.pipeline = ov_genai.LLMPipeline(str(self.folder), self.device, **self.properties)
+        self.tokenizer = self.pipeline.get_tokenizer()
+        if not self.eos_ids:
+            self.eos_ids = [self.tokenizer.get_eos_token_id()]
+
+    def render(self, messages: list[prompts.Message]) -> str:
+        return self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, chat_template=self.chat_template or ""
+        )
+
+    def count_tokens(self, text: str) -> int:
+        return int(self.tokenizer.encode(text, add_special_tokens=False).input_ids.shape[1])
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True) if ids else ""
+
+    def _generate(self, prompt: str, settings: GenerationSettings, emit: Emit, stop: threading.Event) -> int:
+        import openvino_genai as ov_genai
+
+        config = self.pipeline.get_generation_config()
+        config.max_new_tokens = settings.max_new_tokens
+        config.stop_token_ids = set(self.eos_ids)
+        config.repetition_penalty = settings.repetition_penalty
+        config.apply_chat_template = False
+        config.do_sample = not settings.greedy
+        if not settings.greedy:
+            config.temperature = settings.temperature
+            config.top_p = settings.top_p
+            config.top_k = settings.top_k
+            # genai's seed is fixed by default, so "retry" would repeat itself without this.
+            config.rng_seed = settings.seed if settings.seed is not None else random.getrandbits(31)
+
+        def streamer(text: str) -> ov_genai.StreamingStatus:
+            emit(text)
+            return ov_genai.StreamingStatus.STOP if stop.is_set() else ov_genai.StreamingStatus.RUNNING
+
+        inputs = self.tokenizer.encode(prompt, add_special_tokens=False)
+        result = self.pipeline.generate(inputs, config, streamer)
+        return list(result.tokens[0])
+
+
+ENGINES: dict[str, type[Engine]] = {engine.name: engine for engine in (GenAIEngine, OptimumEngine)}
+
+
+def load_engine(folder: Path, runtime: RuntimeSettings) -> Engine:
+    runtime.validate()
+    return ENGINES[runtime.engine](folder, runtime)

@@ -1,0 +1,286 @@
+"""Hugging Face model -> OpenVINO IR, once, cached by model and settings.
+
+The export itself is `optimum-cli export openvino`, run as a child process so that a
+crash or an out-of-memory kill during NNCF compression cannot take the app down. It writes
+into a temporary folder; only a folder that is complete and that loads and generates a
+token is moved into the cache, so the app never finds a half-written model.
+
+    python -m phi3ui.export microsoft/Phi-3-mini-4k-instruct --group-size 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .settings import (
+    BUNDLED,
+    BUNDLED_EXPORT,
+    DEFAULT_MODEL,
+    WEIGHT_FORMATS,
+    ExportSettings,
+    GenerationSettings,
+    RuntimeSettings,
+    SettingsError,
+    cache_root,
+)
+
+log = logging.getLogger(__name__)
+
+RECORD = "phi3ui-export.json"
+Progress = Callable[[str], None]
+
+
+class ExportError(RuntimeError):
+    """An export that failed; the message says why in the user's terms."""
+
+
+class ModelUnavailable(ExportError):
+    """The model cannot be had here: not cached, and the hub cannot be reached."""
+
+
+@dataclass(frozen=True)
+class Exported:
+    """A loadable OpenVINO model folder and where it came from."""
+
+    folder: Path
+    source: str
+    settings: ExportSettings | None  # None: a folder that was already OpenVINO IR
+    cached: bool
+
+    def describe(self) -> str:
+        how = self.settings.slug() if self.settings else "pre-exported OpenVINO IR"
+        note = " (cached)" if self.cached else ""
+        return f"{self.source} · {how}{note} · {self.folder}"
+
+
+def is_openvino_folder(path: Path) -> bool:
+    return (path / "openvino_model.xml").exists()
+
+
+def default_settings(model: str) -> ExportSettings:
+    return BUNDLED_EXPORT if model == BUNDLED else ExportSettings()
+
+
+def cache_folder(model: str, settings: ExportSettings) -> Path:
+    """`<cache>/models/<model>/<settings>`: one folder per distinct export."""
+    path = Path(model).expanduser()
+    if model == BUNDLED:
+        name = "bundled-SmolLM2-135M-Instruct"
+    elif path.exists():
+        digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
+        name = f"local-{path.resolve().name}-{digest}"
+    else:
+        name = model.replace("/", "--")
+    return cache_root() / "models" / name / settings.slug()
+
+
+def compressed_widths(config: dict) -> dict[str, int]:
+    """Input channels of the layers NNCF compresses, from a transformers config."""
+    hidden = config.get("hidden_size") or config.get("n_embd") or config.get("d_model")
+    widths = {"hidden size": hidden, "MLP width": config.get("intermediate_size")}
+    heads, head_dim = config.get("num_attention_heads"), config.get("head_dim")
+    if heads and head_dim:
+        widths["attention output width"] = heads * head_dim
+    return {name: int(width) for name, width in widths.items() if width}
+
+
+def check_settings(settings: ExportSettings, config: dict) -> None:
+    """Refuse a group size the model's layers cannot take, before the long part starts."""
+    settings.validate()
+    if settings.weight_format != "int4" or settings.group_size == -1:
+        return
+    bad = {n: w for n, w in compressed_widths(config).items() if w % settings.group_size}
+    if bad:
+        found = ", ".join(f"{name} {width}" for name, width in bad.items())
+        fits = [g for g in (128, 64, 32, 16) if all(w % g == 0 for w in compressed_widths(config).values())]
+        hint = f"; {fits[0]} fits" if fits else ""
+        raise SettingsError(
+            f"Group size {settings.group_size} does not divide this model's layer widths "
+            f"({found}). Use a group size that divides them{hint}, or -1 for one group per channel."
+        )
+
+
+def _hub_config(model: str) -> tuple[dict, bool]:
+    """A hub model's config and whether the repo already holds OpenVINO IR."""
+    from huggingface_hub import HfApi, hf_hub_download
+
+    try:
+        files = HfApi().list_repo_files(model)
+        config = json.loads(Path(hf_hub_download(model, "config.json")).read_text())
+    except Exception as exc:  # noqa: BLE001 - offline, unknown repo, gated: all mean "not here"
+        raise ModelUnavailable(
+            f"{model} is not cached here and the Hugging Face hub cannot be reached "
+            f"({type(exc).__name__}). Connect to the internet once and export it with "
+            f"`python -m phi3ui.export {model}`, or pass a local folder with --model."
+        ) from exc
+    return config, "openvino_model.xml" in files
+
+
+def _download_openvino(model: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(model, local_dir=cache_root() / "hub" / model.replace("/", "--")))
+
+
+def _run_optimum_cli(source: str, settings: ExportSettings, out: Path, progress: Progress) -> None:
+    command = [sys.executable, "-m", "optimum.commands.optimum_cli", "export", "openvino",
+               "--model", source, *settings.cli_args(), str(out)]
+    progress("Running: optimum-cli " + " ".join(command[3:]))
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines: list[str] = []
+    assert process.stdout is not None
+    try:
+        for line in process.stdout:
+            line = line.rstrip()
+            if line:
+                lines.append(line)
+                progress(line)
+        code = process.wait()
+    except BaseException:  # interrupted (Ctrl+C, a closed page): don't leave the child behind
+        process.kill()
+        process.wait()
+        raise
+    if code != 0:
+        raise ExportError(f"The export failed: {_error_line(lines, code)}")
+
+
+def _error_line(lines: list[str], code: int) -> str:
+    """The exception line of a traceback, else the last line, in a sentence."""
+    for line in reversed(lines):
+        if re.match(r"^[\w.]+(Error|Exception)\b", line):
+            return line
+    if code < 0:
+        return f"the exporter was killed by signal {-code} (out of memory?)."
+    return lines[-1] if lines else f"optimum-cli exited with status {code}."
+
+
+def _smoke_test(folder: Path) -> None:
+    """Load the fresh export and generate a token, so a broken one never reaches the cache."""
+    from .engines import load_engine
+
+    engine_name = "genai" if (folder / "openvino_tokenizer.xml").exists() else "optimum"
+    engine = load_engine(folder, RuntimeSettings(engine=engine_name, device="CPU"))
+    prompt = engine.render([{"role": "user", "content": "Hi"}])
+    chunks = list(engine.stream(prompt, GenerationSettings(max_new_tokens=1)))
+    if not chunks or chunks[-1].prompt_tokens < 1:
+        raise ExportError(f"The exported model in {folder} did not generate.")
+
+
+def _export_into(source: str, settings: ExportSettings, target: Path, progress: Progress) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix=".partial-", dir=target.parent) as tmp:
+        out = Path(tmp) / "model"
+        _run_optimum_cli(source, settings, out, progress)
+        if not is_openvino_folder(out):
+            raise ExportError("The exporter finished but wrote no openvino_model.xml.")
+        if not (out / "openvino_tokenizer.xml").exists():
+            progress("Warning: no OpenVINO tokenizer was written; only the optimum engine can run this model.")
+        progress("Checking that the export loads and generates…")
+        _smoke_test(out)
+        record = {"source": source, "settings": settings.as_dict(),
+                  "seconds": round(time.time() - started, 1),
+                  "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        (out / RECORD).write_text(json.dumps(record, indent=2))
+        try:
+            os.replace(out, target)
+        except OSError:
+            if not (target / RECORD).exists():  # not a concurrent twin that finished first
+                raise
+
+
+def read_record(folder: Path) -> dict:
+    path = folder / RECORD
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def ensure_exported(model: str, settings: ExportSettings | None = None,
+                    progress: Progress = log.info) -> Exported:
+    """The OpenVINO folder for `model`, exporting it first if no cached export exists.
+
+    `model` is a hub id, a local Hugging Face folder, a folder of OpenVINO IR (used as
+    is), or `bundled`.
+    """
+    settings = (settings or default_settings(model)).validate()
+    path = Path(model).expanduser()
+    if model != BUNDLED and path.is_dir() and is_openvino_folder(path):
+        return Exported(path, model, None, cached=True)
+    target = cache_folder(model, settings)
+    if (target / RECORD).exists() and is_openvino_folder(target):
+        return Exported(target, model, settings, cached=True)
+
+    if model == BUNDLED:
+        from .bundled import write_hf_folder
+
+        progress("Converting the bundled SmolLM2-135M-Instruct GGUF to a Hugging Face folder…")
+        source = str(write_hf_folder(cache_root() / "sources" / "SmolLM2-135M-Instruct"))
+    elif path.is_dir():
+        if not (path / "config.json").exists():
+            raise ExportError(f"{path} holds neither a Hugging Face model (config.json) nor OpenVINO IR.")
+        source = str(path)
+    else:
+        config, is_ir = _hub_config(model)
+        if is_ir:
+            progress(f"{model} is already OpenVINO IR; downloading it as is.")
+            return Exported(_download_openvino(model), model, None, cached=False)
+        check_settings(settings, config)
+        source = model
+    if model == BUNDLED or path.is_dir():
+        check_settings(settings, json.loads((Path(source) / "config.json").read_text()))
+    progress(f"Exporting {model} with {settings.slug()} (this runs once; the result is cached)…")
+    _export_into(source, settings, target, progress)
+    progress(f"Exported to {target}.")
+    return Exported(target, model, settings, cached=False)
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    """The export flags, shared by this module's command line and the app's."""
+    group = parser.add_argument_group("export")
+    group.add_argument("--weight-format", choices=WEIGHT_FORMATS, default="int4")
+    group.add_argument("--group-size", type=int, default=None,
+                       help="int4 group size (default 128; 64 for the bundled model; -1 per channel)")
+    group.add_argument("--ratio", type=float, default=0.6, help="share of layers in int4 (default 0.6)")
+    group.add_argument("--sym", action=argparse.BooleanOptionalAction, default=True,
+                       help="symmetric quantisation (default on)")
+    group.add_argument("--task", default="text-generation-with-past")
+    group.add_argument("--trust-remote-code", action="store_true",
+                       help="run the model repo's own Python code (off unless asked for)")
+
+
+def settings_from_args(args: argparse.Namespace) -> ExportSettings:
+    group_size = args.group_size or default_settings(args.model).group_size
+    return ExportSettings(weight_format=args.weight_format, group_size=group_size, ratio=args.ratio,
+                          sym=args.sym, task=args.task, trust_remote_code=args.trust_remote_code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m phi3ui.export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", nargs="?", default=DEFAULT_MODEL,
+                        help=f"hub id, local folder or '{BUNDLED}' (default {DEFAULT_MODEL})")
+    add_export_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        exported = ensure_exported(args.model, settings_from_args(args), progress=print)
+    except (ExportError, SettingsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(exported.folder)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

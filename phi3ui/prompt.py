@@ -1,0 +1,146 @@
+"""Turning a conversation into the exact prompt the model was trained on.
+
+The model's own chat template renders the text (so Phi-3 gets
+`<|user|>\\n...<|end|>\\n<|assistant|>\\n`); this module cleans the messages that reach it
+and fits them into the context window, oldest exchanges first to go.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+Message = dict[str, str]
+Renderer = Callable[[list[Message]], str]
+Counter = Callable[[str], int]
+
+# microsoft/Phi-3-mini-4k-instruct's current template. Early revisions dropped the system
+# message (transformers issue 30545); a Phi-3 export that carries one of those gets this.
+PHI3_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{'<|system|>\n' + message['content'] + '<|end|>\n'}}"
+    "{% elif message['role'] == 'user' %}{{'<|user|>\n' + message['content'] + '<|end|>\n'}}"
+    "{% elif message['role'] == 'assistant' %}{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
+)
+
+_SENTINEL = "phi3ui-system-probe-7f3a"
+
+
+class PromptError(ValueError):
+    """A conversation that cannot be sent; the message is meant for the user as is."""
+
+
+class MessageTooLong(PromptError):
+    """The new message alone does not fit the context window."""
+
+
+def message_text(content: Any) -> str:
+    """Gradio may send content as a string or as a list of parts; only text is accepted."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict) and content.get("type") == "text":
+        return message_text(content.get("text"))
+    if isinstance(content, list) and content:
+        return "".join(message_text(part) for part in content)
+    raise PromptError("Message content must be text (a string or a list of text parts).")
+
+
+def normalize(history: Any) -> list[Message]:
+    """Validate a history from the page or the API into plain user/assistant messages.
+
+    Messages with a metadata title are the page's own notes (stats, notices), not chat.
+    """
+    if history is None:
+        return []
+    if not isinstance(history, list):
+        raise PromptError("History must be a list of {role, content} messages.")
+    messages = []
+    for item in history:
+        if not isinstance(item, dict) or "role" not in item or "content" not in item:
+            raise PromptError("Each history entry must be a {role, content} message.")
+        if (item.get("metadata") or {}).get("title"):
+            continue
+        role = item["role"]
+        if role not in ("user", "assistant"):
+            raise PromptError(f"History roles must be 'user' or 'assistant', not {role!r}.")
+        messages.append({"role": role, "content": message_text(item["content"])})
+    return messages
+
+
+def supports_system(render: Renderer) -> bool:
+    """Whether the template keeps a system message (some drop or refuse it)."""
+    try:
+        text = render([{"role": "system", "content": _SENTINEL}, {"role": "user", "content": "hi"}])
+    except Exception:  # noqa: BLE001 - templates raise whatever they like
+        return False
+    return _SENTINEL in text
+
+
+def build(system: str, history: Sequence[Message], message: str, system_ok: bool = True) -> list[Message]:
+    """The full message list; where the template has no system role, it leads the first turn."""
+    messages = [*history, {"role": "user", "content": message}]
+    if not system:
+        return list(messages)
+    if system_ok:
+        return [{"role": "system", "content": system}, *messages]
+    first = messages[0]
+    return [{"role": "user", "content": f"{system}\n\n{first['content']}"}, *messages[1:]]
+
+
+def exchanges(history: Sequence[Message]) -> list[list[Message]]:
+    """Group a history into exchanges, each starting with a user message."""
+    groups: list[list[Message]] = []
+    for msg in history:
+        if msg["role"] == "user" or not groups:
+            groups.append([msg])
+        else:
+            groups[-1].append(msg)
+    return groups
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """A prompt that fits, and what was left out to make it fit."""
+
+    prompt: str
+    prompt_tokens: int
+    dropped_exchanges: int
+    window: int
+    max_new_tokens: int
+
+    @property
+    def used_tokens(self) -> int:
+        return self.prompt_tokens + self.max_new_tokens
+
+
+def fit(
+    render: Renderer,
+    count: Counter,
+    *,
+    system: str,
+    history: Sequence[Message],
+    message: str,
+    max_new_tokens: int,
+    window: int,
+    system_ok: bool = True,
+) -> Fitted:
+    """Leave out the oldest exchanges until prompt plus answer fit the window.
+
+    The system prompt and the new message always stay; if they alone do not fit,
+    MessageTooLong says by how much.
+    """
+    groups = exchanges(history)
+    for dropped in range(len(groups) + 1):
+        kept = [m for group in groups[dropped:] for m in group]
+        prompt = render(build(system, kept, message, system_ok))
+        tokens = count(prompt)
+        if tokens + max_new_tokens <= window:
+            return Fitted(prompt, tokens, dropped, window, max_new_tokens)
+    raise MessageTooLong(
+        f"This message needs {tokens} prompt tokens plus {max_new_tokens} for the answer, "
+        f"more than the model's {window}-token context window. Shorten it by about "
+        f"{tokens + max_new_tokens - window} tokens or lower 'max new tokens'."
+    )

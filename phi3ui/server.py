@@ -1,0 +1,99 @@
+"""Command line and launch: flags (each with an environment variable), model, server.
+
+    python app.py --model bundled --port 7860
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .chat import ChatBackend
+from .export import ExportError, add_export_arguments, settings_from_args
+from .settings import DEFAULT_MODEL, ENGINES, Limits, RuntimeSettings, SettingsError
+
+log = logging.getLogger("phi3ui")
+
+
+def on_spaces() -> bool:
+    return bool(os.environ.get("SPACE_ID"))
+
+
+def _env(name: str, default):
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    if isinstance(default, bool):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return type(default)(value) if default is not None else value
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python app.py", description="Chat with Phi-3 on OpenVINO in the browser.")
+    parser.add_argument("--model", default=_env("PHI3UI_MODEL", DEFAULT_MODEL),
+                        help="hub id, local folder, OpenVINO folder or 'bundled' [PHI3UI_MODEL]")
+    parser.add_argument("--engine", choices=list(ENGINES), default=_env("PHI3UI_ENGINE", "genai"),
+                        help="runtime [PHI3UI_ENGINE]")
+    parser.add_argument("--device", default=_env("PHI3UI_DEVICE", "CPU"), help="OpenVINO device [PHI3UI_DEVICE]")
+    parser.add_argument("--host", default=_env("GRADIO_SERVER_NAME", "0.0.0.0" if on_spaces() else "127.0.0.1"),
+                        help="address to serve on [GRADIO_SERVER_NAME]")
+    parser.add_argument("--port", type=int, default=_env("GRADIO_SERVER_PORT", 7860),
+                        help="port [GRADIO_SERVER_PORT]")
+    parser.add_argument("--share", action="store_true", default=_env("PHI3UI_SHARE", False),
+                        help="make a public link [PHI3UI_SHARE]")
+    parser.add_argument("--auth", default=_env("PHI3UI_AUTH", None),
+                        help="user:password, or a file with one per line [PHI3UI_AUTH]")
+    parser.add_argument("--concurrency", type=int, default=_env("PHI3UI_CONCURRENCY", 1),
+                        help="answers generated at once [PHI3UI_CONCURRENCY]")
+    parser.add_argument("--queue-size", type=int, default=_env("PHI3UI_QUEUE_SIZE", 64),
+                        help="requests that may wait [PHI3UI_QUEUE_SIZE]")
+    parser.add_argument("--max-message-chars", type=int, default=_env("PHI3UI_MAX_MESSAGE_CHARS", 16_000),
+                        help="longest message accepted [PHI3UI_MAX_MESSAGE_CHARS]")
+    parser.add_argument("--lock-settings", action=argparse.BooleanOptionalAction,
+                        default=_env("PHI3UI_LOCK_SETTINGS", on_spaces()),
+                        help="visitors cannot export or switch model or device (default on Spaces) "
+                             "[PHI3UI_LOCK_SETTINGS]")
+    add_export_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def read_auth(value: str | None) -> list[tuple[str, str]] | None:
+    """`user:password`, or a file of such lines."""
+    if not value:
+        return None
+    lines = Path(value).read_text().splitlines() if Path(value).is_file() else [value]
+    pairs = [tuple(line.strip().split(":", 1)) for line in lines if line.strip() and not line.startswith("#")]
+    if not pairs or any(len(p) != 2 or not all(p) for p in pairs):
+        raise SettingsError("--auth takes user:password, or a file with one user:password per line.")
+    return pairs  # type: ignore[return-value]
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args = parse_args(argv)
+    try:
+        auth = read_auth(args.auth)
+        backend = ChatBackend(limits=Limits(max_message_chars=args.max_message_chars))
+        backend.load(args.model, settings_from_args(args), RuntimeSettings(engine=args.engine, device=args.device),
+                     fallback=True)
+    except (SettingsError, ExportError) as exc:
+        log.error("%s", exc)
+        return 1
+    if args.share and not auth:
+        log.warning("Sharing a public link without --auth: anyone with the link can use this machine's model.")
+
+    from .ui import Page  # Gradio loads only when serving
+
+    page = Page(backend, lock_settings=args.lock_settings, concurrency_limit=args.concurrency)
+    demo = page.build()
+    demo.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
+                show_error=True, max_file_size="5mb", footer_links=["api"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

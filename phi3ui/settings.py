@@ -1,0 +1,176 @@
+"""Settings as plain dataclasses: what to export, how to run it, how to generate.
+
+Every value a user or an API client can set is validated here, in one place, so the
+command line, the page and the API refuse the same things with the same words.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+DEFAULT_MODEL = "microsoft/Phi-3-mini-4k-instruct"
+BUNDLED = "bundled"
+WEIGHT_FORMATS = ("int4", "int8", "fp16")
+ENGINES = ("genai", "optimum")
+DEFAULT_ENGINE = "genai"
+
+WeightFormat = Literal["int4", "int8", "fp16"]
+
+
+class SettingsError(ValueError):
+    """A setting that cannot work; the message is meant for the user as is."""
+
+
+def cache_root() -> Path:
+    """Where exports live; `PHI3UI_HOME` moves it (tests and Spaces use that)."""
+    home = os.environ.get("PHI3UI_HOME")
+    return Path(home) if home else Path.home() / ".cache" / "phi3ui"
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """The optimum-cli export options; defaults are the seed's command."""
+
+    weight_format: WeightFormat = "int4"
+    group_size: int = 128
+    ratio: float = 0.6
+    sym: bool = True
+    task: str = "text-generation-with-past"
+    trust_remote_code: bool = False
+
+    def validate(self) -> ExportSettings:
+        if self.weight_format not in WEIGHT_FORMATS:
+            raise SettingsError(
+                f"Weight format {self.weight_format!r} is not one of {', '.join(WEIGHT_FORMATS)}."
+            )
+        if self.weight_format == "int4":
+            if not 0.0 <= self.ratio <= 1.0:
+                raise SettingsError(
+                    f"Ratio {self.ratio} is outside 0..1: it is the share of layers "
+                    "compressed to int4 (the rest stay int8)."
+                )
+            if self.group_size != -1 and self.group_size < 1:
+                raise SettingsError(
+                    f"Group size {self.group_size} is impossible: use a positive number "
+                    "that divides the model's layer widths, or -1 for one group per channel."
+                )
+        if self.task not in ("text-generation-with-past", "text-generation"):
+            raise SettingsError(f"Task {self.task!r} is not a text-generation task.")
+        return self
+
+    def slug(self) -> str:
+        """A folder name that differs whenever the exported weights would."""
+        parts = [self.weight_format]
+        if self.weight_format == "int4":
+            group = "cw" if self.group_size == -1 else f"g{self.group_size}"
+            parts += ["sym" if self.sym else "asym", group, f"r{self.ratio:g}"]
+        elif self.weight_format == "int8":
+            parts.append("sym" if self.sym else "asym")
+        if self.task != "text-generation-with-past":
+            parts.append("nopast")
+        return "-".join(parts)
+
+    def cli_args(self) -> list[str]:
+        """The same settings as `optimum-cli export openvino` arguments."""
+        args = ["--task", self.task, "--weight-format", self.weight_format]
+        if self.weight_format == "int4":
+            args += ["--group-size", str(self.group_size), "--ratio", f"{self.ratio:g}"]
+        if self.sym and self.weight_format != "fp16":
+            args.append("--sym")
+        if self.trust_remote_code:
+            args.append("--trust-remote-code")
+        return args
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# SmolLM2's 576-wide layers do not take group size 128 (see STACK.md).
+BUNDLED_EXPORT = ExportSettings(group_size=64)
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """Which engine runs the model, where, and with which OpenVINO properties."""
+
+    engine: str = DEFAULT_ENGINE
+    device: str = "CPU"
+    properties: dict = field(default_factory=dict)
+
+    def validate(self) -> RuntimeSettings:
+        if self.engine not in ENGINES:
+            raise SettingsError(f"Engine {self.engine!r} is not one of {', '.join(ENGINES)}.")
+        return self
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Server-side bounds that hold whatever a client sends."""
+
+    max_message_chars: int = 16_000
+    max_history_messages: int = 200
+    max_new_tokens: int = 4096
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Sampling settings; temperature 0 means greedy decoding."""
+
+    max_new_tokens: int = 1024
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 50
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    system_prompt: str = ""
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def validate(self, limits: Limits = Limits()) -> GenerationSettings:
+        """Refuse out-of-range values instead of clamping them in silence."""
+        checks = [
+            (1 <= self.max_new_tokens <= limits.max_new_tokens,
+             f"Max new tokens must be between 1 and {limits.max_new_tokens}, not {self.max_new_tokens}."),
+            (0.0 <= self.temperature <= 2.0,
+             f"Temperature must be between 0 and 2, not {self.temperature}."),
+            (0.0 < self.top_p <= 1.0, f"Top-p must be above 0 and at most 1, not {self.top_p}."),
+            (0 <= self.top_k <= 1000, f"Top-k must be between 0 (off) and 1000, not {self.top_k}."),
+            (0.5 <= self.repetition_penalty <= 2.0,
+             f"Repetition penalty must be between 0.5 and 2, not {self.repetition_penalty}."),
+            (self.seed is None or 0 <= self.seed < 2**32,
+             f"Seed must be between 0 and 2**32 - 1, not {self.seed}."),
+            (len(self.system_prompt) <= limits.max_message_chars,
+             f"The system prompt is {len(self.system_prompt)} characters; the limit is "
+             f"{limits.max_message_chars}."),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise SettingsError(message)
+        return self
+
+    @classmethod
+    def from_values(cls, **values) -> GenerationSettings:
+        """Build from loosely typed input (page, API), with a clear error on bad types."""
+        converted = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in values or values[f.name] is None:
+                continue
+            value = values[f.name]
+            kind = {"max_new_tokens": int, "top_k": int, "seed": int, "system_prompt": str}.get(
+                f.name, float
+            )
+            try:
+                if kind is int and isinstance(value, float) and not value.is_integer():
+                    raise ValueError
+                if isinstance(value, bool) or (kind is not str and isinstance(value, str)):
+                    raise ValueError
+                converted[f.name] = kind(value)
+            except (TypeError, ValueError):
+                raise SettingsError(f"{f.name} must be a {kind.__name__}, not {value!r}.") from None
+        return cls(**converted)
