@@ -1,0 +1,144 @@
+"""Export through the app's own path: a tiny random Phi-3, real optimum-intel and NNCF."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from phi3ui.chat import ChatBackend
+from phi3ui.engines import load_engine
+from phi3ui.export import (
+    RECORD,
+    ExportError,
+    ModelUnavailable,
+    cache_folder,
+    ensure_exported,
+    main,
+    read_record,
+)
+from phi3ui.settings import DEFAULT_MODEL, ExportSettings, GenerationSettings, RuntimeSettings, SettingsError
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def empty_home(tmp_path, monkeypatch) -> Path:
+    """A cache of its own, for tests that must see exactly what an export leaves behind."""
+    monkeypatch.setenv("PHI3UI_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def leftovers(home: Path) -> list[Path]:
+    return [p for p in (home / "models").rglob("*") if p.is_dir()] if (home / "models").exists() else []
+
+
+def test_tiny_phi3_export_records_its_settings(tiny_phi3):
+    folder = tiny_phi3.folder
+    assert (folder / "openvino_model.xml").exists()
+    assert (folder / "openvino_tokenizer.xml").exists() and (folder / "openvino_detokenizer.xml").exists()
+    record = read_record(folder)
+    assert record["settings"] == ExportSettings().as_dict()
+    assert record["settings"]["weight_format"] == "int4" and record["settings"]["group_size"] == 128
+    assert folder.parent.name.startswith("local-tiny-phi3") and folder.name == "int4-sym-g128-r0.6"
+
+
+def test_same_export_never_runs_twice(tiny_phi3, tiny_phi3_source):
+    start = time.perf_counter()
+    again = ensure_exported(str(tiny_phi3_source), ExportSettings(), progress=pytest.fail)
+    assert again.cached and again.folder == tiny_phi3.folder
+    assert time.perf_counter() - start < 5
+
+
+@pytest.mark.parametrize("engine", ["genai", "optimum"])
+def test_tiny_phi3_loads_renders_exactly_and_streams(tiny_phi3, engine):
+    loaded = load_engine(tiny_phi3.folder, RuntimeSettings(engine=engine))
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bye"}]
+    assert loaded.render(messages) == (
+        "<|system|>\nBe brief.<|end|>\n<|user|>\nHi<|end|>\n<|assistant|>\nHello<|end|>\n"
+        "<|user|>\nBye<|end|>\n<|assistant|>\n")
+    assert loaded.eos_ids == [1000, 1001, 1007]  # every id the generation config lists
+    assert loaded.context_window == 4096
+    chunks = list(loaded.stream(loaded.render(messages), GenerationSettings(max_new_tokens=8)))
+    stats = chunks[-1]
+    assert stats.answer_tokens >= 1 and stats.prompt_tokens > 10
+    assert "".join(c for c in chunks[:-1]) == stats.text
+
+
+def test_group_size_that_does_not_divide_is_refused_before_export(tiny_phi3_source, empty_home):
+    start = time.perf_counter()
+    with pytest.raises(SettingsError, match="Group size 96 does not divide"):
+        ensure_exported(str(tiny_phi3_source), ExportSettings(group_size=96))
+    assert time.perf_counter() - start < 5  # refused before the long part
+    assert leftovers(empty_home) == []
+
+
+@pytest.mark.parametrize("settings", [ExportSettings(ratio=1.5), ExportSettings(ratio=-0.1),
+                                      ExportSettings(group_size=0), ExportSettings(weight_format="int3")])
+def test_impossible_settings_are_refused(tiny_phi3_source, empty_home, settings):
+    with pytest.raises(SettingsError):
+        ensure_exported(str(tiny_phi3_source), settings)
+    assert not cache_folder(str(tiny_phi3_source), settings).exists()
+
+
+def test_crashed_export_leaves_nothing(tiny_phi3_source, empty_home, tmp_path):
+    broken = tmp_path / "broken-phi3"
+    shutil.copytree(tiny_phi3_source, broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ExportError, match="export failed"):
+        ensure_exported(str(broken), ExportSettings())
+    assert not cache_folder(str(broken), ExportSettings()).exists()
+    assert leftovers(empty_home) in ([], [cache_folder(str(broken), ExportSettings()).parent])
+
+
+def test_interrupted_export_leaves_nothing(tiny_phi3_source, empty_home):
+    seen: list[str] = []
+
+    def interrupt(line: str) -> None:
+        """Ctrl+C at the exporter's first line of output, with the child running."""
+        seen.append(line)
+        if any(s.startswith("Running: optimum-cli") for s in seen[:-1]):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ensure_exported(str(tiny_phi3_source), ExportSettings(), progress=interrupt)
+    target = cache_folder(str(tiny_phi3_source), ExportSettings())
+    assert not target.exists()
+    assert not any(target.parent.iterdir())
+
+
+def test_openvino_folder_is_used_as_is(tiny_phi3):
+    exported = ensure_exported(str(tiny_phi3.folder))
+    assert exported.folder == tiny_phi3.folder and exported.settings is None
+
+
+def test_unreachable_hub_model_says_what_to_do(empty_home):
+    start = time.perf_counter()
+    with pytest.raises(ModelUnavailable, match="python -m phi3ui.export"):
+        ensure_exported(DEFAULT_MODEL)
+    assert time.perf_counter() - start < 30
+
+
+def test_missing_local_folder_contents_are_reported(tmp_path, empty_home):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ExportError, match="neither a Hugging Face model"):
+        ensure_exported(str(tmp_path / "empty"))
+
+
+def test_default_model_falls_back_to_bundled_and_says_so(bundled):
+    backend = ChatBackend()
+    loaded = backend.load(DEFAULT_MODEL, fallback=True)
+    assert loaded.exported.source == "bundled"
+    assert any("Phi-3" in n and "python -m phi3ui.export" in n for n in loaded.notices)
+
+
+def test_command_line_export_uses_the_same_cache(tiny_phi3, tiny_phi3_source, capsys):
+    assert main([str(tiny_phi3_source), "--group-size", "128"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(tiny_phi3.folder)
+    assert main([str(tiny_phi3_source), "--ratio", "2"]) == 1
+    assert "Ratio 2 is outside 0..1" in capsys.readouterr().err
+    assert json.loads((tiny_phi3.folder / RECORD).read_text())["source"] == str(tiny_phi3_source)
