@@ -107,7 +107,7 @@ def _convert(source: Path, out: Path) -> None:
     )
     _check_model(model)
     model.save_pretrained(out)
-    # Stop on <|im_end|>: the GGUF path otherwise leaves nothing that says so reliably.
+    # Written outright, not trusted to the GGUF loader: generation must stop on <|im_end|>.
     GenerationConfig(
         bos_token_id=BOS_TOKEN_ID, eos_token_id=EOS_TOKEN_ID, pad_token_id=EOS_TOKEN_ID
     ).save_pretrained(out)
@@ -120,16 +120,13 @@ def _convert(source: Path, out: Path) -> None:
 def _check_model(model: Any) -> None:
     """Refuse a model whose shape the tokenizer fix and the exporter rely on."""
     config = model.config
-    rows = model.get_input_embeddings().weight.shape[0]
-    problems = [
-        f"model_type {config.model_type!r} (expected 'llama')" if config.model_type != "llama" else "",
-        f"vocab_size {config.vocab_size}" if config.vocab_size != VOCAB_SIZE else "",
-        f"{rows} embedding rows" if rows != VOCAB_SIZE else "",
+    _refuse_failures(f"Unexpected model in {GGUF_NAME}", {
+        f"model_type {config.model_type!r}, not 'llama'": config.model_type == "llama",
+        f"vocab_size {config.vocab_size}": config.vocab_size == VOCAB_SIZE,
+        "embedding rows": model.get_input_embeddings().weight.shape[0] == VOCAB_SIZE,
         # The GGUF has no output.weight: the head must be the (tied) embedding.
-        "untied lm_head" if not config.tie_word_embeddings else "",
-    ]
-    if any(problems):
-        raise RuntimeError(f"Unexpected model in {GGUF_NAME}: {', '.join(p for p in problems if p)}")
+        "untied lm_head": bool(config.tie_word_embeddings),
+    })
 
 
 def _fixed_tokenizer(source: Path) -> Any:
@@ -162,7 +159,9 @@ def _fixed_tokenizer(source: Path) -> Any:
 
 def _patched_tokenizer_json(spec: dict[str, Any]) -> dict[str, Any]:
     """Turn the GGUF-derived tokenizer.json into SmolLM2's byte-level BPE tokenizer."""
-    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    byte_level = {
+        "type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True
+    }
     spec = dict(spec)
     spec["normalizer"] = None
     # The GGUF says pre-tokenizer "smollm": digits split one by one, then GPT-2's regex.
@@ -184,12 +183,18 @@ def _check_tokenizer(tok: Any) -> None:
     chat = tok.apply_chat_template(
         [{"role": "user", "content": "Hi"}], add_generation_prompt=True, tokenize=False
     )
-    problems = [
-        "round trip" if tok.decode(ids) != _CHECK_TEXT else "",
-        "ids past the embedding" if len(tok) != VOCAB_SIZE or max(ids) >= VOCAB_SIZE else "",
-        "eos" if (tok.eos_token, tok.eos_token_id) != (EOS_TOKEN, EOS_TOKEN_ID) else "",
-        "ChatML tags" if tok.encode(BOS_TOKEN + EOS_TOKEN) != [BOS_TOKEN_ID, EOS_TOKEN_ID] else "",
-        "chat template" if not chat.endswith(f"{BOS_TOKEN}user\nHi{EOS_TOKEN}\n{BOS_TOKEN}assistant\n") else "",
-    ]
-    if any(problems):
-        raise RuntimeError(f"Rebuilt tokenizer is wrong: {', '.join(p for p in problems if p)}")
+    chatml_turn = f"{BOS_TOKEN}user\nHi{EOS_TOKEN}\n{BOS_TOKEN}assistant\n"
+    _refuse_failures("Rebuilt tokenizer is wrong", {
+        "round trip": tok.decode(ids) == _CHECK_TEXT,
+        "ids past the embedding": len(tok) == VOCAB_SIZE and max(ids) < VOCAB_SIZE,
+        "eos": (tok.eos_token, tok.eos_token_id) == (EOS_TOKEN, EOS_TOKEN_ID),
+        "ChatML tags": tok.encode(BOS_TOKEN + EOS_TOKEN) == [BOS_TOKEN_ID, EOS_TOKEN_ID],
+        "chat template": chat.endswith(chatml_turn),
+    })
+
+
+def _refuse_failures(what: str, checks: dict[str, bool]) -> None:
+    """Name every failed check at once, so one run shows the whole problem."""
+    failed = [name for name, ok in checks.items() if not ok]
+    if failed:
+        raise RuntimeError(f"{what}: {', '.join(failed)}")

@@ -30,8 +30,8 @@ class Loaded:
 
     def describe(self) -> str:
         return (f"**{self.exported.source}** · {self.exported.describe()} · "
-                f"engine {self.engine.name} on {self.engine.device} · "
-                f"{self.engine.context_window}-token window")
+                f"{self.engine.label} engine on {self.engine.device} · "
+                f"{self.engine.context_window}-token window  \n`{self.exported.folder}`")
 
 
 def fallback_notice(model: str, reason: str) -> str:
@@ -44,10 +44,12 @@ def fallback_notice(model: str, reason: str) -> str:
 
 @dataclass
 class ChatBackend:
-    """Holds the one loaded model. Loading swaps it under `_load_lock`; generation is
-    serialised by the engine's own lock; `_stops` lets a session stop its own answer."""
+    """Holds the one loaded model. Loading swaps it under `_load_lock`; the engine guards
+    generation (one answer at a time, or `concurrency` at once batched on genai);
+    `_stops` lets a session stop its own answer."""
 
     limits: Limits = field(default_factory=Limits)
+    concurrency: int = 1
     loaded: Loaded | None = None
     _load_lock: threading.Lock = field(default_factory=threading.Lock)
     _stops: dict[str, threading.Event] = field(default_factory=dict)
@@ -71,8 +73,10 @@ class ChatBackend:
                 exported = ensure_exported(BUNDLED, default_settings(BUNDLED), progress)
             progress(f"Loading {exported.folder} with the {runtime.engine} engine…")
             old, self.loaded = self.loaded, None
+            if old is not None:
+                old.engine.close()
             del old  # free the previous model's memory before loading the next one
-            engine = load_engine(exported.folder, runtime)
+            engine = load_engine(exported.folder, runtime, self.concurrency)
             if engine.device_warning:
                 log.warning(engine.device_warning)
                 notices.append(engine.device_warning)

@@ -76,7 +76,8 @@ def _read_json(path: Path) -> dict:
 
 
 class Engine(ABC):
-    """One loaded model. Generation is serialised by `lock`: one answer at a time."""
+    """One loaded model. Generation is serialised by `lock`: one answer at a time, unless a
+    subclass (the batching engine) swaps it for a semaphore of its batch size."""
 
     name: ClassVar[str]
 
@@ -84,7 +85,7 @@ class Engine(ABC):
         self.folder = Path(folder)
         self.device, self.device_warning = resolve_device(runtime.device)
         self.properties = {**default_properties(), **runtime.properties}
-        self.lock = threading.Lock()
+        self.lock: threading.Lock | threading.BoundedSemaphore = threading.Lock()
         config = _read_json(self.folder / "config.json")
         self.model_type: str = config.get("model_type", "")
         self.context_window: int = int(config.get("max_position_embeddings") or 4096)
@@ -98,6 +99,14 @@ class Engine(ABC):
 
     @abstractmethod
     def _load(self) -> None: ...
+
+    @property
+    def label(self) -> str:
+        """How the page names this engine (the batching engine adds its batch size)."""
+        return self.name
+
+    def close(self) -> None:
+        """Release what the engine runs in the background; the model is about to be swapped."""
 
     @abstractmethod
     def render(self, messages: list[prompts.Message]) -> str:
@@ -134,13 +143,14 @@ class Engine(ABC):
         with self.lock:
             prompt_tokens = self.count_tokens(prompt)
             start = time.perf_counter()
-            first, finished = None, False
+            first, finished, sent = None, False, []
             thread = threading.Thread(target=work, name=f"{self.name}-generate", daemon=True)
             thread.start()
             try:
                 while (item := chunks.get()) is not done:
                     if item:
                         first = first or time.perf_counter()
+                        sent.append(item)
                         yield item
                 finished = True
             finally:
@@ -154,6 +164,10 @@ class Engine(ABC):
         tokens = len(ids)
         first = first or end
         decode = end - first
+        text = self.decode(ids)
+        streamed = "".join(sent)
+        if len(text) > len(streamed) and text.startswith(streamed):
+            yield text[len(streamed):]  # what a streamer held back when it was told to stop
         yield Stats(
             prompt_tokens=prompt_tokens,
             answer_tokens=tokens,
@@ -161,7 +175,7 @@ class Engine(ABC):
             tokens_per_s=(tokens - 1) / decode if tokens > 1 and decode > 0 else 0.0,
             total_s=end - start,
             stopped=stop.is_set(),
-            text=self.decode(ids),
+            text=text,
         )
 
 
@@ -215,6 +229,7 @@ class OptimumEngine(Engine):
         output = self.model.generate(
             **inputs,
             max_new_tokens=settings.max_new_tokens,
+            min_new_tokens=settings.min_new_tokens,
             do_sample=not settings.greedy,
             repetition_penalty=settings.repetition_penalty,
             eos_token_id=self.eos_ids,
@@ -256,11 +271,11 @@ class GenAIEngine(Engine):
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True) if ids else ""
 
-    def _generate(self, prompt: str, settings: GenerationSettings, emit: Emit, stop: threading.Event) -> int:
-        import openvino_genai as ov_genai
-
-        config = self.pipeline.get_generation_config()
+    def generation_config(self, settings: GenerationSettings, config):
+        """`settings` on top of the model's own generation config; shared with the batching
+        engine so both runtimes sample the same way."""
         config.max_new_tokens = settings.max_new_tokens
+        config.min_new_tokens = settings.min_new_tokens
         config.stop_token_ids = set(self.eos_ids)
         config.repetition_penalty = settings.repetition_penalty
         config.apply_chat_template = False
@@ -271,6 +286,12 @@ class GenAIEngine(Engine):
             config.top_k = settings.top_k
             # genai's seed is fixed by default, so "retry" would repeat itself without this.
             config.rng_seed = settings.seed if settings.seed is not None else random.getrandbits(31)
+        return config
+
+    def _generate(self, prompt: str, settings: GenerationSettings, emit: Emit, stop: threading.Event) -> int:
+        import openvino_genai as ov_genai
+
+        config = self.generation_config(settings, self.pipeline.get_generation_config())
 
         def streamer(text: str) -> ov_genai.StreamingStatus:
             emit(text)
@@ -284,6 +305,11 @@ class GenAIEngine(Engine):
 ENGINES: dict[str, type[Engine]] = {engine.name: engine for engine in (GenAIEngine, OptimumEngine)}
 
 
-def load_engine(folder: Path, runtime: RuntimeSettings) -> Engine:
+def load_engine(folder: Path, runtime: RuntimeSettings, concurrency: int = 1) -> Engine:
+    """The engine for `runtime`; genai with `concurrency` > 1 batches that many answers at once."""
     runtime.validate()
+    if runtime.engine == GenAIEngine.name and concurrency > 1:
+        from .batching import BatchingEngine
+
+        return BatchingEngine(folder, runtime, concurrency)
     return ENGINES[runtime.engine](folder, runtime)

@@ -61,9 +61,8 @@ class Exported:
     cached: bool
 
     def describe(self) -> str:
-        how = self.settings.slug() if self.settings else "pre-exported OpenVINO IR"
-        note = " (cached)" if self.cached else ""
-        return f"{self.source} · {how}{note} · {self.folder}"
+        """How the weights were made: the export settings, or IR taken as it was."""
+        return self.settings.slug() if self.settings else "pre-exported OpenVINO IR"
 
 
 def is_openvino_folder(path: Path) -> bool:

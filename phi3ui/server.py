@@ -57,7 +57,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="visitors cannot export or switch model or device (default on Spaces) "
                              "[PHI3UI_LOCK_SETTINGS]")
     add_export_arguments(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for flag, value in (("--concurrency", args.concurrency), ("--queue-size", args.queue_size),
+                        ("--max-message-chars", args.max_message_chars)):
+        if value < 1:
+            parser.error(f"{flag} must be at least 1, not {value}.")
+    return args
 
 
 def read_auth(value: str | None) -> list[tuple[str, str]] | None:
@@ -71,12 +76,22 @@ def read_auth(value: str | None) -> list[tuple[str, str]] | None:
     return pairs  # type: ignore[return-value]
 
 
+def report_share(share_requested: bool, share_url: str | None, local_url: str) -> str | None:
+    """What to tell the operator when --share could not make a link (no network, blocked
+    tunnel, or Spaces, which has its own URL): the app goes on serving locally."""
+    if share_requested and not share_url:
+        return (f"Could not make a public share link (no network, or the tunnel is blocked). "
+                f"Still serving locally at {local_url}")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv)
     try:
         auth = read_auth(args.auth)
-        backend = ChatBackend(limits=Limits(max_message_chars=args.max_message_chars))
+        backend = ChatBackend(limits=Limits(max_message_chars=args.max_message_chars),
+                              concurrency=args.concurrency)
         backend.load(args.model, settings_from_args(args), RuntimeSettings(engine=args.engine, device=args.device),
                      fallback=True)
     except (SettingsError, ExportError) as exc:
@@ -84,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.share and not auth:
         log.warning("Sharing a public link without --auth: anyone with the link can use this machine's model.")
+    if args.concurrency > 1 and backend.engine.name != "genai":
+        log.info("The %s engine answers one message at a time; --concurrency %d lets the others wait "
+                 "in line. The genai engine answers them together.", backend.engine.name, args.concurrency)
 
     from .ui import Page  # Gradio loads only when serving
 
@@ -91,7 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     demo = page.build()
     demo.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
-                show_error=True, max_file_size="5mb", footer_links=["api"])
+                show_error=True, max_file_size="5mb", footer_links=["api"], prevent_thread_lock=True)
+    if problem := report_share(args.share, demo.share_url, demo.local_url):
+        log.warning(problem)
+    demo.block_thread()
     return 0
 
 

@@ -50,7 +50,7 @@ class ExportSettings:
         if self.weight_format == "int4":
             if not 0.0 <= self.ratio <= 1.0:
                 raise SettingsError(
-                    f"Ratio {self.ratio} is outside 0..1: it is the share of layers "
+                    f"Ratio {self.ratio:g} is outside 0..1: it is the share of layers "
                     "compressed to int4 (the rest stay int8)."
                 )
             if self.group_size != -1 and self.group_size < 1:
@@ -121,6 +121,7 @@ class GenerationSettings:
     """Sampling settings; temperature 0 means greedy decoding."""
 
     max_new_tokens: int = 1024
+    min_new_tokens: int = 0  # benchmark only: forces a fixed answer length; the page never sets it
     temperature: float = 0.0
     top_p: float = 1.0
     top_k: int = 50
@@ -137,6 +138,8 @@ class GenerationSettings:
         checks = [
             (1 <= self.max_new_tokens <= limits.max_new_tokens,
              f"Max new tokens must be between 1 and {limits.max_new_tokens}, not {self.max_new_tokens}."),
+            (0 <= self.min_new_tokens <= self.max_new_tokens,
+             f"Min new tokens must be between 0 and max new tokens, not {self.min_new_tokens}."),
             (0.0 <= self.temperature <= 2.0,
              f"Temperature must be between 0 and 2, not {self.temperature}."),
             (0.0 < self.top_p <= 1.0, f"Top-p must be above 0 and at most 1, not {self.top_p}."),
@@ -162,7 +165,7 @@ class GenerationSettings:
             if f.name not in values or values[f.name] is None:
                 continue
             value = values[f.name]
-            kind = {"max_new_tokens": int, "top_k": int, "seed": int, "system_prompt": str}.get(
+            kind = {"max_new_tokens": int, "min_new_tokens": int, "top_k": int, "seed": int, "system_prompt": str}.get(
                 f.name, float
             )
             try:
@@ -172,5 +175,6 @@ class GenerationSettings:
                     raise ValueError
                 converted[f.name] = kind(value)
             except (TypeError, ValueError):
-                raise SettingsError(f"{f.name} must be a {kind.__name__}, not {value!r}.") from None
+                described = {int: "a whole number", float: "a number", str: "text"}[kind]
+                raise SettingsError(f"{f.name} must be {described}, not {value!r}.") from None
         return cls(**converted)

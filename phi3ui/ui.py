@@ -7,15 +7,19 @@ only calls `ChatBackend`; all model work happens there.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import logging
 import queue
 import re
+import secrets
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 
@@ -30,9 +34,13 @@ from .settings import (
     GenerationSettings,
     RuntimeSettings,
     SettingsError,
+    cache_root,
 )
 
+log = logging.getLogger(__name__)
+
 STREAM_INTERVAL_S = 0.05  # batch tokens: one page update per 50 ms at most
+STOPPED = "⏹ Stopped"  # title prefix of the note under an answer the user stopped
 EXAMPLES = [
     "Explain what int4 weight compression does to a language model, in three sentences.",
     "Write a Python function that checks whether a string is a palindrome.",
@@ -40,10 +48,15 @@ EXAMPLES = [
     "把“早上好”翻译成英语和日语。",
 ]
 USER_ERRORS = (SettingsError, prompts.PromptError, ExportError)
+EMPTY_STATE = (
+    "### 💬 Ask anything\n\n"
+    "Everything runs on this machine; nothing leaves it. Pick an example or type below."
+)
 
 # Split text into code (fenced blocks and inline spans, left alone) and prose (escaped).
 _CODE = re.compile(r"(```.*?(?:```|$)|`[^`\n]*`)", re.S)
 _ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+_INVERSE = {v: k for k, v in _ESCAPES.items()}
 _UNESCAPES = re.compile("|".join(map(re.escape, _ESCAPES.values())))
 
 
@@ -51,16 +64,17 @@ def to_display(text: str) -> str:
     """Escape HTML outside code, so nothing a user or the model writes runs as markup.
 
     The mapping is one-to-one (every `&` is escaped too), so `from_display` gives back
-    exactly what was typed.
+    exactly what was typed. Code is left alone: Markdown already shows it literally.
     """
     parts = _CODE.split(text)
     return "".join(p if i % 2 else re.sub("[&<>]", lambda m: _ESCAPES[m[0]], p) for i, p in enumerate(parts))
 
 
 def from_display(text: str) -> str:
-    inverse = {v: k for k, v in _ESCAPES.items()}
+    """The inverse of `to_display`: escaping only touches prose, never backticks, so the
+    split into code and prose is the same on both sides."""
     parts = _CODE.split(text)
-    return "".join(p if i % 2 else _UNESCAPES.sub(lambda m: inverse[m[0]], p) for i, p in enumerate(parts))
+    return "".join(p if i % 2 else _UNESCAPES.sub(lambda m: _INVERSE[m[0]], p) for i, p in enumerate(parts))
 
 
 def chat_messages(display: list) -> list[dict]:
@@ -74,9 +88,35 @@ def note(title: str, body: str = "") -> dict:
     return {"role": "assistant", "content": body, "metadata": {"title": title, "status": "done"}}
 
 
+def stats_title(stats: Stats) -> str:
+    """TTFT, speed and token counts; stopped answers say so first."""
+    if stats.stopped:
+        return f"{STOPPED} · {dataclasses.replace(stats, stopped=False).summary()}"
+    return stats.summary()
+
+
 def to_markdown(messages: list[dict]) -> str:
     names = {"user": "User", "assistant": "Assistant"}
     return "\n\n".join(f"**{names[m['role']]}:**\n\n{m['content']}" for m in messages) + "\n"
+
+
+def stored_chat(stored: Any) -> list:
+    """A chat kept in the browser, or an empty one if what is there is not a chat."""
+    try:
+        prompts.normalize(stored)
+    except prompts.PromptError:
+        return []
+    return stored or []
+
+
+def browser_secret() -> str:
+    """The key the browser's saved chat is encrypted with, kept on disk so saved chats
+    survive a server restart (Gradio's default is a new key per process)."""
+    path = cache_root() / "browser-state-secret"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(24))
+    return path.read_text().strip()
 
 
 @dataclass
@@ -86,6 +126,8 @@ class Page:
     backend: ChatBackend
     lock_settings: bool = False
     concurrency_limit: int = 1
+    # Sessions that pressed Stop while their answer still waited in the queue.
+    _early_stops: set[str] = field(default_factory=set)
 
     # --- helpers -----------------------------------------------------------------------
     @staticmethod
@@ -103,32 +145,55 @@ class Page:
         notices = "".join(f"\n\n> ⚠️ {n}" for n in loaded.notices)
         return f"Loaded: {loaded.describe()}{notices}"
 
+    def preview(self, display: list, message: str, settings: GenerationSettings) -> prompts.Fitted:
+        """The prompt for the chat plus the box's text. An empty box still shows the
+        conversation (with an empty next turn) instead of an 'empty message' error."""
+        history = chat_messages(display)
+        if message.strip():
+            return self.backend.prepare(history, message, settings)
+        settings.validate(self.backend.limits)
+        engine = self.backend.engine
+        return prompts.fit(engine.render, engine.count_tokens, system=settings.system_prompt, history=history,
+                           message="", max_new_tokens=settings.max_new_tokens, window=engine.context_window,
+                           system_ok=engine.system_ok)
+
     def budget(self, display: list, message: str, *gen) -> tuple[str, str]:
         """The live token budget line and the prompt inspector's text."""
         try:
-            settings = self.settings(*gen)
-            fitted = self.backend.prepare(chat_messages(display), message or " ", settings)
+            fitted = self.preview(display or [], message or "", self.settings(*gen))
         except USER_ERRORS as exc:
             return f"⚠️ {exc}", ""
-        dropped = (f" · {fitted.dropped_exchanges} oldest exchange(s) left out to fit"
+        dropped = (f" · ✂️ {fitted.dropped_exchanges} oldest exchange(s) left out to fit"
                    if fitted.dropped_exchanges else "")
-        line = (f"Context: {fitted.prompt_tokens} prompt + {fitted.max_new_tokens} answer tokens = "
-                f"{fitted.used_tokens} of {fitted.window}{dropped}")
+        line = (f"**Context** {fitted.used_tokens:,} of {fitted.window:,} tokens "
+                f"({fitted.prompt_tokens:,} prompt + {fitted.max_new_tokens:,} for the answer){dropped}")
         shown = fitted.prompt.replace("\n", "⏎\n")
         return line, f"{fitted.prompt_tokens} tokens\n\n{shown}"
 
     # --- chat events --------------------------------------------------------------------
-    def submit(self, message: str, display: list, *gen) -> tuple[str, list]:
+    @staticmethod
+    def busy(generating: bool) -> tuple[dict, dict, dict]:
+        """Message box, Send and Stop while an answer streams (Stop only) and after."""
+        return gr.update(interactive=not generating), gr.update(visible=not generating), gr.update(visible=generating)
+
+    def submit(self, message: str, display: list, *gen) -> tuple:
         """Check the message before it leaves the box: on error the text stays there."""
         try:
             self.backend.prepare(chat_messages(display), message, self.settings(*gen))
         except USER_ERRORS as exc:
             raise gr.Error(str(exc)) from None
-        return "", [*display, {"role": "user", "content": to_display(message)}]
+        box, send, stop = self.busy(True)
+        return {**box, "value": ""}, [*display, {"role": "user", "content": to_display(message)}], send, stop
 
-    def respond(self, display: list, *gen, request: gr.Request) -> Iterator[list]:
-        """Stream the answer to the last user message into the chat."""
+    def respond(self, request: gr.Request, display: list, *gen) -> Iterator[list]:
+        """Stream the answer to the last user message into the chat, one update per
+        STREAM_INTERVAL_S at most, and end with the stats note. If the page goes away,
+        Gradio closes this generator and closing the stream stops the engine."""
         if not display or display[-1]["role"] != "user":
+            return
+        if request.session_hash in self._early_stops:
+            self._early_stops.discard(request.session_hash)
+            yield [*display, note(f"{STOPPED} before it started")]
             return
         messages = chat_messages(display)
         try:
@@ -137,24 +202,39 @@ class Page:
         except USER_ERRORS as exc:
             yield [*display, note("⚠️ Not sent", str(exc))]
             return
-        text, last = "", 0.0
+        text, last, stats, ended = "", 0.0, None, "closed by the client"
+
+        def answer() -> list:
+            return [{"role": "assistant", "content": to_display(text)}] if text else []
+
         stream = self.backend.stream(fitted, settings, session=request.session_hash)
-        with contextlib.closing(stream):
-            for chunk in stream:
-                if isinstance(chunk, Stats):
-                    stats = chunk
-                    break
-                text += chunk
-                if time.monotonic() - last >= STREAM_INTERVAL_S:
-                    last = time.monotonic()
-                    yield [*display, {"role": "assistant", "content": to_display(text)}]
+        try:
+            with contextlib.closing(stream):
+                for chunk in stream:
+                    if isinstance(chunk, Stats):
+                        stats = chunk
+                        break
+                    text += chunk
+                    if time.monotonic() - last >= STREAM_INTERVAL_S:
+                        last = time.monotonic()
+                        yield [*display, *answer()]
+        except Exception as exc:  # noqa: BLE001 - shown in the page, not only the log
+            ended = f"failed: {exc}"
+            log.exception("generation failed")
+            yield [*display, *answer(), note("⚠️ The model failed", str(exc))]
+            return
+        finally:
+            log.info("answer ended (%s) after %d characters", ended if stats is None else
+                     "stopped" if stats.stopped else "done", len(text))
         body = (f"{fitted.dropped_exchanges} oldest exchange(s) were left out of the prompt "
                 "to fit the context window." if fitted.dropped_exchanges else "")
-        title = ("⏹ Stopped · " if stats.stopped else "") + stats.summary()
-        yield [*display, {"role": "assistant", "content": to_display(text)}, note(title, body)]
+        yield [*display, *answer(), note(stats_title(stats) if stats else STOPPED, body)]
 
     def stop(self, request: gr.Request) -> None:
-        self.backend.stop(request.session_hash)
+        """End this session's answer within about one token; `respond` then adds the note.
+        An answer still waiting in the queue is remembered and never starts."""
+        if not self.backend.stop(request.session_hash):
+            self._early_stops.add(request.session_hash)
 
     @staticmethod
     def retry(display: list) -> list:
@@ -172,8 +252,13 @@ class Page:
 
     @staticmethod
     def edit(display: list, data: gr.EditData) -> list:
-        """Continue from an edited user message: everything after it goes."""
-        return [*display[: data.index], {"role": "user", "content": data.value}]
+        """Continue from an edited user message: everything after it goes. The box shows
+        the escaped text; round-tripping escapes anything typed anew."""
+        return [*display[: data.index], {"role": "user", "content": to_display(from_display(str(data.value)))}]
+
+    @staticmethod
+    def example(data: gr.SelectData) -> str:
+        return data.value["text"]
 
     # --- files ---------------------------------------------------------------------------
     @staticmethod
@@ -215,16 +300,16 @@ class Page:
 
         thread = threading.Thread(target=work, daemon=True)
         thread.start()
-        log: list[str] = []
+        log_lines: list[str] = []
         while thread.is_alive() or not lines.empty():
             with contextlib.suppress(queue.Empty):
-                log.append(lines.get(timeout=0.2))
-                yield "\n".join(log[-40:]), self.model_info()
+                log_lines.append(lines.get(timeout=0.2))
+                yield "\n".join(log_lines[-40:]), self.model_info()
         if "error" in outcome:
-            log.append(f"❌ {outcome['error']}")
-            yield "\n".join(log[-40:]), self.model_info()
+            log_lines.append(f"❌ {outcome['error']}")
+            yield "\n".join(log_lines[-40:]), self.model_info()
             raise gr.Error(str(outcome["error"]))
-        yield "\n".join(log[-40:]), self.model_info()
+        yield "\n".join(log_lines[-40:]), self.model_info()
 
     @staticmethod
     def defaults_for(model: str) -> int:
@@ -282,34 +367,35 @@ class Page:
                 self.max_new_tokens = gr.Slider(1, self.backend.limits.max_new_tokens, gen_defaults.max_new_tokens,
                                                 step=1, label="Max new tokens", elem_id="max-new-tokens")
                 self.temperature = gr.Slider(0, 2, gen_defaults.temperature, step=0.05,
-                                             label="Temperature (0 = greedy)")
+                                             label="Temperature (0 = greedy)", elem_id="temperature")
                 self.top_p = gr.Slider(0.05, 1, gen_defaults.top_p, step=0.05, label="Top-p")
                 self.top_k = gr.Slider(0, 200, gen_defaults.top_k, step=1, label="Top-k (0 = off)")
                 self.repetition_penalty = gr.Slider(0.5, 2, gen_defaults.repetition_penalty, step=0.05,
                                                     label="Repetition penalty")
-                self.seed = gr.Number(None, precision=0, label="Seed (empty = random)")
+                self.seed = gr.Number(-1, precision=0, label="Seed (-1 = random)", elem_id="seed")
 
             gr.Markdown("## phi3ui · chat with Phi-3 on OpenVINO, on your own machine")
             self.chatbot = gr.Chatbot(
-                label="Chat", height="65vh", editable="user", elem_id="chat",
-                placeholder="**Ask anything.** Everything runs on this machine; nothing leaves it.",
+                show_label=False, height="62vh", editable="user", elem_id="chat", placeholder=EMPTY_STATE,
                 examples=[{"text": e} for e in EXAMPLES], buttons=["copy", "copy_all"],
+                allow_tags=False, feedback_options=None,
             )
             with gr.Row(equal_height=True):
                 self.message = gr.Textbox(placeholder="Message (Enter sends, Shift+Enter for a new line)",
                                           show_label=False, lines=1, max_lines=8, scale=8, elem_id="message",
                                           autofocus=True)
                 self.send = gr.Button("Send", variant="primary", scale=1, min_width=80, elem_id="send")
-                self.stop_btn = gr.Button("Stop", variant="stop", scale=1, min_width=80, elem_id="stop")
+                self.stop_btn = gr.Button("Stop", variant="stop", scale=1, min_width=80, elem_id="stop",
+                                          visible=False)
                 self.clear = gr.Button("Clear", scale=1, min_width=80, elem_id="clear")
             self.budget_md = gr.Markdown(elem_id="budget")
-            with gr.Accordion("Prompt inspector: what the model will see", open=False):
+            with gr.Accordion("Prompt inspector: what the model will see", open=False, elem_id="inspector-box"):
                 self.inspector = gr.Code(label="Prompt", language=None, interactive=False, elem_id="inspector")
             with gr.Row():
-                self.dl_json = gr.DownloadButton("Download JSON", size="sm")
-                self.dl_md = gr.DownloadButton("Download Markdown", size="sm")
-                self.upload = gr.UploadButton("Load JSON", file_types=[".json"], size="sm")
-            self.store = gr.BrowserState([], storage_key="phi3ui-chat")
+                self.dl_json = gr.DownloadButton("Download JSON", size="sm", elem_id="download-json")
+                self.dl_md = gr.DownloadButton("Download Markdown", size="sm", elem_id="download-md")
+                self.upload = gr.UploadButton("Load JSON", file_types=[".json"], size="sm", elem_id="load-json")
+            self.store = gr.BrowserState([], storage_key="phi3ui-chat", secret=browser_secret())
             self._wire(demo)
         return demo
 
@@ -319,26 +405,38 @@ class Page:
         gen = [self.max_new_tokens, self.temperature, self.top_p, self.top_k, self.repetition_penalty,
                self.seed, self.system_prompt]
         quick = dict(queue=False, api_visibility="private", show_progress="hidden")
+        controls = [self.message, self.send, self.stop_btn]
+        sent = [self.message, self.chatbot, self.send, self.stop_btn]
         generate = dict(fn=self.respond, inputs=[self.chatbot, *gen], outputs=self.chatbot,
                         concurrency_limit=self.concurrency_limit, concurrency_id="generate",
                         api_visibility="private", show_progress="hidden")
+        shown = [self.dl_json, self.dl_md, self.budget_md, self.inspector]
         settle = dict(fn=self.settle, inputs=[self.chatbot, self.message, *gen],
-                      outputs=[self.store, self.dl_json, self.dl_md, self.budget_md, self.inspector], **quick)
+                      outputs=[self.store, *shown, *controls], **quick)
+        refresh = dict(fn=self.refresh, inputs=[self.chatbot, self.message, *gen], outputs=shown, **quick)
+        started = dict(fn=lambda: self.busy(True), inputs=None, outputs=controls, **quick)
+        answers = []  # events that stream an answer: Clear cancels them
+
+        def send(event: Any) -> None:
+            answer = event.success(**generate)
+            answers.append(answer)
+            answer.then(**settle)
 
         for trigger in (self.message.submit, self.send.click):
-            trigger(self.submit, [self.message, self.chatbot, *gen], [self.message, self.chatbot],
-                    **quick).success(**generate).then(**settle)
-        self.chatbot.example_select(lambda d: d.value["text"], None, self.message, **quick)
-        self.chatbot.retry(self.retry, self.chatbot, self.chatbot, **quick).then(**generate).then(**settle)
-        self.chatbot.edit(self.edit, self.chatbot, self.chatbot, **quick).then(**generate).then(**settle)
+            send(trigger(self.submit, [self.message, self.chatbot, *gen], sent, **quick))
+        send(self.chatbot.example_select(self.example, None, self.message, **quick).success(
+            self.submit, [self.message, self.chatbot, *gen], sent, **quick))
+        send(self.chatbot.retry(self.retry, self.chatbot, self.chatbot, **quick).success(**started))
+        send(self.chatbot.edit(self.edit, self.chatbot, self.chatbot, **quick).success(**started))
         self.chatbot.undo(self.undo, self.chatbot, [self.chatbot, self.message], **quick).then(**settle)
         self.stop_btn.click(self.stop, None, None, **quick)
-        self.clear.click(self.stop, None, None, **quick).then(
-            lambda: ([], ""), None, [self.chatbot, self.message], **quick).then(**settle)
-        self.chatbot.clear(self.stop, None, None, **quick).then(**settle)
-        self.upload.upload(self.load_json, self.upload, self.chatbot, **quick).then(**settle)
-        demo.load(lambda stored: stored or [], self.store, self.chatbot, **quick).then(**settle).then(
+        self.clear.click(lambda: ([], ""), None, [self.chatbot, self.message], cancels=answers, **quick).then(**settle)
+        self.chatbot.clear(lambda: [], None, self.chatbot, cancels=answers, **quick).then(**settle)
+        self.upload.upload(self.load_json, self.upload, self.chatbot, cancels=answers, **quick).then(**settle)
+        self.store.change(self.restore, [self.store, self.chatbot], self.chatbot, **quick).then(**refresh)
+        demo.load(self.restore, [self.store, self.chatbot], self.chatbot, **quick).then(**refresh).then(
             self.model_info, None, self.model_md, **quick)
+        demo.unload(self.leave)
         for box in (self.message, *gen):
             box.change(self.budget, [self.chatbot, self.message, *gen], [self.budget_md, self.inspector],
                        trigger_mode="always_last", **quick)
@@ -352,8 +450,27 @@ class Page:
         gr.api(self.api_chat, api_name="chat", concurrency_limit=self.concurrency_limit,
                concurrency_id="generate")
 
-    def settle(self, display: list, message: str, *gen):
-        """After every change to the chat: save it in the browser, refresh files and budget."""
+    def leave(self, request: gr.Request) -> None:
+        """The tab closed: stop its answer, in case Gradio has not closed the generator yet."""
+        self._early_stops.discard(request.session_hash)
+        if self.backend.stop(request.session_hash):
+            log.info("page closed mid-answer: stopping it")
+
+    def refresh(self, display: list, message: str, *gen) -> tuple:
+        """Files, budget and inspector for the chat as it is now."""
         json_file, md_file = self.files(display)
-        line, inspector = self.budget(display, message, *gen)
-        return display, json_file, md_file, line, inspector
+        return (json_file, md_file, *self.budget(display, message, *gen))
+
+    def settle(self, request: gr.Request, display: list, message: str, *gen) -> tuple:
+        """After every change to the chat: save it in the browser, `refresh`, and give
+        the controls back. A Stop that came too late to matter is forgotten here."""
+        self._early_stops.discard(request.session_hash)
+        return (display, *self.refresh(display, message, *gen), *self.busy(False))
+
+    @staticmethod
+    def restore(stored: Any, display: list) -> Any:
+        """Fill an empty page with the chat kept in the browser, never the other way round:
+        the page's load event can run before the browser has read its storage, and
+        writing that empty value back would erase the saved chat."""
+        chat = stored_chat(stored)
+        return chat if chat and not display else gr.skip()

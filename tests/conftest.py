@@ -128,3 +128,12 @@ def app_server(bundled: Exported, engine_name: str) -> Iterator[AppProcess]:
     app = AppProcess("--model", BUNDLED, "--engine", engine_name).wait_ready()
     yield app
     app.stop()
+
+
+@pytest.fixture(scope="session")
+def browser_app(bundled: Exported) -> Iterator[AppProcess]:
+    """The app for browser tests: genai only (the page is the same on both engines), and a
+    200-character message limit so an over-long message is quick to type."""
+    app = AppProcess("--model", BUNDLED, "--engine", "genai", "--max-message-chars", "200").wait_ready()
+    yield app
+    app.stop()

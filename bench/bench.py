@@ -1,0 +1,666 @@
+"""Multi-turn chat benchmark: time to first token per turn, decode speed, load time, memory.
+
+For one model it runs a scripted conversation (fixed user messages, every answer forced to
+the same length with min_new_tokens = max_new_tokens, greedy) on each engine, each engine in
+a child process of its own so its peak memory is its own:
+
+* load time cold (an empty OpenVINO CACHE_DIR) and warm (the same cache, second load),
+* per turn: time to first token and decode tokens/s,
+* peak RSS of the process that loaded the model and ran the conversation.
+
+Then the same conversation through the running app over HTTP (`python app.py --engine genai`
+and `gradio_client` on its `/chat` endpoint), as the client sees it; and the machine's memory
+read bandwidth, which bounds decoding: every token reads all the weights once, so
+weight bytes / bandwidth is the least time per token.
+
+    python bench/bench.py                         # the bundled SmolLM2-135M int4
+    python bench/bench.py --phi3-shaped           # Phi-3-mini sizes, random weights (2.5 min export once)
+    python bench/bench.py --model /path/to/openvino/folder --engines genai
+    python bench/bench.py --turns 2 --tokens 4 --no-http --out /tmp/b   # smoke run
+
+Writes `<out>/<label>.json` and `<out>/<label>.png`, then rewrites `<out>/README-section.md`
+from every result JSON in `<out>`. Not a test: nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "bench" / "results"
+ENGINES = ("genai", "optimum")
+PHI3_SHAPED_VERSION = "1"  # bump when build_phi3_shaped changes what it builds
+
+# Fixed user turns, each about 100 tokens, so a turn adds a paragraph to the history as a
+# real chat does. Answers are the model's own (greedy), so the history is what the app sends.
+MESSAGES = [
+    "I am planning a small vegetable garden behind my house. The plot is about four metres by "
+    "three, it gets sun from late morning until evening, and the soil is heavy clay that stays "
+    "wet for days after rain. I would like to grow tomatoes, beans, lettuce and some herbs. "
+    "Where should I start, and what should I do about the soil before I plant anything?",
+    "Thanks. I read that raised beds help with clay. How deep should a raised bed be for "
+    "tomatoes and beans, what should I fill it with, and is it worth mixing some of the "
+    "existing clay into the bottom layer or should I keep it separate? I have a budget of "
+    "about two hundred euros for the whole project, including wood and soil.",
+    "Let us talk about watering. I work during the day, so I can only water early in the "
+    "morning or after seven in the evening. In July it often gets above thirty degrees here "
+    "for a week at a time. Is a simple drip line on a timer a good idea, and how much water "
+    "would tomatoes in a raised bed need on such days?",
+    "My neighbour says I should plant marigolds and basil between the tomatoes to keep pests "
+    "away, and that beans should never be planted next to onions. Is there any evidence for "
+    "companion planting like this, or is it mostly folklore? Please separate what is known "
+    "from what is just tradition, and tell me what you would actually do in my place.",
+    "Last year the leaves on my potted tomatoes got yellow patches with brown rings, starting "
+    "from the bottom of the plant and moving up, and by August most of the lower leaves had "
+    "died. The fruit was fine but small. What could that have been, how do I avoid it in the "
+    "new beds, and should I throw away the old potting soil?",
+    "I would like to plan the season so that something is ready to harvest every few weeks "
+    "from May to October rather than everything at once. Could you sketch a sowing calendar "
+    "for lettuce, beans and radishes with successive sowings, assuming the last frost is in "
+    "mid April and the first frost comes around the end of October?",
+    "For the herbs I am thinking of basil, parsley, thyme, rosemary and mint. Some of them "
+    "like dry soil and others like it moist, and I have heard that mint spreads everywhere. "
+    "Should they share one bed or be kept apart, which ones can stay outside over the winter, "
+    "and which ones are easier to grow from cuttings than from seed?",
+    "I also want to start composting kitchen scraps and garden waste so I can improve the "
+    "soil every year. I have room for a bin of about one cubic metre in a shady corner. What "
+    "can and cannot go in, how often should I turn it, how long until it is usable, and how "
+    "do I stop it from smelling or attracting rats?",
+    "Slugs destroyed most of my lettuce seedlings last spring, sometimes overnight. I do not "
+    "want to use chemical pellets because a hedgehog visits the garden in the evenings and my "
+    "neighbour has a cat. What are the options that actually work, how much effort does each "
+    "take, and is there anything I can do when building the beds to make it harder for them?",
+    "Finally, could you summarise everything we discussed as a short checklist for the next "
+    "three months, in order, so I can print it and stick it on the shed door? Keep each item "
+    "to one line, mention the soil, the beds, watering, the sowing calendar, the herbs, the "
+    "compost and the slugs, and put the things I must buy first at the top.",
+]
+
+
+# --- results ------------------------------------------------------------------------------
+@dataclass
+class Turn:
+    """One answer as the engine saw it (prepare = fitting and rendering the prompt)."""
+
+    turn: int
+    prompt_tokens: int
+    answer_tokens: int
+    prepare_s: float
+    ttft_s: float
+    tokens_per_s: float
+    total_s: float
+
+
+@dataclass
+class EngineRun:
+    engine: str
+    load_cold_s: float
+    load_warm_s: float
+    peak_rss_cold_load_mb: float
+    peak_rss_mb: float  # the process that loaded (warm) and ran the whole conversation
+    turns: list[Turn]
+    decode_tokens_per_s: float = 0.0  # median over turns
+    fraction_of_bandwidth_limit: float = 0.0
+    ttft_turn_last_over_turn2: float | None = None
+
+
+@dataclass
+class HttpTurn:
+    turn: int
+    answer_tokens: int
+    ttft_s: float
+    tokens_per_s: float
+    total_s: float
+    same_text_as_engine: bool | None = None
+
+
+@dataclass
+class HttpRun:
+    engine: str
+    startup_s: float
+    server_peak_rss_mb: float
+    turns: list[HttpTurn]
+    decode_tokens_per_s: float = 0.0
+    fraction_of_engine_tokens_per_s: float = 0.0
+    median_ttft_overhead_s: float = 0.0  # HTTP TTFT minus the engine's prepare + TTFT, same turn
+
+
+@dataclass
+class Bandwidth:
+    gb_per_s: float  # the best of single- and multi-threaded: what the machine can read
+    single_thread_gb_per_s: float
+    threads: int
+    array_mb: int
+    runs: int
+
+
+@dataclass
+class Report:
+    label: str
+    model: str
+    folder: str
+    weight_bytes: int
+    date: str
+    command: str
+    turns: int
+    answer_tokens: int
+    machine: dict
+    bandwidth: Bandwidth
+    limit_ms_per_token: float
+    limit_tokens_per_s: float
+    engines: list[EngineRun] = field(default_factory=list)
+    http: HttpRun | None = None
+    targets: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0
+
+
+# --- memory bandwidth ---------------------------------------------------------------------
+def measure_bandwidth(array_mb: int = 1024, runs: int = 5) -> Bandwidth:
+    """Read a large array with numpy, one thread and one per core; best of `runs` each."""
+    import numpy as np
+
+    data = np.ones(array_mb * 2**20 // 8, dtype=np.float64)  # touched, so no page faults later
+    threads = os.cpu_count() or 1
+    parts = np.array_split(data, threads)
+
+    def best(read) -> float:
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            read()
+            times.append(time.perf_counter() - start)
+        return data.nbytes / min(times) / 1e9
+
+    single = best(data.sum)
+    with ThreadPoolExecutor(threads) as pool:  # numpy's reductions release the GIL
+        multi = best(lambda: list(pool.map(np.sum, parts)))
+    del data, parts
+    return Bandwidth(round(max(single, multi), 2), round(single, 2), threads, array_mb, runs)
+
+
+# --- one engine, in a child process -------------------------------------------------------
+def peak_rss_mb() -> float:
+    """This process's peak RSS. Not getrusage's ru_maxrss: Linux carries that across exec,
+    so a child would report its parent's peak (the bandwidth array) as its own."""
+    return vm_hwm_mb(os.getpid())
+
+
+def load_backend(folder: str, engine: str, cache_dir: str):
+    from phi3ui.chat import ChatBackend
+    from phi3ui.settings import RuntimeSettings
+
+    backend = ChatBackend()
+    start = time.perf_counter()
+    backend.load(folder, runtime=RuntimeSettings(engine=engine, properties={"CACHE_DIR": cache_dir}))
+    return backend, time.perf_counter() - start
+
+
+def run_conversation(backend, turns: int, tokens: int) -> tuple[list[Turn], list[str]]:
+    """The scripted chat: each answer joins the history the next turn sends."""
+    from phi3ui.engines import Stats
+    from phi3ui.settings import GenerationSettings
+
+    settings = GenerationSettings(max_new_tokens=tokens, min_new_tokens=tokens)
+    history: list[dict] = []
+    results, answers = [], []
+    for number, message in enumerate(MESSAGES[:turns], start=1):
+        start = time.perf_counter()
+        fitted = backend.prepare(history, message, settings)
+        prepare_s = time.perf_counter() - start
+        stats = [c for c in backend.stream(fitted, settings) if isinstance(c, Stats)][-1]
+        results.append(Turn(number, stats.prompt_tokens, stats.answer_tokens, round(prepare_s, 4),
+                            round(stats.ttft_s, 4), round(stats.tokens_per_s, 2), round(stats.total_s, 3)))
+        answers.append(stats.text)
+        history += [{"role": "user", "content": message}, {"role": "assistant", "content": stats.text}]
+        print(f"  {backend.engine.name} turn {number}: {stats.summary()}", file=sys.stderr, flush=True)
+    return results, answers
+
+
+def worker_main(argv: list[str]) -> int:
+    """`bench.py _worker ...`: load once (and maybe chat), write a JSON of what happened."""
+    parser = argparse.ArgumentParser(prog="bench.py _worker")
+    parser.add_argument("--folder", required=True)
+    parser.add_argument("--engine", required=True, choices=ENGINES)
+    parser.add_argument("--cache-dir", required=True)
+    parser.add_argument("--turns", type=int, default=0, help="0: load only")
+    parser.add_argument("--tokens", type=int, default=48)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    backend, load_s = load_backend(args.folder, args.engine, args.cache_dir)
+    turns, answers = run_conversation(backend, args.turns, args.tokens) if args.turns else ([], [])
+    Path(args.out).write_text(json.dumps({
+        "load_s": round(load_s, 3), "peak_rss_mb": round(peak_rss_mb(), 1),
+        "turns": [asdict(t) for t in turns], "answers": answers,
+    }))
+    return 0
+
+
+def run_worker(folder: Path, engine: str, cache_dir: Path, turns: int, tokens: int) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        command = [sys.executable, __file__, "_worker", "--folder", str(folder), "--engine", engine,
+                   "--cache-dir", str(cache_dir), "--turns", str(turns), "--tokens", str(tokens),
+                   "--out", out.name]
+        subprocess.run(command, check=True, cwd=ROOT)
+        return json.loads(Path(out.name).read_text())
+
+
+def bench_engine(folder: Path, engine: str, turns: int, tokens: int, limit_tps: float) -> tuple[EngineRun, list[str]]:
+    """Cold load (fresh cache) in one process; warm load plus the conversation in another."""
+    with tempfile.TemporaryDirectory(prefix=f"phi3ui-bench-cache-{engine}-") as cache:
+        print(f"[{engine}] cold load (empty CACHE_DIR)…", file=sys.stderr, flush=True)
+        cold = run_worker(folder, engine, Path(cache), 0, tokens)
+        print(f"[{engine}] warm load and {turns}-turn conversation…", file=sys.stderr, flush=True)
+        warm = run_worker(folder, engine, Path(cache), turns, tokens)
+    run = EngineRun(engine, cold["load_s"], warm["load_s"], cold["peak_rss_mb"], warm["peak_rss_mb"],
+                    [Turn(**t) for t in warm["turns"]])
+    run.decode_tokens_per_s = round(median([t.tokens_per_s for t in run.turns]), 2)
+    run.fraction_of_bandwidth_limit = round(run.decode_tokens_per_s / limit_tps, 3)
+    if len(run.turns) >= 2 and run.turns[1].ttft_s > 0:
+        run.ttft_turn_last_over_turn2 = round(run.turns[-1].ttft_s / run.turns[1].ttft_s, 2)
+    return run, warm["answers"]
+
+
+# --- the app over HTTP --------------------------------------------------------------------
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def vm_hwm_mb(pid: int) -> float:
+    """A live process's peak RSS, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class App:
+    """`python app.py --model M --engine E --port N`, its output in a log file."""
+
+    def __init__(self, model: str, engine: str, log_path: Path):
+        self.url = f"http://127.0.0.1:{free_port()}/"
+        self.log = log_path.open("w")
+        self.started = time.perf_counter()
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "app.py"), "--model", model, "--engine", engine,
+             "--port", self.url.rsplit(":", 1)[1].strip("/")],
+            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
+            env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"},
+        )
+
+    def wait_ready(self, timeout: float = 900) -> float:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the app exited with {self.process.returncode}; see {self.log.name}")
+            try:
+                urllib.request.urlopen(self.url, timeout=2)
+                return time.perf_counter() - self.started
+            except OSError:
+                time.sleep(0.25)
+        raise TimeoutError(f"the app did not start in {timeout} s; see {self.log.name}")
+
+    def stop(self) -> float:
+        peak = vm_hwm_mb(self.process.pid) if self.process.poll() is None else 0.0
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+        return peak
+
+
+def http_turn(client, message: str, history: list[dict], tokens: int) -> tuple[float, float | None, float, str]:
+    """Submit one turn and follow the stream: (start, first text, last text) times and the text."""
+    start = time.perf_counter()
+    job = client.submit(message=message, history=history, max_new_tokens=tokens, api_name="/chat")
+    first = last = None
+    text = ""
+    for text in job:
+        last = time.perf_counter()
+        if first is None and text:
+            first = last
+    return start, first, last or time.perf_counter(), text or ""
+
+
+def bench_http(model: str, folder: Path, turns: int, tokens: int, engine_run: EngineRun | None,
+               engine_answers: list[str], log_path: Path) -> HttpRun:
+    """The conversation through the app's `/chat` endpoint, timed as the client sees it.
+
+    The endpoint takes no min_new_tokens, so an answer that ends early is shorter; answer
+    token counts are recorded per turn (and the text compared with the engine's) to show it.
+    """
+    import openvino_genai as ov_genai
+    from gradio_client import Client
+
+    tokenizer = ov_genai.Tokenizer(str(folder))
+    app = App(model, "genai", log_path)
+    try:
+        print("[http] starting the app…", file=sys.stderr, flush=True)
+        startup = app.wait_ready()
+        client = Client(app.url, verbose=False, analytics_enabled=False, download_files=False)
+        history: list[dict] = []
+        results = []
+        for number, message in enumerate(MESSAGES[:turns], start=1):
+            start, first, last, text = http_turn(client, message, history, tokens)
+            first = first or last
+            count = int(tokenizer.encode(text, add_special_tokens=False).input_ids.shape[1]) if text else 0
+            decode = last - first
+            same = engine_answers[number - 1] == text if number <= len(engine_answers) else None
+            results.append(HttpTurn(number, count, round(first - start, 4),
+                                    round((count - 1) / decode, 2) if count > 1 and decode > 0 else 0.0,
+                                    round(last - start, 3), same))
+            print(f"  http turn {number}: {first - start:.2f} s to first token, "
+                  f"{results[-1].tokens_per_s} tokens/s, {count} tokens", file=sys.stderr, flush=True)
+            history += [{"role": "user", "content": message}, {"role": "assistant", "content": text}]
+        client.close()
+    finally:
+        peak = app.stop()
+    run = HttpRun("genai", round(startup, 2), round(peak, 1), results)
+    run.decode_tokens_per_s = round(median([t.tokens_per_s for t in results]), 2)
+    if engine_run:
+        run.fraction_of_engine_tokens_per_s = round(run.decode_tokens_per_s / engine_run.decode_tokens_per_s, 3)
+        overheads = [h.ttft_s - (e.prepare_s + e.ttft_s) for h, e in zip(results, engine_run.turns)]
+        run.median_ttft_overhead_s = round(median(overheads), 4)
+    return run
+
+
+# --- the Phi-3-mini-shaped model ----------------------------------------------------------
+def build_phi3_shaped(dest: Path) -> Path:
+    """Phi-3-mini-4k-instruct's sizes with random weights (bf16 on disk), and the bundled
+    model's tokenizer. Its vocabulary is 49152, not Phi-3's 32064: the embedding and head
+    must cover every id the tokenizer can produce (this adds ~105 M parameters, ~3%)."""
+    if (dest / "config.json").exists():
+        return dest
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, Phi3Config, Phi3ForCausalLM
+
+    from phi3ui.bundled import write_hf_folder
+    from phi3ui.settings import cache_root
+
+    source = write_hf_folder(cache_root() / "sources" / "SmolLM2-135M-Instruct")
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    eos = tokenizer.eos_token_id  # <|im_end|>
+    config = Phi3Config(
+        vocab_size=len(tokenizer), hidden_size=3072, intermediate_size=8192, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
+        original_max_position_embeddings=4096, rms_norm_eps=1e-5, tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=eos,
+    )
+    print(f"Building a Phi-3-mini-shaped model with random weights in {dest}…", file=sys.stderr, flush=True)
+    torch.manual_seed(0)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)  # 7.8 GB instead of 15.6 GB in fp32
+    try:
+        model = Phi3ForCausalLM(config)
+    finally:
+        torch.set_default_dtype(default)
+    staging = dest.with_name(dest.name + ".partial")
+    model.save_pretrained(staging)
+    del model
+    tokenizer.save_pretrained(staging)
+    GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=eos).save_pretrained(staging)
+    os.replace(staging, dest)
+    return dest
+
+
+def resolve_model(args: argparse.Namespace) -> tuple[str, str, Path]:
+    """(label, model argument for app.py, exported OpenVINO folder)."""
+    from phi3ui.export import ensure_exported
+    from phi3ui.settings import BUNDLED, ExportSettings, cache_root
+
+    if args.phi3_shaped:
+        source = build_phi3_shaped(cache_root() / "sources" / f"phi3-mini-shaped-random-v{PHI3_SHAPED_VERSION}")
+        exported = ensure_exported(str(source), ExportSettings(), progress=lambda m: print(m, file=sys.stderr))
+        return "phi3-shaped", str(exported.folder), exported.folder
+    exported = ensure_exported(args.model, progress=lambda m: print(m, file=sys.stderr))
+    label = "bundled" if args.model == BUNDLED else Path(args.model).name or args.model.replace("/", "--")
+    app_model = BUNDLED if args.model == BUNDLED else str(exported.folder)
+    return label, app_model, exported.folder
+
+
+# --- targets, plot, markdown --------------------------------------------------------------
+def targets(report: Report) -> list[dict]:
+    """The issue's targets (set for the Phi-3-mini-shaped model), measured, never assumed."""
+    genai = next((e for e in report.engines if e.engine == "genai"), None)
+    best = max(report.engines, key=lambda e: e.decode_tokens_per_s, default=None)
+    rows = []
+    if genai and genai.ttft_turn_last_over_turn2 is not None:
+        rows.append({"target": f"genai TTFT turn {len(genai.turns)} ≤ 1.5× turn 2",
+                     "measured": f"{genai.ttft_turn_last_over_turn2}×",
+                     "met": genai.ttft_turn_last_over_turn2 <= 1.5})
+    if best:
+        rows.append({"target": "decode ≥ 75% of the bandwidth limit",
+                     "measured": f"{best.fraction_of_bandwidth_limit:.0%} ({best.engine})",
+                     "met": best.fraction_of_bandwidth_limit >= 0.75})
+    if report.http and report.http.fraction_of_engine_tokens_per_s:
+        rows.append({"target": "HTTP ≥ 95% of engine tokens/s",
+                     "measured": f"{report.http.fraction_of_engine_tokens_per_s:.0%}",
+                     "met": report.http.fraction_of_engine_tokens_per_s >= 0.95})
+    return rows
+
+
+def plot(report: Report, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ttft, speed) = plt.subplots(1, 2, figsize=(11, 4.2))
+    series = [(e.engine, e.turns) for e in report.engines]
+    if report.http:
+        series.append(("genai over HTTP", report.http.turns))
+    for name, turns in series:
+        x = [t.turn for t in turns]
+        ttft.plot(x, [t.ttft_s for t in turns], marker="o", label=name)
+        speed.plot(x, [t.tokens_per_s for t in turns], marker="o", label=name)
+    speed.axhline(report.limit_tokens_per_s, color="grey", linestyle="--", label="bandwidth limit")
+    ttft.set(title="Time to first token", xlabel="turn", ylabel="seconds")
+    speed.set(title=f"Decode ({report.answer_tokens}-token answers)", xlabel="turn", ylabel="tokens/s")
+    for ax in (ttft, speed):
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"{report.label}: {report.weight_bytes / 1e6:.0f} MB of weights, {report.date}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def table(report: Report) -> str:
+    last = report.turns
+    lines = [
+        f"| run | load cold / warm (s) | TTFT turn 1 (s) | turn 2 | turn {last} | turn {last} ÷ turn 2 "
+        f"| decode tokens/s | of bandwidth limit | peak RSS (MB) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def ttft(turns: list, n: int) -> str:
+        return f"{turns[n - 1].ttft_s:.2f}" if len(turns) >= n else "–"
+
+    for e in report.engines:
+        ratio = f"{e.ttft_turn_last_over_turn2}×" if e.ttft_turn_last_over_turn2 is not None else "–"
+        lines.append(f"| {e.engine} | {e.load_cold_s:.1f} / {e.load_warm_s:.1f} | {ttft(e.turns, 1)} | "
+                     f"{ttft(e.turns, 2)} | {ttft(e.turns, last)} | {ratio} | {e.decode_tokens_per_s:.1f} | "
+                     f"{e.fraction_of_bandwidth_limit:.0%} | {e.peak_rss_mb:.0f} |")
+    if h := report.http:
+        turns = h.turns
+        ratio = f"{turns[-1].ttft_s / turns[1].ttft_s:.2f}×" if len(turns) >= 2 and turns[1].ttft_s else "–"
+        lines.append(f"| genai over HTTP (app) | start {h.startup_s:.1f} | {ttft(turns, 1)} | {ttft(turns, 2)} | "
+                     f"{ttft(turns, last)} | {ratio} | {h.decode_tokens_per_s:.1f} "
+                     f"({h.fraction_of_engine_tokens_per_s:.0%} of engine) | "
+                     f"{h.decode_tokens_per_s / report.limit_tokens_per_s:.0%} | {h.server_peak_rss_mb:.0f} (server) |")
+    return "\n".join(lines)
+
+
+def section(report: Report, png: Path) -> str:
+    m = report.machine
+    shared = (f"shared with other work (load average {m['load_before']} before, {m['load_after']} after)"
+              if m["shared"] else f"otherwise idle (load average {m['load_before']} before)")
+    out = [
+        f"### {report.label}: {report.weight_bytes / 1e6:,.0f} MB of weights ({report.date})",
+        "",
+        "```",
+        report.command.strip(),
+        "```",
+        "",
+        f"{report.turns} turns, answers forced to {report.answer_tokens} tokens, greedy. "
+        f"Machine: {m['cpus']} cores, {m['memory_gb']} GB, {shared}. Memory read bandwidth "
+        f"{report.bandwidth.gb_per_s} GB/s (numpy, best of {report.bandwidth.runs}), so at least "
+        f"{report.limit_ms_per_token:.1f} ms per token ({report.limit_tokens_per_s:.1f} tokens/s) for "
+        f"`openvino_model.bin`.",
+        "",
+        table(report),
+        "",
+    ]
+    if report.targets:
+        out += ["| target | measured | met |", "|---|---|---|"]
+        out += [f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'no'} |" for t in report.targets]
+        out.append("")
+    out += [f"- {note}" for note in report.notes]
+    rel = png.relative_to(ROOT) if png.is_relative_to(ROOT) else png
+    out += ["", f"![Time to first token and decode speed per turn, {report.label}]({rel})", ""]
+    return "\n".join(out)
+
+
+def write_section(out: Path) -> Path:
+    """README-section.md from every result JSON in `out` (bundled first)."""
+    parts = ["## Benchmark", "",
+             "Made by `bench/bench.py` (see its docstring); the JSON files beside this one hold "
+             "every per-turn figure. Load \"cold\" means an empty OpenVINO `CACHE_DIR` (the OS file "
+             "cache was warm); \"warm\" is the second load with that cache.", ""]
+    files = sorted(out.glob("*.json"), key=lambda p: (p.stem != "bundled", p.stem))
+    for path in files:
+        report = report_from_json(json.loads(path.read_text()))
+        parts.append(section(report, path.with_suffix(".png")))
+    target = out / "README-section.md"
+    target.write_text("\n".join(parts))
+    return target
+
+
+def report_from_json(data: dict) -> Report:
+    data = dict(data)
+    data["bandwidth"] = Bandwidth(**data["bandwidth"])
+    data["engines"] = [EngineRun(**{**e, "turns": [Turn(**t) for t in e["turns"]]}) for e in data["engines"]]
+    if data.get("http"):
+        h = data["http"]
+        data["http"] = HttpRun(**{**h, "turns": [HttpTurn(**t) for t in h["turns"]]})
+    return Report(**data)
+
+
+# --- main ---------------------------------------------------------------------------------
+def machine_info() -> dict:
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return {"cpus": os.cpu_count(), "memory_gb": round(memory / 2**30, 1),
+            "load_before": round(os.getloadavg()[0], 2)}
+
+
+def notes_for(report: Report, args: argparse.Namespace) -> list[str]:
+    notes = []
+    if report.engines:
+        fastest = max(report.engines, key=lambda e: e.decode_tokens_per_s)
+        quickest = min(report.engines, key=lambda e: sum(t.ttft_s for t in e.turns))
+        notes.append(f"Fastest decode: {fastest.engine}; least total time to first token over "
+                     f"{report.turns} turns: {quickest.engine}.")
+    if args.phi3_shaped:
+        notes.append("Phi-3-mini-4k-instruct sizes (hidden 3072, MLP 8192, 32 layers, 32 heads, 4096 "
+                     "positions), random weights, the bundled SmolLM2 tokenizer and ChatML template; "
+                     "vocabulary 49152 (the tokenizer's) instead of 32064, ~3% more weights; exported "
+                     "with the app's default int4 settings (sym, group 128, ratio 0.6).")
+    if report.http and any(t.answer_tokens != report.answer_tokens for t in report.http.turns):
+        notes.append("Over HTTP the answer length cannot be forced (the API has no min_new_tokens); "
+                     "some answers ended early, see the JSON.")
+    return notes
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python bench/bench.py", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--model", default="bundled", help="'bundled', an exported folder or a model id")
+    what.add_argument("--phi3-shaped", action="store_true",
+                      help="build and export a Phi-3-mini-shaped model with random weights (once, cached)")
+    parser.add_argument("--engines", default=",".join(ENGINES), help="comma-separated (default: both)")
+    parser.add_argument("--turns", type=int, default=10, choices=range(1, len(MESSAGES) + 1), metavar="N",
+                        help=f"conversation turns, 1 to {len(MESSAGES)} (default 10)")
+    parser.add_argument("--tokens", type=int, default=48, help="answer length in tokens (default 48)")
+    parser.add_argument("--no-http", action="store_true", help="skip the run through the app over HTTP")
+    parser.add_argument("--bandwidth-mb", type=int, default=1024, help="array read for the bandwidth (MB)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default bench/results)")
+    parser.add_argument("--label", help="result file name (default from the model)")
+    args = parser.parse_args(argv)
+    args.engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    if bad := [e for e in args.engines if e not in ENGINES]:
+        parser.error(f"unknown engine(s): {', '.join(bad)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_worker"]:
+        return worker_main(argv[1:])
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    machine = machine_info()
+    label, app_model, folder = resolve_model(args)
+    label = args.label or label
+    print(f"Measuring memory bandwidth ({args.bandwidth_mb} MB)…", file=sys.stderr, flush=True)
+    bandwidth = measure_bandwidth(args.bandwidth_mb)
+    weight_bytes = (folder / "openvino_model.bin").stat().st_size
+    report = Report(
+        label=label, model=args.model if not args.phi3_shaped else "phi3-shaped", folder=str(folder),
+        weight_bytes=weight_bytes, date=time.strftime("%Y-%m-%d %H:%M %Z"),
+        command=("python bench/bench.py " + shlex.join(argv)).strip(), turns=args.turns, answer_tokens=args.tokens,
+        machine=machine, bandwidth=bandwidth,
+        limit_ms_per_token=round(weight_bytes / (bandwidth.gb_per_s * 1e9) * 1000, 2),
+        limit_tokens_per_s=round(bandwidth.gb_per_s * 1e9 / weight_bytes, 2),
+    )
+    answers: dict[str, list[str]] = {}
+    for engine in args.engines:
+        run, answers[engine] = bench_engine(folder, engine, args.turns, args.tokens, report.limit_tokens_per_s)
+        report.engines.append(run)
+    if not args.no_http:
+        genai = next((e for e in report.engines if e.engine == "genai"), None)
+        report.http = bench_http(app_model, folder, args.turns, args.tokens, genai, answers.get("genai", []),
+                                 Path(tempfile.gettempdir()) / f"phi3ui-bench-{label}-app.log")
+    machine["load_after"] = round(os.getloadavg()[0], 2)
+    # Busy if, besides this run, something else kept a core busy (load average counts us too).
+    machine["shared"] = max(machine["load_before"], machine["load_after"] - 1) >= 0.5
+    report.targets = targets(report)
+    report.notes = notes_for(report, args)
+    json_path, png_path = args.out / f"{label}.json", args.out / f"{label}.png"
+    json_path.write_text(json.dumps(asdict(report), indent=2, ensure_ascii=False))
+    plot(report, png_path)
+    snippet = write_section(args.out)
+    print(table(report))
+    print(f"Wrote {json_path}, {png_path}, {snippet}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""Several answers at once: openvino-genai's ContinuousBatchingPipeline behind the Engine API.
+
+One background thread owns the pipeline. `stream()` calls (one per user) hand it a request
+and wait for text; the thread adds new requests, stops those whose user pressed Stop or
+left, runs one `step()` for all running answers together (prefill of new prompts is mixed
+with the others' decoding), then hands each answer its new token ids. Each user's own
+thread turns ids into text with `IncrementalText`, off the stepping thread's critical path.
+`step()` releases the GIL, so the web server keeps answering while the model runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .engines import Emit, GenAIEngine, _read_json
+from .settings import GenerationSettings, RuntimeSettings, SettingsError
+
+log = logging.getLogger(__name__)
+
+KV_CACHE_ENV = "PHI3UI_KV_CACHE_GB"
+KV_BLOCKS_ENV = "PHI3UI_KV_CACHE_BLOCKS"  # an exact block count, for tests and tight machines
+
+
+def kv_bytes_per_token(config: dict) -> int:
+    """Keys and values of one token over all layers, at 2 bytes a number (an upper bound:
+    the CPU plugin may store them in 8 bits)."""
+    layers = int(config.get("num_hidden_layers") or 32)
+    heads = int(config.get("num_attention_heads") or 32)
+    kv_heads = int(config.get("num_key_value_heads") or heads)
+    head_dim = int(config.get("head_dim") or int(config.get("hidden_size") or 4096) // heads)
+    return 2 * layers * kv_heads * head_dim * 2
+
+
+def kv_cache_gb(config: dict, window: int, concurrency: int) -> int:
+    """A fixed KV cache, so memory stays bounded however many conversations pass: room for
+    `concurrency` full context windows; whatever they leave free keeps earlier prompts for
+    prefix caching. `PHI3UI_KV_CACHE_GB` overrides it.
+
+    The pages of the cache are touched as blocks are first used, so the process's RSS
+    climbs over the first many conversations up to this size, then stays flat."""
+    if os.environ.get(KV_CACHE_ENV):
+        return max(1, int(os.environ[KV_CACHE_ENV]))
+    return max(1, math.ceil(concurrency * window * kv_bytes_per_token(config) / 2**30))
+
+
+@dataclass
+class IncrementalText:
+    """Token ids in, text out, never half a character.
+
+    A Chinese character or an emoji often spans several byte-level tokens; until the last
+    one arrives, decoding ends in U+FFFD and nothing is emitted. Each decode starts one
+    emitted token back (`prefix`), so a tokenizer that drops the leading space of the
+    first token it decodes cannot eat the space between two chunks. (openvino-genai's
+    TextStreamer also never splits a character, but held runs of emoji until the next
+    plain character, so answers made of emoji arrived all at the end.)
+    """
+
+    decode: Callable[[list[int]], str]
+    ids: list[int] = field(default_factory=list)
+    prefix: int = 0  # start of the decode window
+    read: int = 0  # ids up to here are already emitted as text
+
+    def push(self, new: list[int]) -> str:
+        self.ids.extend(new)
+        before = self.decode(self.ids[self.prefix:self.read]) if self.read > self.prefix else ""
+        text = self.decode(self.ids[self.prefix:])
+        if len(text) <= len(before) or text.endswith("\ufffd"):
+            return ""  # wait for the rest of the character
+        self.prefix, self.read = self.read, len(self.ids)
+        return text[len(before):]
+
+    def flush(self) -> str:
+        """Whatever is left when the answer ends (a cut-off character stays as U+FFFD)."""
+        before = self.decode(self.ids[self.prefix:self.read]) if self.read > self.prefix else ""
+        text = self.decode(self.ids[self.prefix:])
+        self.prefix = self.read = len(self.ids)
+        return text[len(before):]
+
+
+@dataclass(frozen=True)
+class Done:
+    """The end of an answer's token stream, with the error that ended it, if any."""
+
+    error: BaseException | None = None
+
+
+@dataclass(eq=False)
+class Request:
+    """One answer in flight: what the stepping thread needs, and where it puts token ids."""
+
+    input_ids: object  # openvino.Tensor
+    config: object  # openvino_genai.GenerationConfig
+    stop: threading.Event
+    tokens: queue.Queue = field(default_factory=queue.Queue)  # lists of ids, then one Done
+    handle: object = None
+
+
+class BatchingEngine(GenAIEngine):
+    """The genai engine answering up to `concurrency` users at the same time."""
+
+    name = "genai"
+
+    def __init__(self, folder: Path, runtime: RuntimeSettings, concurrency: int):
+        if concurrency < 1:
+            raise SettingsError(f"Concurrency must be at least 1, not {concurrency}.")
+        self.concurrency = concurrency
+        self._pending: list[Request] = []
+        self._wake = threading.Condition()
+        self._closed = False
+        super().__init__(folder, runtime)
+        self.lock = threading.BoundedSemaphore(concurrency)  # at most a full batch at once
+        self._ids = itertools.count()
+        self._thread = threading.Thread(target=self._run, name="genai-batching", daemon=True)
+        self._thread.start()
+
+    @property
+    def label(self) -> str:
+        return f"genai (continuous batching, {self.concurrency} at once)"
+
+    def _load(self) -> None:
+        import openvino_genai as ov_genai
+
+        if not (self.folder / "openvino_tokenizer.xml").exists():
+            raise SettingsError(
+                f"{self.folder} has no openvino_tokenizer.xml, which the genai engine needs; "
+                "re-export the model or use --engine optimum."
+            )
+        scheduler = ov_genai.SchedulerConfig()
+        scheduler.enable_prefix_caching = True  # a conversation's next turn re-uses its KV cache
+        scheduler.max_num_seqs = self.concurrency
+        if os.environ.get(KV_BLOCKS_ENV):
+            scheduler.num_kv_blocks = int(os.environ[KV_BLOCKS_ENV])
+        else:
+            scheduler.cache_size = kv_cache_gb(_read_json(self.folder / "config.json"),
+                                               self.context_window, self.concurrency)
+        log.info("Continuous batching: %d at once, KV cache %s, prefix caching on.", self.concurrency,
+                 f"{scheduler.num_kv_blocks} blocks" if scheduler.num_kv_blocks else f"{scheduler.cache_size} GB")
+        self.pipeline = ov_genai.ContinuousBatchingPipeline(str(self.folder), scheduler, self.device,
+                                                            self.properties)
+        self.tokenizer = self.pipeline.get_tokenizer()
+        if not self.eos_ids:
+            self.eos_ids = [self.tokenizer.get_eos_token_id()]
+
+    def _generate(self, prompt: str, settings: GenerationSettings, emit: Emit, stop: threading.Event) -> list[int]:
+        """Queue the request for the stepping thread and wait until it is answered."""
+        config = self.generation_config(settings, self.pipeline.get_config())  # a copy per request
+        request = Request(self.tokenizer.encode(prompt, add_special_tokens=False).input_ids, config, stop)
+        with self._wake:
+            if self._closed:
+                raise SettingsError("The model is being replaced; send the message again in a moment.")
+            self._pending.append(request)
+            self._wake.notify()
+        text = IncrementalText(self.decode)
+        while not isinstance(item := request.tokens.get(), Done):
+            if chunk := text.push(item):
+                emit(chunk)
+        if item.error is not None:
+            raise item.error
+        if rest := text.flush():
+            emit(rest)
+        return text.ids
+
+    # --- the stepping thread ----------------------------------------------------------
+    def _run(self) -> None:
+        active: list[Request] = []
+        while True:
+            with self._wake:
+                while not self._pending and not active and not self._closed:
+                    self._wake.wait()
+                new, self._pending = self._pending, []
+                closed = self._closed
+            if closed:
+                for request in active + new:
+                    self._finish(request, SettingsError("The model was unloaded while answering."))
+                return
+            for request in new:
+                self._start(request, active)
+            try:
+                for request in active:
+                    if request.stop.is_set() and self._running(request):
+                        request.handle.stop()  # keeps what was generated; freed at the next step
+                if self.pipeline.has_non_finished_requests():
+                    self.pipeline.step()
+            except Exception as exc:  # noqa: BLE001 - every waiting user gets the error
+                log.exception("Continuous batching step failed")
+                for request in active:
+                    request.handle.cancel()
+                    self._finish(request, exc)
+                active.clear()
+                continue
+            for request in list(active):
+                if self._collect(request):
+                    active.remove(request)
+
+    def _start(self, request: Request, active: list[Request]) -> None:
+        if request.stop.is_set():  # stopped while waiting for its turn
+            self._finish(request)
+            return
+        try:
+            request.handle = self.pipeline.add_request(next(self._ids), request.input_ids, request.config)
+        except Exception as exc:  # noqa: BLE001 - handed to the user's stream
+            self._finish(request, exc)
+            return
+        active.append(request)
+
+    @staticmethod
+    def _running(request: Request) -> bool:
+        import openvino_genai as ov_genai
+
+        return request.handle.get_status() == ov_genai.GenerationStatus.RUNNING
+
+    def _collect(self, request: Request) -> bool:
+        """Pass new token ids on; True once the answer is complete."""
+        import openvino_genai as ov_genai
+
+        status = request.handle.get_status()  # read it first: no token is missed after it
+        # A handle stopped by us also reads IGNORED in openvino-genai 2026.4; only an
+        # unrequested IGNORED means the scheduler could not fit the request.
+        if status == ov_genai.GenerationStatus.IGNORED and not request.stop.is_set():
+            self._finish(request, SettingsError(
+                "This conversation does not fit the server's KV cache; start a new chat or ask the "
+                f"operator to raise {KV_CACHE_ENV}."))
+            return True
+        finished = status != ov_genai.GenerationStatus.RUNNING
+        while request.handle.can_read():
+            for output in request.handle.read().values():
+                if new := [t for t in output.generated_ids if t not in self.eos_ids]:
+                    request.tokens.put(new)
+        if finished:
+            self._finish(request)
+        return finished
+
+    @staticmethod
+    def _finish(request: Request, error: BaseException | None = None) -> None:
+        request.tokens.put(Done(error))
+
+    def close(self) -> None:
+        """Stop the stepping thread; answers still running end with a clear error."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=60)
