@@ -13,6 +13,7 @@ import logging
 import queue
 import re
 import secrets
+import shutil
 import tempfile
 import threading
 import time
@@ -262,9 +263,15 @@ class Page:
 
     # --- files ---------------------------------------------------------------------------
     @staticmethod
-    def files(display: list) -> tuple[str, str]:
+    def download_folder(session: str) -> Path:
+        """One folder per browser session, rewritten on each change and removed when the
+        tab closes, so a long-running server does not pile up files."""
+        return Path(tempfile.gettempdir()) / "phi3ui-downloads" / re.sub(r"\W", "", session)
+
+    def files(self, display: list, session: str) -> tuple[str, str]:
         messages = chat_messages(display) if display else []
-        folder = Path(tempfile.mkdtemp(prefix="phi3ui-chat-"))
+        folder = self.download_folder(session)
+        folder.mkdir(parents=True, exist_ok=True)
         (folder / "chat.json").write_text(json.dumps(messages, ensure_ascii=False, indent=2))
         (folder / "chat.md").write_text(to_markdown(messages))
         return str(folder / "chat.json"), str(folder / "chat.md")
@@ -341,7 +348,8 @@ class Page:
         loaded = self.backend.loaded
         export_defaults = (loaded.exported.settings if loaded and loaded.exported.settings else BUNDLED_EXPORT
                            if loaded and loaded.exported.source == "bundled" else ExportSettings())
-        with gr.Blocks(title="phi3ui · local Phi-3 chat") as demo:
+        # delete_cache: Gradio's copies of download files go after a day, checked hourly.
+        with gr.Blocks(title="phi3ui · local Phi-3 chat", delete_cache=(3600, 86400)) as demo:
             with gr.Sidebar(label="Settings", open=True, width=340):
                 gr.Markdown("### Model")
                 self.model_md = gr.Markdown(self.model_info(), elem_id="model-info")
@@ -453,19 +461,20 @@ class Page:
     def leave(self, request: gr.Request) -> None:
         """The tab closed: stop its answer, in case Gradio has not closed the generator yet."""
         self._early_stops.discard(request.session_hash)
+        shutil.rmtree(self.download_folder(request.session_hash), ignore_errors=True)
         if self.backend.stop(request.session_hash):
             log.info("page closed mid-answer: stopping it")
 
-    def refresh(self, display: list, message: str, *gen) -> tuple:
+    def refresh(self, request: gr.Request, display: list, message: str, *gen) -> tuple:
         """Files, budget and inspector for the chat as it is now."""
-        json_file, md_file = self.files(display)
+        json_file, md_file = self.files(display, request.session_hash)
         return (json_file, md_file, *self.budget(display, message, *gen))
 
     def settle(self, request: gr.Request, display: list, message: str, *gen) -> tuple:
         """After every change to the chat: save it in the browser, `refresh`, and give
         the controls back. A Stop that came too late to matter is forgotten here."""
         self._early_stops.discard(request.session_hash)
-        return (display, *self.refresh(display, message, *gen), *self.busy(False))
+        return (display, *self.refresh(request, display, message, *gen), *self.busy(False))
 
     @staticmethod
     def restore(stored: Any, display: list) -> Any:
