@@ -71,6 +71,12 @@ def default_properties() -> dict:
     }
 
 
+def merge_properties(defaults: dict, overrides: dict) -> dict:
+    """`overrides` over `defaults`; None unsets a key (OpenVINO's own default then applies),
+    so the seed's settings can still be asked for whatever the defaults become."""
+    return {k: v for k, v in {**defaults, **overrides}.items() if v is not None}
+
+
 def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
@@ -84,7 +90,7 @@ class Engine(ABC):
     def __init__(self, folder: Path, runtime: RuntimeSettings):
         self.folder = Path(folder)
         self.device, self.device_warning = resolve_device(runtime.device)
-        self.properties = {**default_properties(), **runtime.properties}
+        self.properties = merge_properties(default_properties(), runtime.properties)
         self.lock: threading.Lock | threading.BoundedSemaphore = threading.Lock()
         config = _read_json(self.folder / "config.json")
         self.model_type: str = config.get("model_type", "")

@@ -131,9 +131,9 @@ def app_server(bundled: Exported, engine_name: str) -> Iterator[AppProcess]:
 
 
 @pytest.fixture(scope="session")
-def browser_app(bundled: Exported) -> Iterator[AppProcess]:
-    """The app for browser tests: genai only (the page is the same on both engines), and a
-    200-character message limit so an over-long message is quick to type."""
-    app = AppProcess("--model", BUNDLED, "--engine", "genai", "--max-message-chars", "200").wait_ready()
+def browser_app(bundled: Exported, engine_name: str) -> Iterator[AppProcess]:
+    """The app for browser tests, on each engine, with a 200-character message limit so an
+    over-long message is quick to type."""
+    app = AppProcess("--model", BUNDLED, "--engine", engine_name, "--max-message-chars", "200").wait_ready()
     yield app
     app.stop()

