@@ -104,14 +104,24 @@ class Turn:
     ttft_s: float
     tokens_per_s: float
     total_s: float
+    load_avg: float = 0.0  # the machine's 1-minute load average after the turn: is it shared?
+
+
+@dataclass
+class Start:
+    """One start of an engine: loading, then a 1-token answer to a short prompt (the first
+    inference after a load does one-off work that would otherwise land on turn 1)."""
+
+    cache: str  # "cold": empty CACHE_DIR, "warm": the cache the cold start wrote, "none": no CACHE_DIR
+    load_s: float
+    first_token_s: float
+    peak_rss_mb: float
 
 
 @dataclass
 class EngineRun:
     engine: str
-    load_cold_s: float
-    load_warm_s: float
-    peak_rss_cold_load_mb: float
+    starts: list[Start]
     peak_rss_mb: float  # the process that loaded (warm) and ran the whole conversation
     turns: list[Turn]
     decode_tokens_per_s: float = 0.0  # median over turns
@@ -228,11 +238,23 @@ def run_conversation(backend, turns: int, tokens: int) -> tuple[list[Turn], list
         prepare_s = time.perf_counter() - start
         stats = [c for c in backend.stream(fitted, settings) if isinstance(c, Stats)][-1]
         results.append(Turn(number, stats.prompt_tokens, stats.answer_tokens, round(prepare_s, 4),
-                            round(stats.ttft_s, 4), round(stats.tokens_per_s, 2), round(stats.total_s, 3)))
+                            round(stats.ttft_s, 4), round(stats.tokens_per_s, 2), round(stats.total_s, 3),
+                            round(os.getloadavg()[0], 2)))
         answers.append(stats.text)
         history += [{"role": "user", "content": message}, {"role": "assistant", "content": stats.text}]
         print(f"  {backend.engine.name} turn {number}: {stats.summary()}", file=sys.stderr, flush=True)
     return results, answers
+
+
+def time_first_token(backend) -> float:
+    """Seconds to a 1-token answer to a short prompt, right after loading."""
+    from phi3ui.settings import GenerationSettings
+
+    settings = GenerationSettings(max_new_tokens=1, min_new_tokens=1)
+    start = time.perf_counter()
+    for _ in backend.reply([], "Hello!", settings):
+        pass
+    return time.perf_counter() - start
 
 
 def worker_main(argv: list[str]) -> int:
@@ -246,15 +268,18 @@ def worker_main(argv: list[str]) -> int:
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     backend, load_s = load_backend(args.folder, args.engine, args.cache_dir)
+    first_token_s = time_first_token(backend)
+    start_rss = peak_rss_mb()
     turns, answers = run_conversation(backend, args.turns, args.tokens) if args.turns else ([], [])
     Path(args.out).write_text(json.dumps({
-        "load_s": round(load_s, 3), "peak_rss_mb": round(peak_rss_mb(), 1),
+        "load_s": round(load_s, 3), "first_token_s": round(first_token_s, 3),
+        "start_peak_rss_mb": round(start_rss, 1), "peak_rss_mb": round(peak_rss_mb(), 1),
         "turns": [asdict(t) for t in turns], "answers": answers,
     }))
     return 0
 
 
-def run_worker(folder: Path, engine: str, cache_dir: Path, turns: int, tokens: int) -> dict:
+def run_worker(folder: Path, engine: str, cache_dir: Path | str, turns: int, tokens: int) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         command = [sys.executable, __file__, "_worker", "--folder", str(folder), "--engine", engine,
                    "--cache-dir", str(cache_dir), "--turns", str(turns), "--tokens", str(tokens),
@@ -264,14 +289,18 @@ def run_worker(folder: Path, engine: str, cache_dir: Path, turns: int, tokens: i
 
 
 def bench_engine(folder: Path, engine: str, turns: int, tokens: int, limit_tps: float) -> tuple[EngineRun, list[str]]:
-    """Cold load (fresh cache) in one process; warm load plus the conversation in another."""
+    """Each in a process of its own: a start without CACHE_DIR, a cold start (fresh cache), and a
+    warm start (that cache) followed by the conversation."""
+    print(f"[{engine}] start without a model cache…", file=sys.stderr, flush=True)
+    none = run_worker(folder, engine, "", 0, tokens)
     with tempfile.TemporaryDirectory(prefix=f"phi3ui-bench-cache-{engine}-") as cache:
-        print(f"[{engine}] cold load (empty CACHE_DIR)…", file=sys.stderr, flush=True)
+        print(f"[{engine}] cold start (empty CACHE_DIR)…", file=sys.stderr, flush=True)
         cold = run_worker(folder, engine, Path(cache), 0, tokens)
-        print(f"[{engine}] warm load and {turns}-turn conversation…", file=sys.stderr, flush=True)
+        print(f"[{engine}] warm start and {turns}-turn conversation…", file=sys.stderr, flush=True)
         warm = run_worker(folder, engine, Path(cache), turns, tokens)
-    run = EngineRun(engine, cold["load_s"], warm["load_s"], cold["peak_rss_mb"], warm["peak_rss_mb"],
-                    [Turn(**t) for t in warm["turns"]])
+    starts = [Start(name, r["load_s"], r["first_token_s"], r["start_peak_rss_mb"])
+              for name, r in (("cold", cold), ("warm", warm), ("none", none))]
+    run = EngineRun(engine, starts, warm["peak_rss_mb"], [Turn(**t) for t in warm["turns"]])
     run.decode_tokens_per_s = round(median([t.tokens_per_s for t in run.turns]), 2)
     run.fraction_of_bandwidth_limit = round(run.decode_tokens_per_s / limit_tps, 3)
     if len(run.turns) >= 2 and run.turns[1].ttft_s > 0:
@@ -494,9 +523,9 @@ def plot(report: Report, path: Path) -> None:
 def table(report: Report) -> str:
     last = report.turns
     lines = [
-        f"| run | load cold / warm (s) | TTFT turn 1 (s) | turn 2 | turn {last} | turn {last} ÷ turn 2 "
-        f"| decode tokens/s | of bandwidth limit | peak RSS (MB) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| run | load (s): cold / warm / no cache | + first token (s) | TTFT turn 1 (s) | turn 2 | turn {last} "
+        f"| turn {last} ÷ turn 2 | decode tokens/s | of bandwidth limit | peak RSS (MB) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def ttft(turns: list, n: int) -> str:
@@ -504,13 +533,16 @@ def table(report: Report) -> str:
 
     for e in report.engines:
         ratio = f"{e.ttft_turn_last_over_turn2}×" if e.ttft_turn_last_over_turn2 is not None else "–"
-        lines.append(f"| {e.engine} | {e.load_cold_s:.1f} / {e.load_warm_s:.1f} | {ttft(e.turns, 1)} | "
+        starts = {s.cache: s for s in e.starts}
+        loads = " / ".join(f"{starts[c].load_s:.1f}" if c in starts else "–" for c in ("cold", "warm", "none"))
+        firsts = " / ".join(f"{starts[c].first_token_s:.1f}" if c in starts else "–" for c in ("cold", "warm", "none"))
+        lines.append(f"| {e.engine} | {loads} | {firsts} | {ttft(e.turns, 1)} | "
                      f"{ttft(e.turns, 2)} | {ttft(e.turns, last)} | {ratio} | {e.decode_tokens_per_s:.1f} | "
                      f"{e.fraction_of_bandwidth_limit:.0%} | {e.peak_rss_mb:.0f} |")
     if h := report.http:
         turns = h.turns
         ratio = f"{turns[-1].ttft_s / turns[1].ttft_s:.2f}×" if len(turns) >= 2 and turns[1].ttft_s else "–"
-        lines.append(f"| genai over HTTP (app) | start {h.startup_s:.1f} | {ttft(turns, 1)} | {ttft(turns, 2)} | "
+        lines.append(f"| genai over HTTP (app) | start {h.startup_s:.1f} | – | {ttft(turns, 1)} | {ttft(turns, 2)} | "
                      f"{ttft(turns, last)} | {ratio} | {h.decode_tokens_per_s:.1f} "
                      f"({h.fraction_of_engine_tokens_per_s:.0%} of engine) | "
                      f"{h.decode_tokens_per_s / report.limit_tokens_per_s:.0%} | {h.server_peak_rss_mb:.0f} (server) |")
@@ -551,12 +583,16 @@ def write_section(out: Path) -> Path:
     """README-section.md from every result JSON in `out` (bundled first)."""
     parts = ["## Benchmark", "",
              "Made by `bench/bench.py` (see its docstring); the JSON files beside this one hold "
-             "every per-turn figure. Load \"cold\" means an empty OpenVINO `CACHE_DIR` (the OS file "
-             "cache was warm); \"warm\" is the second load with that cache.", ""]
+             "every per-turn figure. Each start is a process of its own: \"cold\" loads with an "
+             "empty OpenVINO `CACHE_DIR` (the OS file cache was warm), \"warm\" loads again with the "
+             "cache that wrote, \"no cache\" without `CACHE_DIR`; \"+ first token\" is the 1-token answer "
+             "to a short prompt right after loading (the first inference does one-off work). Turn 1 "
+             "follows that warm-up. Decode tokens/s and HTTP figures are medians over turns.", ""]
     files = sorted(out.glob("*.json"), key=lambda p: (p.stem != "bundled", p.stem))
     for path in files:
-        report = report_from_json(json.loads(path.read_text()))
-        parts.append(section(report, path.with_suffix(".png")))
+        data = json.loads(path.read_text())
+        if isinstance(data, dict) and {"bandwidth", "engines", "turns"} <= data.keys():  # ours, not others'
+            parts.append(section(report_from_json(data), path.with_suffix(".png")))
     target = out / "README-section.md"
     target.write_text("\n".join(parts))
     return target
@@ -565,7 +601,8 @@ def write_section(out: Path) -> Path:
 def report_from_json(data: dict) -> Report:
     data = dict(data)
     data["bandwidth"] = Bandwidth(**data["bandwidth"])
-    data["engines"] = [EngineRun(**{**e, "turns": [Turn(**t) for t in e["turns"]]}) for e in data["engines"]]
+    data["engines"] = [EngineRun(**{**e, "turns": [Turn(**t) for t in e["turns"]],
+                                    "starts": [Start(**s) for s in e["starts"]]}) for e in data["engines"]]
     if data.get("http"):
         h = data["http"]
         data["http"] = HttpRun(**{**h, "turns": [HttpTurn(**t) for t in h["turns"]]})
@@ -586,6 +623,13 @@ def notes_for(report: Report, args: argparse.Namespace) -> list[str]:
         quickest = min(report.engines, key=lambda e: sum(t.ttft_s for t in e.turns))
         notes.append(f"Fastest decode: {fastest.engine}; least total time to first token over "
                      f"{report.turns} turns: {quickest.engine}.")
+    for e in report.engines:
+        fastest_start = min(e.starts, key=lambda s: s.load_s + s.first_token_s)
+        loads = [t.load_avg for t in e.turns]
+        notes.append(f"{e.engine}: quickest start to a first token is {fastest_start.cache} "
+                     f"({fastest_start.load_s + fastest_start.first_token_s:.1f} s); 1-minute load average "
+                     f"during its turns {min(loads, default=0):.1f} to {max(loads, default=0):.1f} "
+                     f"on {report.machine['cpus']} cores.")
     if args.phi3_shaped:
         notes.append("Phi-3-mini-4k-instruct sizes (hidden 3072, MLP 8192, 32 layers, 32 heads, 4096 "
                      "positions), random weights, the bundled SmolLM2 tokenizer and ChatML template; "

@@ -146,30 +146,36 @@ def _gguf_staging(source: Path, staging: Path) -> None:
 
 
 def phi3_gguf() -> Path:
-    """The Phi-3-shaped model as GGUF Q4_0, made once (F16 conversion, then quantisation)."""
-    target = cache_root() / "gguf" / f"phi3-mini-shaped-random-v{PHI3_SHAPED_VERSION}-Q4_0.gguf"
+    """The Phi-3-shaped model as GGUF Q4_0, made once: F16 conversion (kept until the
+    quantisation succeeds, so a failed step can be resumed), then llama_model_quantize."""
+    folder = cache_root() / "gguf"
+    name = f"phi3-mini-shaped-random-v{PHI3_SHAPED_VERSION}"
+    target, f16 = folder / f"{name}-Q4_0.gguf", folder / f"{name}-F16.gguf"
     if target.exists():
         return target
+    folder.mkdir(parents=True, exist_ok=True)
+    if not f16.exists():
+        converter = LLAMA_SRC / "convert_hf_to_gguf.py"
+        if not converter.exists():
+            raise SystemExit(f"{converter} not found: unpack the llama-cpp-python sdist and set LLAMA_CPP_SRC")
+        with tempfile.TemporaryDirectory(dir=folder, prefix=".partial-") as tmp:
+            staging, partial = Path(tmp) / "hf", Path(tmp) / "f16.gguf"
+            _gguf_staging(phi3_source(), staging)
+            print("Converting the Phi-3-shaped model to GGUF F16…", file=sys.stderr, flush=True)
+            subprocess.run([sys.executable, str(converter), str(staging), "--outtype", "f16",
+                            "--outfile", str(partial)], check=True)
+            os.replace(partial, f16)
     import llama_cpp
 
-    converter = LLAMA_SRC / "convert_hf_to_gguf.py"
-    if not converter.exists():
-        raise SystemExit(f"{converter} not found: unpack the llama-cpp-python sdist and set LLAMA_CPP_SRC")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".partial-") as tmp:
-        staging, f16 = Path(tmp) / "hf", Path(tmp) / "f16.gguf"
-        _gguf_staging(phi3_source(), staging)
-        print("Converting the Phi-3-shaped model to GGUF F16…", file=sys.stderr, flush=True)
-        subprocess.run([sys.executable, str(converter), str(staging), "--outtype", "f16", "--outfile", str(f16)],
-                       check=True, env={**os.environ, "PYTHONPATH": str(LLAMA_SRC / "gguf-py")})
-        print("Quantising to Q4_0…", file=sys.stderr, flush=True)
-        params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0
-        params.nthread = os.cpu_count() or 1
-        partial = Path(tmp) / "q4_0.gguf"
-        if llama_cpp.llama_model_quantize(str(f16).encode(), str(partial).encode(), params) != 0:
-            raise SystemExit("llama_model_quantize failed")
-        os.replace(partial, target)
+    print("Quantising to Q4_0…", file=sys.stderr, flush=True)
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0
+    params.nthread = os.cpu_count() or 1
+    partial = folder / f".{name}-Q4_0.partial"
+    if llama_cpp.llama_model_quantize(str(f16).encode(), str(partial).encode(), params) != 0:
+        raise SystemExit("llama_model_quantize failed")
+    os.replace(partial, target)
+    f16.unlink()
     return target
 
 

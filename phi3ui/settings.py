@@ -92,6 +92,21 @@ class ExportSettings:
 # SmolLM2's 576-wide layers do not take group size 128 (see STACK.md).
 BUNDLED_EXPORT = ExportSettings(group_size=64)
 
+# Sidebar presets. "fastest decode" is the export bench/decode.py measured fastest on a
+# Phi-3-mini-shaped model (bench/results/decode.md); channel-wise, so it fits any layer width.
+SEED_EXPORT = ExportSettings()
+FASTEST_EXPORT = ExportSettings(group_size=-1, ratio=1.0)
+PRESETS = ("seed defaults", "fastest decode")
+
+
+def export_preset(name: str, model: str = "") -> ExportSettings:
+    """A preset's settings for `model` (the bundled model's seed group size is 64)."""
+    if name not in PRESETS:
+        raise SettingsError(f"Preset {name!r} is not one of {', '.join(PRESETS)}.")
+    if name == "fastest decode":
+        return FASTEST_EXPORT
+    return BUNDLED_EXPORT if model.strip() == BUNDLED else SEED_EXPORT
+
 
 @dataclass(frozen=True)
 class RuntimeSettings:

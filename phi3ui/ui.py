@@ -30,12 +30,14 @@ from .engines import ENGINES, Stats, available_devices
 from .export import ExportError, default_settings
 from .settings import (
     BUNDLED_EXPORT,
+    PRESETS,
     WEIGHT_FORMATS,
     ExportSettings,
     GenerationSettings,
     RuntimeSettings,
     SettingsError,
     cache_root,
+    export_preset,
 )
 
 log = logging.getLogger(__name__)
@@ -319,8 +321,22 @@ class Page:
         yield "\n".join(log_lines[-40:]), self.model_info()
 
     @staticmethod
-    def defaults_for(model: str) -> int:
-        return default_settings(model.strip()).group_size
+    def defaults_for(model: str, preset: str | None = None) -> int:
+        """The group size for a newly typed model: its preset's, else its seed default."""
+        return (export_preset(preset, model) if preset else default_settings(model.strip())).group_size
+
+    @staticmethod
+    def preset_of(settings: ExportSettings, model: str) -> str | None:
+        """Which preset these settings are, if any (the radio shows none for custom ones)."""
+        return next((p for p in PRESETS if export_preset(p, model) == settings), None)
+
+    @staticmethod
+    def apply_preset(preset: str | None, model: str) -> tuple:
+        """Weight format, group size, ratio and sym of a preset, for the four fields."""
+        if not preset:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        chosen = export_preset(preset, model or "")
+        return chosen.weight_format, chosen.group_size, chosen.ratio, chosen.sym
 
     # --- API -----------------------------------------------------------------------------
     def api_chat(self, message: str, history: list[dict] | None = None, max_new_tokens: int = 1024,
@@ -357,6 +373,10 @@ class Page:
                     self.model_box = gr.Textbox(
                         label="Model id or folder", value=loaded.exported.source if loaded else "",
                         info="Hugging Face id, local folder, OpenVINO folder, or 'bundled'")
+                    self.preset = gr.Radio(
+                        list(PRESETS), label="Preset", elem_id="export-preset",
+                        value=self.preset_of(export_defaults, loaded.exported.source if loaded else ""),
+                        info="fills the four fields below; fastest decode: see bench/results/decode.md")
                     self.weight_format = gr.Dropdown(list(WEIGHT_FORMATS), value=export_defaults.weight_format,
                                                      label="Weight format")
                     self.group_size = gr.Number(export_defaults.group_size, precision=0, label="Group size",
@@ -448,7 +468,9 @@ class Page:
         for box in (self.message, *gen):
             box.change(self.budget, [self.chatbot, self.message, *gen], [self.budget_md, self.inspector],
                        trigger_mode="always_last", **quick)
-        self.model_box.change(self.defaults_for, self.model_box, self.group_size, **quick)
+        self.model_box.change(self.defaults_for, [self.model_box, self.preset], self.group_size, **quick)
+        self.preset.change(self.apply_preset, [self.preset, self.model_box],
+                           [self.weight_format, self.group_size, self.ratio, self.sym], **quick)
         self.export_btn.click(
             self.export_and_load,
             [self.model_box, self.weight_format, self.group_size, self.ratio, self.sym, self.device, self.engine],

@@ -33,9 +33,12 @@ def test_quick_benchmark_writes_json_plot_and_section(bundled, tmp_path: Path) -
     assert report["bandwidth"]["gb_per_s"] > 0
     assert [e["engine"] for e in report["engines"]] == ["genai", "optimum"]
     for engine in report["engines"]:
-        for key in ("load_cold_s", "load_warm_s", "peak_rss_cold_load_mb", "peak_rss_mb",
-                    "decode_tokens_per_s", "fraction_of_bandwidth_limit"):
+        for key in ("peak_rss_mb", "decode_tokens_per_s", "fraction_of_bandwidth_limit"):
             assert engine[key] > 0, (engine["engine"], key)
+        assert sorted(s["cache"] for s in engine["starts"]) == ["cold", "none", "warm"]
+        for start in engine["starts"]:
+            for key in ("load_s", "first_token_s", "peak_rss_mb"):
+                assert start[key] > 0, (engine["engine"], start["cache"], key)
         assert [t["turn"] for t in engine["turns"]] == [1, 2]
         for turn in engine["turns"]:
             assert turn["answer_tokens"] == 4, "min_new_tokens must force the answer length"
