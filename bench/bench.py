@@ -635,9 +635,12 @@ def notes_for(report: Report, args: argparse.Namespace) -> list[str]:
                      "positions), random weights, the bundled SmolLM2 tokenizer and ChatML template; "
                      "vocabulary 49152 (the tokenizer's) instead of 32064, ~3% more weights; exported "
                      "with the app's default int4 settings (sym, group 128, ratio 0.6).")
-    if report.http and any(t.answer_tokens != report.answer_tokens for t in report.http.turns):
+    if report.http and any(t.answer_tokens < report.answer_tokens for t in report.http.turns):
         notes.append("Over HTTP the answer length cannot be forced (the API has no min_new_tokens); "
                      "some answers ended early, see the JSON.")
+    elif report.http and any(t.answer_tokens != report.answer_tokens for t in report.http.turns):
+        notes.append("HTTP answer tokens are counted by re-tokenising the text the client received, "
+                     "which can differ slightly from the tokens generated.")
     return notes
 
 

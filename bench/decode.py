@@ -303,19 +303,53 @@ def run_child(spec: dict) -> dict:
 
 
 # --- a session ----------------------------------------------------------------------------
-def busy_processes() -> list[str]:
-    """Other processes using a noticeable share of a CPU right now (the load's cause)."""
-    out = subprocess.run(["ps", "-eo", "pid,pcpu,args", "--sort=-pcpu"], capture_output=True, text=True).stdout
-    mine = {os.getpid(), os.getppid()}
+def _cpu_ticks() -> dict[int, int]:
+    ticks = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            ticks[int(stat.parent.name)] = int(fields[11]) + int(fields[12])  # utime + stime
+        except (OSError, IndexError, ValueError):
+            pass
+    return ticks
+
+
+def busy_processes(interval_s: float = 2.0) -> list[str]:
+    """Other processes that used at least a fifth of a CPU over the last `interval_s`
+    (sampled from /proc: ps's %CPU is a lifetime average). Our own workers don't count."""
+    before = _cpu_ticks()
+    time.sleep(interval_s)
+    after, hz = _cpu_ticks(), os.sysconf("SC_CLK_TCK")
     rows = []
-    for line in out.splitlines()[1:8]:
-        pid, cpu, args = line.split(None, 2)
-        if float(cpu) >= 20 and int(pid) not in mine and "ps -eo" not in args:
-            rows.append(f"{cpu}% {args[:90]}")
+    for pid, ticks in after.items():
+        share = (ticks - before.get(pid, ticks)) / hz / interval_s
+        if share < 0.2 or pid == os.getpid():
+            continue
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        if "decode.py _worker" not in args:
+            rows.append(f"{share:.0%} {args[:90]}")
     return rows
 
 
-def measure(name: str, config: Config, model: str, prompt: list[int], warmup: list[int]) -> dict:
+def wait_until_quiet(limit_s: float) -> float:
+    """Wait (up to `limit_s`) until no other process has used a fifth of a CPU for two
+    checks in a row: on 2 cores another job's load makes a figure meaningless, and
+    llama.cpp's spinning OpenMP threads suffer most. Returns the seconds waited."""
+    start, quiet = time.monotonic(), 0
+    while quiet < 2 and time.monotonic() - start < limit_s:
+        busy = busy_processes()
+        quiet = 0 if busy else quiet + 1
+        if busy and quiet == 0:
+            print(f"  waiting for a quiet machine: {busy[0]}", file=sys.stderr, flush=True)
+        time.sleep(5)
+    return round(time.monotonic() - start, 1)
+
+
+def measure(name: str, config: Config, model: str, prompt: list[int], warmup: list[int],
+            quiet_limit_s: float = 0) -> dict:
     spec = {"runtime": config.runtime, "prompt_ids": prompt, "warmup_ids": warmup,
             "new_tokens": NEW_TOKENS, "warmup_tokens": WARMUP_NEW_TOKENS}
     if config.runtime == "llama":
@@ -326,11 +360,14 @@ def measure(name: str, config: Config, model: str, prompt: list[int], warmup: li
         spec["folder"], spec["properties"] = str(folder), genai_properties(config)
         weights = (folder / "openvino_model.bin").stat().st_size
     print(f"[{model}] {name}: {config.about}", file=sys.stderr, flush=True)
-    load_before = round(os.getloadavg()[0], 2)
+    waited = wait_until_quiet(quiet_limit_s) if quiet_limit_s else 0.0
+    load_before, busy = round(os.getloadavg()[0], 2), busy_processes()
     result = run_child(spec)
+    busy_after = busy_processes()
     print(f"  TTFT {result['ttft_s']:.2f} s, {result['ms_per_token']:.1f} ms/token", file=sys.stderr, flush=True)
     return {"config": name, "about": config.about, "runtime": config.runtime, "export": config.export,
-            "weight_bytes": weights, "load_before": load_before, **result,
+            "weight_bytes": weights, "load_before": load_before, "waited_for_quiet_s": waited,
+            "busy_during": sorted(set(busy + busy_after)), **result,
             **({"properties": spec["properties"]} if config.runtime == "genai" else {})}
 
 
@@ -344,9 +381,10 @@ def run_session(args: argparse.Namespace, argv: list[str]) -> dict:
                "machine": {"cpus": os.cpu_count(), "load_before": round(os.getloadavg()[0], 2),
                            "busy_before": busy_processes()}, "runs": []}
     if args.bandwidth_mb:
+        wait_until_quiet(args.quiet_wait)
         session["bandwidth_gb_per_s"] = measure_bandwidth(args.bandwidth_mb).gb_per_s
     for name in names:
-        session["runs"].append(measure(name, CONFIGS[name], args.model, prompt, warmup))
+        session["runs"].append(measure(name, CONFIGS[name], args.model, prompt, warmup, args.quiet_wait))
     session["machine"]["load_after"] = round(os.getloadavg()[0], 2)
     session["machine"]["busy_after"] = busy_processes()
     return session
@@ -415,6 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", default="llama,seed,default", help="comma-separated names (see --list)")
     parser.add_argument("--list", action="store_true", help="print the named configurations and exit")
     parser.add_argument("--bandwidth-mb", type=int, default=1024, help="0 skips the bandwidth measurement")
+    parser.add_argument("--quiet-wait", type=float, default=1800,
+                        help="seconds to wait for other busy processes to end before each run (0: don't)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.list:
