@@ -1,7 +1,8 @@
 """Decode speed against llama.cpp: time to first token and ms per token, as ratios.
 
 One idea only: the same 200-token prompt and 32 forced new tokens (greedy, min_new_tokens),
-one measured run after a warm-up with a different prompt (so no prefix cache can help), for
+measured after a warm-up with a different prompt (so no prefix cache can help; --repeats N
+measures N runs, each with its own prompt, and reports the median), for
 llama.cpp (llama-cpp-python, 2 threads, a GGUF of the same model) and for openvino-genai
 configurations loaded through the app's own engine (`phi3ui.engines.load_engine`). Each run
 is a child process of its own, so no two models are in memory at once and every process
@@ -27,6 +28,7 @@ import json
 import os
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -100,6 +102,14 @@ CONFIGS: dict[str, Config] = {
     "no-hint": _cfg("no PERFORMANCE_HINT, no NUM_STREAMS", PERFORMANCE_HINT=None, NUM_STREAMS=None),
     "cw-r1": _cfg("seed properties, int4 sym channel-wise ratio 1.0 export", CW_R1),
     "g128-r1": _cfg("seed properties, int4 sym g128 ratio 1.0 export", G128_R1),
+    "dq128-f32": _cfg("seed + DYNAMIC_QUANTIZATION_GROUP_SIZE=128 + INFERENCE_PRECISION_HINT=f32",
+                      DYNAMIC_QUANTIZATION_GROUP_SIZE="128", INFERENCE_PRECISION_HINT="f32"),
+    "cw-r1-dq128": _cfg("seed + DYNAMIC_QUANTIZATION_GROUP_SIZE=128, int4 sym channel-wise ratio 1.0 export",
+                        CW_R1, DYNAMIC_QUANTIZATION_GROUP_SIZE="128"),
+    "cw-r1-f32": _cfg("seed + INFERENCE_PRECISION_HINT=f32, int4 sym channel-wise ratio 1.0 export",
+                      CW_R1, INFERENCE_PRECISION_HINT="f32"),
+    "cw-r1-dq128-f32": _cfg("seed + DQ group 128 + f32, int4 sym channel-wise ratio 1.0 export",
+                            CW_R1, DYNAMIC_QUANTIZATION_GROUP_SIZE="128", INFERENCE_PRECISION_HINT="f32"),
     "cw-r1-default": _cfg("app's default properties, int4 sym channel-wise ratio 1.0 export", CW_R1,
                           app_defaults=True),
     "g128-r1-default": _cfg("app's default properties, int4 sym g128 ratio 1.0 export", G128_R1,
@@ -179,19 +189,21 @@ def phi3_gguf() -> Path:
     return target
 
 
-def prompt_ids(folder: Path) -> tuple[list[int], list[int]]:
-    """(measured prompt, warm-up prompt): PROMPT_TOKENS ids each, from bench.py's chat
-    messages; they differ from the first token on, so the warm-up leaves no usable prefix."""
+def prompt_ids(folder: Path, repeats: int = 1) -> tuple[list[list[int]], list[int]]:
+    """(measured prompts, warm-up prompt): PROMPT_TOKENS ids each, from bench.py's chat
+    messages, each starting with a different message, so no run finds a usable prefix of
+    an earlier one in a cache (PagedAttention's, llama-cpp-python's)."""
     import openvino_genai as ov_genai
 
     tokenizer = ov_genai.Tokenizer(str(folder))
 
     def ids(text: str) -> list[int]:
-        return [int(i) for i in tokenizer.encode(text, add_special_tokens=False).input_ids.data[0]]
+        return [int(i) for i in tokenizer.encode(text, add_special_tokens=False).input_ids.data[0]][:PROMPT_TOKENS]
 
-    measured = ids(" ".join(MESSAGES))[:PROMPT_TOKENS]
-    warmup = ids("Q: " + " ".join(reversed(MESSAGES)))[:PROMPT_TOKENS]
-    assert len(measured) == len(warmup) == PROMPT_TOKENS and measured[0] != warmup[0]
+    measured = [ids(" ".join(MESSAGES[r:] + MESSAGES[:r])) for r in range(repeats)]
+    warmup = ids("Q: " + " ".join(reversed(MESSAGES)))
+    firsts = {p[0] for p in [*measured, warmup]}
+    assert all(len(p) == PROMPT_TOKENS for p in [*measured, warmup]) and len(firsts) == repeats + 1
     return measured, warmup
 
 
@@ -203,9 +215,17 @@ def _timings(start: float, stamps: list[float]) -> tuple[float, float]:
     return ttft, per_token
 
 
+def _summary(runs: list[tuple[float, float]]) -> dict:
+    """The median of the measured runs, and every run, so the spread is on record."""
+    ttfts, per_tokens = [r[0] for r in runs], [r[1] for r in runs]
+    return {"ttft_s": statistics.median(ttfts), "ms_per_token": statistics.median(per_tokens),
+            "ttft_runs_s": ttfts, "ms_per_token_runs": per_tokens}
+
+
 def genai_properties(config: Config) -> dict:
     """The properties handed to the engine (merged over default_properties() by it): the
-    seed, the app's default keys unset, then the configuration's own; `default` = app's."""
+    seed, the app's default keys unset, then the configuration's own; or, for an
+    `app_defaults` configuration, nothing: the app's default_properties() as they are."""
     from phi3ui.engines import default_properties
 
     if config.app_defaults:
@@ -255,10 +275,12 @@ def run_genai(spec: dict) -> dict:
         return begin, clock.stamps, clock.tokens, result.perf_metrics
 
     generate(spec["warmup_ids"], spec["warmup_tokens"])
-    begin, stamps, tokens, metrics = generate(spec["prompt_ids"], spec["new_tokens"])
-    ttft, per_token = _timings(begin, stamps)
-    return {"load_s": load_s, "ttft_s": ttft, "ms_per_token": per_token, "tokens": tokens,
-            "genai_ttft_ms": metrics.get_ttft().mean, "genai_tpot_ms": metrics.get_tpot().mean,
+    runs, tpots = [], []
+    for ids in spec["prompt_ids"]:
+        begin, stamps, tokens, metrics = generate(ids, spec["new_tokens"])
+        runs.append(_timings(begin, stamps))
+        tpots.append(metrics.get_tpot().mean)
+    return {"load_s": load_s, **_summary(runs), "tokens": tokens, "genai_tpot_ms_runs": tpots,
             "properties_used": {k: v for k, v in engine.properties.items() if k != "CACHE_DIR"}}
 
 
@@ -280,9 +302,11 @@ def run_llama(spec: dict) -> dict:
         return begin, stamps, tokens
 
     generate(spec["warmup_ids"], spec["warmup_tokens"])
-    begin, stamps, tokens = generate(spec["prompt_ids"], spec["new_tokens"])
-    ttft, per_token = _timings(begin, stamps)
-    return {"load_s": load_s, "ttft_s": ttft, "ms_per_token": per_token, "tokens": tokens,
+    runs = []
+    for ids in spec["prompt_ids"]:
+        begin, stamps, tokens = generate(ids, spec["new_tokens"])
+        runs.append(_timings(begin, stamps))
+    return {"load_s": load_s, **_summary(runs), "tokens": tokens,
             "system_info": llama_cpp.llama_print_system_info().decode()}
 
 
@@ -348,7 +372,7 @@ def wait_until_quiet(limit_s: float) -> float:
     return round(time.monotonic() - start, 1)
 
 
-def measure(name: str, config: Config, model: str, prompt: list[int], warmup: list[int],
+def measure(name: str, config: Config, model: str, prompt: list[list[int]], warmup: list[int],
             quiet_limit_s: float = 0) -> dict:
     spec = {"runtime": config.runtime, "prompt_ids": prompt, "warmup_ids": warmup,
             "new_tokens": NEW_TOKENS, "warmup_tokens": WARMUP_NEW_TOKENS}
@@ -373,11 +397,11 @@ def measure(name: str, config: Config, model: str, prompt: list[int], warmup: li
 
 def run_session(args: argparse.Namespace, argv: list[str]) -> dict:
     folder = model_export(args.model, None)
-    prompt, warmup = prompt_ids(folder)
+    prompt, warmup = prompt_ids(folder, args.repeats)
     names = args.configs
     session = {"model": args.model, "date": time.strftime("%Y-%m-%d %H:%M %Z"),
                "command": "python bench/decode.py " + shlex.join(argv),
-               "prompt_tokens": PROMPT_TOKENS, "new_tokens": NEW_TOKENS,
+               "prompt_tokens": PROMPT_TOKENS, "new_tokens": NEW_TOKENS, "repeats": args.repeats,
                "machine": {"cpus": os.cpu_count(), "load_before": round(os.getloadavg()[0], 2),
                            "busy_before": busy_processes()}, "runs": []}
     if args.bandwidth_mb:
@@ -405,13 +429,23 @@ def reference(sessions: list[dict], index: int) -> tuple[dict | None, str]:
     return None, " (no llama.cpp run to compare with)"
 
 
+def _spread(values: list[float] | None, form: str) -> str:
+    """' (low–high)' of the measured runs, when there was more than one."""
+    return f" ({min(values):{form}}–{max(values):{form}})" if values and len(values) > 1 else ""
+
+
 def session_table(sessions: list[dict], index: int) -> list[str]:
     session = sessions[index]
     ref, note = reference(sessions, index)
     machine = session["machine"]
-    busy = "; busy: " + "; ".join(machine["busy_before"]) if machine.get("busy_before") else ""
+    during = sorted({b for run in session["runs"] for b in run.get("busy_during", [])})
+    busy = "; other busy processes during a run: " + "; ".join(during) if during else \
+        "; no other busy process seen during the runs"
     bandwidth = session.get("bandwidth_gb_per_s")
+    repeats = session.get("repeats", 1)
+    measured = f"median of {repeats} measured runs (range)" if repeats > 1 else "one measured run"
     lines = [f"#### {session['model']}, {session['date']}{note}", "", "```", session["command"], "```", "",
+             f"{measured.capitalize()} per configuration.",
              f"Load average {machine['load_before']} before, {machine.get('load_after', '?')} after "
              f"({machine['cpus']} cores){busy}."
              + (f" Memory read bandwidth {bandwidth} GB/s." if bandwidth else ""), "",
@@ -422,8 +456,9 @@ def session_table(sessions: list[dict], index: int) -> list[str]:
         ttft_ratio = f"{run['ttft_s'] / ref['ttft_s']:.2f}" if ref else "–"
         decode_ratio = f"{run['ms_per_token'] / ref['ms_per_token']:.2f}" if ref else "–"
         limit = f"{run['weight_bytes'] / (bandwidth * 1e9) * 1000:.0f}" if bandwidth else "–"
-        lines.append(f"| `{run['config']}`: {run['about']} | {run['weight_bytes'] / 1e9:.2f} | {run['ttft_s']:.2f} "
-                     f"| {ttft_ratio} | {run['ms_per_token']:.1f} | {decode_ratio} | {limit} |")
+        lines.append(f"| `{run['config']}`: {run['about']} | {run['weight_bytes'] / 1e9:.2f} | "
+                     f"{run['ttft_s']:.2f}{_spread(run.get('ttft_runs_s'), '.1f')} | {ttft_ratio} | "
+                     f"{run['ms_per_token']:.1f}{_spread(run.get('ms_per_token_runs'), '.0f')} | {decode_ratio} | {limit} |")
     return lines + [""]
 
 
@@ -434,8 +469,8 @@ def write_markdown(sessions: list[dict], path: Path) -> None:
              if NOTES_START in old and NOTES_END in old else "")
     out = ["# Decode speed against llama.cpp", "",
            f"Made by `bench/decode.py` (see its docstring): a {PROMPT_TOKENS}-token prompt, {NEW_TOKENS} new "
-           "tokens forced (greedy, min_new_tokens), one measured run per configuration after a warm-up "
-           "with a different prompt, each in its own process. Ratios below 1 are better than llama.cpp. "
+           "tokens forced (greedy, min_new_tokens), measured runs (each with its own prompt) after a "
+           "warm-up with another prompt, each configuration in its own process. Ratios below 1 are better than llama.cpp. "
            "Times are wall-clock from the call to each token as it is produced (a token streamer, no "
            "detokenising); `decode.json` also holds genai's own perf_metrics.", "",
            NOTES_START, notes, NOTES_END, "", "## Sessions (newest first)", ""]
@@ -451,6 +486,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python bench/decode.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=("phi3", "bundled"), default="phi3")
     parser.add_argument("--configs", default="llama,seed,default", help="comma-separated names (see --list)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="measured runs per configuration, each with its own prompt (median reported)")
     parser.add_argument("--list", action="store_true", help="print the named configurations and exit")
     parser.add_argument("--bandwidth-mb", type=int, default=1024, help="0 skips the bandwidth measurement")
     parser.add_argument("--quiet-wait", type=float, default=1800,

@@ -1,0 +1,50 @@
+"""Export presets and property merging: fast, no model needed."""
+
+from __future__ import annotations
+
+import pytest
+
+from phi3ui.engines import default_properties, merge_properties
+from phi3ui.export import check_settings
+from phi3ui.settings import (
+    BUNDLED,
+    BUNDLED_EXPORT,
+    FASTEST_EXPORT,
+    PRESETS,
+    SEED_EXPORT,
+    ExportSettings,
+    SettingsError,
+    export_preset,
+)
+from phi3ui.ui import Page
+
+
+def test_seed_preset_is_the_seed_command_and_the_bundled_models_default() -> None:
+    assert export_preset("seed defaults", "microsoft/Phi-3-mini-4k-instruct") == SEED_EXPORT == ExportSettings()
+    assert export_preset("seed defaults", BUNDLED) == BUNDLED_EXPORT
+
+
+def test_fastest_preset_fits_phi3_and_the_bundled_model() -> None:
+    """Channel-wise int4 needs no group size to divide the layer widths."""
+    for widths in ({"hidden_size": 3072, "intermediate_size": 8192}, {"hidden_size": 576, "intermediate_size": 1536}):
+        check_settings(export_preset("fastest decode", BUNDLED), widths)
+    assert export_preset("fastest decode") == FASTEST_EXPORT
+
+
+def test_unknown_preset_is_refused() -> None:
+    with pytest.raises(SettingsError, match="Preset"):
+        export_preset("fastest ever")
+
+
+def test_page_fills_fields_from_a_preset_and_recognises_presets() -> None:
+    fastest = export_preset("fastest decode")
+    assert Page.apply_preset("fastest decode", "x") == (fastest.weight_format, fastest.group_size,
+                                                        fastest.ratio, fastest.sym)
+    assert all(Page.preset_of(export_preset(p, BUNDLED), BUNDLED) == p for p in PRESETS)
+    assert Page.preset_of(ExportSettings(ratio=0.8), "x") is None
+
+
+def test_none_unsets_a_default_property() -> None:
+    merged = merge_properties(default_properties(), {"NUM_STREAMS": None, "KV_CACHE_PRECISION": "f16"})
+    assert "NUM_STREAMS" not in merged and merged["KV_CACHE_PRECISION"] == "f16"
+    assert merged["PERFORMANCE_HINT"] == default_properties()["PERFORMANCE_HINT"]
