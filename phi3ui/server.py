@@ -87,6 +87,8 @@ def report_share(share_requested: bool, share_url: str | None, local_url: str) -
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for name in ("GRADIO_ANALYTICS_ENABLED", "HF_HUB_DISABLE_TELEMETRY", "DO_NOT_TRACK"):  # no telemetry
+        os.environ.setdefault(name, "False" if name.startswith("GRADIO") else "1")
     args = parse_args(argv)
     try:
         auth = read_auth(args.auth)

@@ -365,7 +365,8 @@ class Page:
         export_defaults = (loaded.exported.settings if loaded and loaded.exported.settings else BUNDLED_EXPORT
                            if loaded and loaded.exported.source == "bundled" else ExportSettings())
         # delete_cache: Gradio's copies of download files go after a day, checked hourly.
-        with gr.Blocks(title="phi3ui · local Phi-3 chat", delete_cache=(3600, 86400)) as demo:
+        with gr.Blocks(title="phi3ui · local Phi-3 chat", delete_cache=(3600, 86400),
+                       analytics_enabled=False) as demo:
             with gr.Sidebar(label="Settings", open=True, width=340):
                 gr.Markdown("### Model")
                 self.model_md = gr.Markdown(self.model_info(), elem_id="model-info")
