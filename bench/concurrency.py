@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         if app:
             app.stop()
     command = "python bench/concurrency.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    meta = {"machine": f"{os.cpu_count()} cores (shared with other work while measured)",
+    meta = {"machine": f"{os.cpu_count()} cores",
             "rounds": args.rounds, "tokens": args.tokens}
     args.out.mkdir(parents=True, exist_ok=True)
     app_command = "python app.py " + shlex.join(app_args) if not args.url else args.url
