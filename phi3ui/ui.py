@@ -131,6 +131,9 @@ class Page:
     concurrency_limit: int = 1
     # Sessions that pressed Stop while their answer still waited in the queue.
     _early_stops: set[str] = field(default_factory=set)
+    # Bumped when a session's chat is replaced (Clear, Load JSON): an answer still running
+    # for the old chat must not write into the new one.
+    _chat_ids: dict[str, int] = field(default_factory=dict)
 
     # --- helpers -----------------------------------------------------------------------
     @staticmethod
@@ -206,6 +209,10 @@ class Page:
             yield [*display, note("⚠️ Not sent", str(exc))]
             return
         text, last, stats, ended = "", 0.0, None, "closed by the client"
+        chat_id = self._chat_ids.get(request.session_hash, 0)
+
+        def replaced() -> bool:
+            return self._chat_ids.get(request.session_hash, 0) != chat_id
 
         def answer() -> list:
             return [{"role": "assistant", "content": to_display(text)}] if text else []
@@ -218,6 +225,8 @@ class Page:
                         stats = chunk
                         break
                     text += chunk
+                    if replaced():
+                        return
                     if time.monotonic() - last >= STREAM_INTERVAL_S:
                         last = time.monotonic()
                         yield [*display, *answer()]
@@ -229,6 +238,8 @@ class Page:
         finally:
             log.info("answer ended (%s) after %d characters", ended if stats is None else
                      "stopped" if stats.stopped else "done", len(text))
+        if replaced():
+            return
         body = (f"{fitted.dropped_exchanges} oldest exchange(s) were left out of the prompt "
                 "to fit the context window." if fitted.dropped_exchanges else "")
         yield [*display, *answer(), note(stats_title(stats) if stats else STOPPED, body)]
@@ -460,9 +471,12 @@ class Page:
         send(self.chatbot.edit(self.edit, self.chatbot, self.chatbot, **quick).success(**started))
         self.chatbot.undo(self.undo, self.chatbot, [self.chatbot, self.message], **quick).then(**settle)
         self.stop_btn.click(self.stop, None, None, **quick)
-        self.clear.click(lambda: ([], ""), None, [self.chatbot, self.message], cancels=answers, **quick).then(**settle)
-        self.chatbot.clear(lambda: [], None, self.chatbot, cancels=answers, **quick).then(**settle)
-        self.upload.upload(self.load_json, self.upload, self.chatbot, cancels=answers, **quick).then(**settle)
+        self.clear.click(self.replace_chat, None, None, cancels=answers, **quick).then(
+            lambda: ([], ""), None, [self.chatbot, self.message], **quick).then(**settle)
+        self.chatbot.clear(self.replace_chat, None, None, cancels=answers, **quick).then(
+            lambda: [], None, self.chatbot, **quick).then(**settle)
+        self.upload.upload(self.replace_chat, None, None, cancels=answers, **quick).then(
+            self.load_json, self.upload, self.chatbot, **quick).then(**settle)
         self.store.change(self.restore, [self.store, self.chatbot], self.chatbot, **quick).then(**refresh)
         demo.load(self.restore, [self.store, self.chatbot], self.chatbot, **quick).then(**refresh).then(
             self.model_info, None, self.model_md, **quick)
@@ -482,9 +496,16 @@ class Page:
         gr.api(self.api_chat, api_name="chat", concurrency_limit=self.concurrency_limit,
                concurrency_id="generate")
 
+    def replace_chat(self, request: gr.Request) -> None:
+        """The chat is about to be replaced: a running answer stops and writes nothing more
+        (cancelling the event alone cannot interrupt a generator waiting for a token)."""
+        self._chat_ids[request.session_hash] = self._chat_ids.get(request.session_hash, 0) + 1
+        self.backend.stop(request.session_hash)
+
     def leave(self, request: gr.Request) -> None:
         """The tab closed: stop its answer, in case Gradio has not closed the generator yet."""
         self._early_stops.discard(request.session_hash)
+        self._chat_ids.pop(request.session_hash, None)
         shutil.rmtree(self.download_folder(request.session_hash), ignore_errors=True)
         if self.backend.stop(request.session_hash):
             log.info("page closed mid-answer: stopping it")
