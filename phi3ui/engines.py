@@ -36,10 +36,10 @@ class Stats:
     text: str = ""  # the whole answer, decoded at once: what the streamed chunks must add up to
 
     def summary(self) -> str:
-        stopped = " · stopped" if self.stopped else ""
+        """Speed and size; whether the answer was stopped is the caller's to show."""
         return (
             f"{self.ttft_s:.2f} s to first token · {self.tokens_per_s:.1f} tokens/s · "
-            f"{self.prompt_tokens} prompt + {self.answer_tokens} answer tokens{stopped}"
+            f"{self.prompt_tokens} prompt + {self.answer_tokens} answer tokens"
         )
 
 

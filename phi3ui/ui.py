@@ -7,7 +7,6 @@ only calls `ChatBackend`; all model work happens there.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import queue
@@ -94,7 +93,7 @@ def note(title: str, body: str = "") -> dict:
 def stats_title(stats: Stats) -> str:
     """TTFT, speed and token counts; stopped answers say so first."""
     if stats.stopped:
-        return f"{STOPPED} · {dataclasses.replace(stats, stopped=False).summary()}"
+        return f"{STOPPED} · {stats.summary()}"
     return stats.summary()
 
 
