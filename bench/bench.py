@@ -32,15 +32,16 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from app_process import AppProcess, vm_hwm_mb  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 ENGINES = ("genai", "optimum")
@@ -309,60 +310,6 @@ def bench_engine(folder: Path, engine: str, turns: int, tokens: int, limit_tps: 
 
 
 # --- the app over HTTP --------------------------------------------------------------------
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def vm_hwm_mb(pid: int) -> float:
-    """A live process's peak RSS, from /proc."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-class App:
-    """`python app.py --model M --engine E --port N`, its output in a log file."""
-
-    def __init__(self, model: str, engine: str, log_path: Path):
-        self.url = f"http://127.0.0.1:{free_port()}/"
-        self.log = log_path.open("w")
-        self.started = time.perf_counter()
-        self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "app.py"), "--model", model, "--engine", engine,
-             "--port", self.url.rsplit(":", 1)[1].strip("/")],
-            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
-            env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"},
-        )
-
-    def wait_ready(self, timeout: float = 900) -> float:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the app exited with {self.process.returncode}; see {self.log.name}")
-            try:
-                urllib.request.urlopen(self.url, timeout=2)
-                return time.perf_counter() - self.started
-            except OSError:
-                time.sleep(0.25)
-        raise TimeoutError(f"the app did not start in {timeout} s; see {self.log.name}")
-
-    def stop(self) -> float:
-        peak = vm_hwm_mb(self.process.pid) if self.process.poll() is None else 0.0
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.log.close()
-        return peak
-
-
 def http_turn(client, message: str, history: list[dict], tokens: int) -> tuple[float, float | None, float, str]:
     """Submit one turn and follow the stream: (start, first text, last text) times and the text."""
     start = time.perf_counter()
@@ -387,10 +334,10 @@ def bench_http(model: str, folder: Path, turns: int, tokens: int, engine_run: En
     from gradio_client import Client
 
     tokenizer = ov_genai.Tokenizer(str(folder))
-    app = App(model, "genai", log_path)
+    app = AppProcess("--model", model, "--engine", "genai", log_path=log_path)
     try:
         print("[http] starting the app…", file=sys.stderr, flush=True)
-        startup = app.wait_ready()
+        startup = app.wait_ready().startup_s
         client = Client(app.url, verbose=False, analytics_enabled=False, download_files=False)
         history: list[dict] = []
         results = []
@@ -460,16 +407,18 @@ def build_phi3_shaped(dest: Path) -> Path:
 def resolve_model(args: argparse.Namespace) -> tuple[str, str, Path]:
     """(label, model argument for app.py, exported OpenVINO folder)."""
     from phi3ui.export import ensure_exported
-    from phi3ui.settings import BUNDLED, ExportSettings, cache_root
+    from phi3ui.settings import BUNDLED, PRESETS, cache_root, export_preset
 
+    suffix = "" if args.preset == PRESETS[0] else "-" + args.preset.replace(" ", "-")
+    progress = lambda m: print(m, file=sys.stderr)  # noqa: E731
     if args.phi3_shaped:
         source = build_phi3_shaped(cache_root() / "sources" / f"phi3-mini-shaped-random-v{PHI3_SHAPED_VERSION}")
-        exported = ensure_exported(str(source), ExportSettings(), progress=lambda m: print(m, file=sys.stderr))
-        return "phi3-shaped", str(exported.folder), exported.folder
-    exported = ensure_exported(args.model, progress=lambda m: print(m, file=sys.stderr))
+        exported = ensure_exported(str(source), export_preset(args.preset), progress=progress)
+        return "phi3-shaped" + suffix, str(exported.folder), exported.folder
+    exported = ensure_exported(args.model, export_preset(args.preset, args.model), progress=progress)
     label = "bundled" if args.model == BUNDLED else Path(args.model).name or args.model.replace("/", "--")
-    app_model = BUNDLED if args.model == BUNDLED else str(exported.folder)
-    return label, app_model, exported.folder
+    app_model = str(exported.folder) if suffix or args.model != BUNDLED else BUNDLED
+    return label + suffix, app_model, exported.folder
 
 
 # --- targets, plot, markdown --------------------------------------------------------------
@@ -634,7 +583,7 @@ def notes_for(report: Report, args: argparse.Namespace) -> list[str]:
         notes.append("Phi-3-mini-4k-instruct sizes (hidden 3072, MLP 8192, 32 layers, 32 heads, 4096 "
                      "positions), random weights, the bundled SmolLM2 tokenizer and ChatML template; "
                      "vocabulary 49152 (the tokenizer's) instead of 32064, ~3% more weights; exported "
-                     "with the app's default int4 settings (sym, group 128, ratio 0.6).")
+                     f"with the sidebar preset \"{args.preset}\" ({Path(report.folder).name}).")
     if report.http and any(t.answer_tokens < report.answer_tokens for t in report.http.turns):
         notes.append("Over HTTP the answer length cannot be forced (the API has no min_new_tokens); "
                      "some answers ended early, see the JSON.")
@@ -645,6 +594,8 @@ def notes_for(report: Report, args: argparse.Namespace) -> list[str]:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
+    from phi3ui.settings import PRESETS
+
     parser = argparse.ArgumentParser(prog="python bench/bench.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
@@ -652,6 +603,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     what.add_argument("--model", default="bundled", help="'bundled', an exported folder or a model id")
     what.add_argument("--phi3-shaped", action="store_true",
                       help="build and export a Phi-3-mini-shaped model with random weights (once, cached)")
+    parser.add_argument("--preset", default=PRESETS[0], choices=PRESETS,
+                        help=f"the sidebar's export preset to measure (default: {PRESETS[0]})")
     parser.add_argument("--engines", default=",".join(ENGINES), help="comma-separated (default: both)")
     parser.add_argument("--turns", type=int, default=10, choices=range(1, len(MESSAGES) + 1), metavar="N",
                         help=f"conversation turns, 1 to {len(MESSAGES)} (default 10)")

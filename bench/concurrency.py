@@ -27,7 +27,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from app_process import AppProcess  # noqa: E402
 
 TOPICS = ["a cat", "a ship", "a tree", "a robot", "a city", "a river", "a mountain", "a clock",
           "a garden", "a train", "a lighthouse", "a violin"]
@@ -125,8 +127,6 @@ def main(argv: list[str] | None = None) -> int:
     app_args = ["--model", BUNDLED, "--engine", "genai", "--concurrency", str(max(args.users))]
     app = None
     if not args.url:
-        from conftest import AppProcess
-
         app = AppProcess(*app_args).wait_ready()
     url = args.url or app.url
     try:

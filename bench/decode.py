@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,6 +74,8 @@ def _cfg(about: str, export: dict | None = None, app_defaults: bool = False, **p
 
 CW_R1 = {"group_size": -1, "ratio": 1.0}
 G128_R1 = {"group_size": 128, "ratio": 1.0}
+ASYM_R1 = {**G128_R1, "sym": False}
+ASYM_CW_R1 = {**CW_R1, "sym": False}
 CONFIGS: dict[str, Config] = {
     "llama": Config("llama", about="llama.cpp, 2 threads"),
     "seed": _cfg("the seed's properties (LATENCY, 1 stream), PagedAttention"),
@@ -110,6 +112,16 @@ CONFIGS: dict[str, Config] = {
                       CW_R1, INFERENCE_PRECISION_HINT="f32"),
     "cw-r1-dq128-f32": _cfg("seed + DQ group 128 + f32, int4 sym channel-wise ratio 1.0 export",
                             CW_R1, DYNAMIC_QUANTIZATION_GROUP_SIZE="128", INFERENCE_PRECISION_HINT="f32"),
+    "asym-r1": _cfg("seed properties, int4 asym g128 ratio 1.0 export", ASYM_R1),
+    "asym-cw-r1": _cfg("seed properties, int4 asym channel-wise ratio 1.0 export", ASYM_CW_R1),
+    "g64-r1": _cfg("seed properties, int4 sym g64 ratio 1.0 export", {"group_size": 64, "ratio": 1.0}),
+    "g128-r0.8": _cfg("seed properties, int4 sym g128 ratio 0.8 export", {"group_size": 128, "ratio": 0.8}),
+    "f32-pinning": _cfg("seed + INFERENCE_PRECISION_HINT=f32 + ENABLE_CPU_PINNING=YES",
+                        INFERENCE_PRECISION_HINT="f32", ENABLE_CPU_PINNING="YES"),
+    "asym-r1-f32": _cfg("seed + INFERENCE_PRECISION_HINT=f32, int4 asym g128 ratio 1.0 export", ASYM_R1,
+                        INFERENCE_PRECISION_HINT="f32"),
+    "g128-r1-f32": _cfg("seed + INFERENCE_PRECISION_HINT=f32, int4 sym g128 ratio 1.0 export", G128_R1,
+                        INFERENCE_PRECISION_HINT="f32"),
     "cw-r1-default": _cfg("app's default properties, int4 sym channel-wise ratio 1.0 export", CW_R1,
                           app_defaults=True),
     "g128-r1-default": _cfg("app's default properties, int4 sym g128 ratio 1.0 export", G128_R1,

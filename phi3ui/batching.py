@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .engines import Emit, GenAIEngine, _read_json
+from .engines import Emit, GenAIEngine, _read_json, tokenized
 from .settings import GenerationSettings, RuntimeSettings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -149,10 +149,10 @@ class BatchingEngine(GenAIEngine):
         if not self.eos_ids:
             self.eos_ids = [self.tokenizer.get_eos_token_id()]
 
-    def _generate(self, prompt: str, settings: GenerationSettings, emit: Emit, stop: threading.Event) -> list[int]:
+    def _generate(self, ids: list[int], settings: GenerationSettings, emit: Emit, stop: threading.Event) -> list[int]:
         """Queue the request for the stepping thread and wait until it is answered."""
         config = self.generation_config(settings, self.pipeline.get_config())  # a copy per request
-        request = Request(self.tokenizer.encode(prompt, add_special_tokens=False).input_ids, config, stop)
+        request = Request(tokenized(ids).input_ids, config, stop)
         with self._wake:
             if self._closed:
                 raise SettingsError("The model is being replaced; send the message again in a moment.")

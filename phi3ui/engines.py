@@ -14,6 +14,7 @@ import random
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,41 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+class TokenMemory:
+    """Recent prompts with their answers, as the token ids the model read and wrote.
+
+    A chat sends its history back as text, and re-tokenising an answer can give other ids
+    than the ones generated (random weights nearly always, real text now and then). The
+    prefix cache stops matching at the first differing id, so the rest of that answer would
+    be read again and the next first token comes later. Feeding the remembered ids keeps
+    every earlier turn a cache hit; the model sees its own tokens."""
+
+    def __init__(self, size: int = 64):
+        self.size = size
+        self._entries: OrderedDict[str, list[int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def remember(self, text: str, ids: list[int]) -> None:
+        with self._lock:
+            self._entries[text] = ids
+            self._entries.move_to_end(text)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+    def encode(self, prompt: str, encode: Callable[[str], list[int]], special: Callable[[int], bool]) -> list[int]:
+        """`encode(prompt)`, except that the longest remembered start of `prompt` keeps its
+        ids when the rest begins with a special token: a tokenizer splits text at special
+        tokens before anything else, so cutting there cannot change the other ids."""
+        with self._lock:
+            known = max((text for text in self._entries if prompt.startswith(text)), key=len, default="")
+            ids = self._entries.get(known, [])
+        if known:
+            rest = encode(prompt[len(known):])
+            if rest and special(rest[0]):
+                return ids + rest
+        return encode(prompt)
+
+
 class Engine(ABC):
     """One loaded model. Generation is serialised by `lock`: one answer at a time, unless a
     subclass (the batching engine) swaps it for a semaphore of its batch size."""
@@ -103,6 +139,7 @@ class Engine(ABC):
         eos = _read_json(self.folder / "generation_config.json").get("eos_token_id", [])
         self.eos_ids: list[int] = sorted(set([eos] if isinstance(eos, int) else eos))
         self.chat_template: str | None = None
+        self.memory = TokenMemory()
         self._load()
         self.system_ok = prompts.supports_system(self.render)
         if not self.system_ok and self.model_type == "phi3":
@@ -124,14 +161,23 @@ class Engine(ABC):
         """The prompt text for a conversation, ending with the assistant's turn."""
 
     @abstractmethod
-    def count_tokens(self, text: str) -> int: ...
+    def encode(self, text: str) -> list[int]:
+        """Token ids of text that already holds its special tokens (a rendered prompt)."""
 
     @abstractmethod
-    def decode(self, ids: list[int]) -> str: ...
+    def decode(self, ids: list[int]) -> str:
+        """Text of ids, special tokens left out."""
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.encode(text))
+
+    def is_special(self, token: int) -> bool:
+        return token in self.eos_ids or not self.decode([token])
 
     @abstractmethod
-    def _generate(self, prompt: str, settings: GenerationSettings, emit: Emit, stop: threading.Event) -> list[int]:
-        """Run generation in the calling thread, emit text, return the answer's token ids."""
+    def _generate(self, ids: list[int], settings: GenerationSettings, emit: Emit, stop: threading.Event) -> list[int]:
+        """Run generation for prompt ids in the calling thread, emit text, return the
+        answer's token ids."""
 
     def stream(
         self, prompt: str, settings: GenerationSettings, stop: threading.Event | None = None
@@ -144,7 +190,7 @@ class Engine(ABC):
 
         def work() -> None:
             try:
-                ids = self._generate(prompt, settings, chunks.put, stop)
+                ids = self._generate(prompt_ids, settings, chunks.put, stop)
                 outcome["ids"] = [i for i in ids if i not in self.eos_ids]
             except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
                 outcome["error"] = exc
@@ -152,8 +198,8 @@ class Engine(ABC):
                 chunks.put(done)
 
         with self.lock:
-            prompt_tokens = self.count_tokens(prompt)
             start = time.perf_counter()
+            prompt_ids = self.memory.encode(prompt, self.encode, self.is_special)
             first, finished, sent, held = None, False, [], ""
             thread = threading.Thread(target=work, name=f"{self.name}-generate", daemon=True)
             thread.start()
@@ -180,11 +226,13 @@ class Engine(ABC):
         decode = end - first
         # An answer cut by max_new_tokens can end inside a character: drop that half.
         text = self.decode(ids).rstrip("\ufffd")
+        if self.decode(ids) == text and not any(self.is_special(i) for i in ids):
+            self.memory.remember(prompt + text, prompt_ids + ids)
         streamed = "".join(sent)
         if len(text) > len(streamed) and text.startswith(streamed):
             yield text[len(streamed):]  # what a streamer held back when it was told to stop
         yield Stats(
-            prompt_tokens=prompt_tokens,
+            prompt_tokens=len(prompt_ids),
             answer_tokens=tokens,
             ttft_s=first - start,
             tokens_per_s=(tokens - 1) / decode if tokens > 1 and decode > 0 else 0.0,
@@ -215,13 +263,13 @@ class OptimumEngine(Engine):
             messages, tokenize=False, add_generation_prompt=True, chat_template=self.chat_template
         )
 
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def _generate(self, prompt: str, settings: GenerationSettings, emit: Emit, stop: threading.Event) -> int:
+    def _generate(self, ids: list[int], settings: GenerationSettings, emit: Emit, stop: threading.Event) -> list[int]:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
@@ -235,14 +283,15 @@ class OptimumEngine(Engine):
             def __call__(self, input_ids, scores, **kwargs):
                 return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool)
 
-        inputs = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        input_ids = torch.tensor([ids])
         sampling = {}
         if not settings.greedy:
             if settings.seed is not None:
                 torch.manual_seed(settings.seed)
             sampling = dict(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
         output = self.model.generate(
-            **inputs,
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
             max_new_tokens=settings.max_new_tokens,
             min_new_tokens=settings.min_new_tokens,
             do_sample=not settings.greedy,
@@ -253,7 +302,7 @@ class OptimumEngine(Engine):
             stopping_criteria=StoppingCriteriaList([Stopped()]),
             **sampling,
         )
-        return output[0, inputs.input_ids.shape[1]:].tolist()
+        return output[0, input_ids.shape[1]:].tolist()
 
 
 class GenAIEngine(Engine):
@@ -280,8 +329,8 @@ class GenAIEngine(Engine):
             messages, add_generation_prompt=True, chat_template=self.chat_template or ""
         )
 
-    def count_tokens(self, text: str) -> int:
-        return int(self.tokenizer.encode(text, add_special_tokens=False).input_ids.shape[1])
+    def encode(self, text: str) -> list[int]:
+        return [int(i) for i in self.tokenizer.encode(text, add_special_tokens=False).input_ids.data[0]]
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True) if ids else ""
@@ -303,7 +352,7 @@ class GenAIEngine(Engine):
             config.rng_seed = settings.seed if settings.seed is not None else random.getrandbits(31)
         return config
 
-    def _generate(self, prompt: str, settings: GenerationSettings, emit: Emit, stop: threading.Event) -> int:
+    def _generate(self, ids: list[int], settings: GenerationSettings, emit: Emit, stop: threading.Event) -> list[int]:
         import openvino_genai as ov_genai
 
         config = self.generation_config(settings, self.pipeline.get_generation_config())
@@ -312,9 +361,18 @@ class GenAIEngine(Engine):
             emit(text)
             return ov_genai.StreamingStatus.STOP if stop.is_set() else ov_genai.StreamingStatus.RUNNING
 
-        inputs = self.tokenizer.encode(prompt, add_special_tokens=False)
-        result = self.pipeline.generate(inputs, config, streamer)
+        result = self.pipeline.generate(tokenized(ids), config, streamer)
         return list(result.tokens[0])
+
+
+def tokenized(ids: list[int]):
+    """Prompt ids as genai's TokenizedInputs (one sequence, all attended)."""
+    import numpy as np
+    import openvino as ov
+    import openvino_genai as ov_genai
+
+    array = np.array([ids], dtype=np.int64)
+    return ov_genai.TokenizedInputs(ov.Tensor(array), ov.Tensor(np.ones_like(array)))
 
 
 ENGINES: dict[str, type[Engine]] = {engine.name: engine for engine in (GenAIEngine, OptimumEngine)}

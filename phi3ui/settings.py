@@ -92,14 +92,16 @@ class ExportSettings:
 # SmolLM2's 576-wide layers do not take group size 128 (see STACK.md).
 BUNDLED_EXPORT = ExportSettings(group_size=64)
 
-# Sidebar presets. "fastest decode" is the export bench/decode.py measured fastest on a
-# Phi-3-mini-shaped model (about 30% less time per token than the seed's export, and the
-# only one at llama.cpp Q4_0's decode speed there); channel-wise, so it fits any layer
-# width. It costs quality: on the bundled model it scores fp32 reference answers far
-# lower (bench/results/decode.md), so it is offered, not the default.
+# Sidebar presets, measured by bench/decode.py (speed, against llama.cpp) and
+# bench/quality.py (answers, on the bundled model); see bench/results/. The seed's export
+# keeps 40% of the layers in int8, which costs decode time on this CPU. "fast decode" puts
+# every layer in int4 with the seed's group size (about llama.cpp Q4_0's speed; answers
+# somewhat further from the unquantised model). "fastest decode" drops groups for one scale
+# per channel, asymmetric (the fastest here, and it fits any layer width), at a larger
+# quality cost, so it is offered, not the default.
 SEED_EXPORT = ExportSettings()
-FASTEST_EXPORT = ExportSettings(group_size=-1, ratio=1.0)
-PRESETS = ("seed defaults", "fastest decode")
+FASTEST_EXPORT = ExportSettings(group_size=-1, ratio=1.0, sym=False)
+PRESETS = ("seed defaults", "fast decode", "fastest decode")
 
 
 def export_preset(name: str, model: str = "") -> ExportSettings:
@@ -108,7 +110,8 @@ def export_preset(name: str, model: str = "") -> ExportSettings:
         raise SettingsError(f"Preset {name!r} is not one of {', '.join(PRESETS)}.")
     if name == "fastest decode":
         return FASTEST_EXPORT
-    return BUNDLED_EXPORT if model.strip() == BUNDLED else SEED_EXPORT
+    seed = BUNDLED_EXPORT if model.strip() == BUNDLED else SEED_EXPORT
+    return seed if name == "seed defaults" else dataclasses.replace(seed, ratio=1.0)
 
 
 @dataclass(frozen=True)

@@ -387,8 +387,8 @@ class Page:
                     self.preset = gr.Radio(
                         list(PRESETS), label="Preset", elem_id="export-preset",
                         value=self.preset_of(export_defaults, loaded.exported.source if loaded else ""),
-                        info="fills the four fields below. Fastest decode (channel-wise int4) answers "
-                             "less well: see bench/results/decode.md")
+                        info="fills the four fields below. The faster presets put every layer in int4 and "
+                             "answer less like the full model: see bench/results/quality.md")
                     self.weight_format = gr.Dropdown(list(WEIGHT_FORMATS), value=export_defaults.weight_format,
                                                      label="Weight format")
                     self.group_size = gr.Number(export_defaults.group_size, precision=0, label="Group size",

@@ -8,12 +8,7 @@ only the fast unit tests.
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +16,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT / "bench"))  # app_process.py and quality.py, shared with bench/
 
+from app_process import AppProcess  # noqa: E402
 from phi3_fixtures import make_phi3_tokenizer, make_tiny_phi3  # noqa: E402
 
 from phi3ui.engines import Engine, load_engine  # noqa: E402
@@ -76,50 +73,6 @@ def engine_name(request) -> str:
 def bundled_engine(bundled: Exported, engine_name: str) -> Engine:
     """The bundled model on each engine, loaded once per engine."""
     return load_engine(bundled.folder, RuntimeSettings(engine=engine_name))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class AppProcess:
-    """`python app.py ...` on a free loopback port, with its log kept for failures."""
-
-    def __init__(self, *args: str, env: dict | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
-        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"phi3ui-app-{self.port}.log"
-        self.log = self.log_path.open("w")
-        self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "app.py"), "--port", str(self.port), *args],
-            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-        )
-
-    def wait_ready(self, timeout: float = 300) -> AppProcess:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"app exited with {self.process.returncode}:\n{self.output()}")
-            try:
-                urllib.request.urlopen(self.url, timeout=2)
-                return self
-            except OSError:
-                time.sleep(0.5)
-        raise TimeoutError(f"app did not start in {timeout} s:\n{self.output()}")
-
-    def output(self) -> str:
-        self.log.flush()
-        return self.log_path.read_text()
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self.log.close()
 
 
 @pytest.fixture(scope="session")

@@ -124,3 +124,37 @@ def test_unknown_device_falls_back_to_cpu_with_a_message():
     assert device == "CPU"
     assert "GPU.7" in warning and "not available" in warning
     assert resolve_device("CPU") == ("CPU", None)
+
+
+def test_next_turn_feeds_the_ids_the_model_wrote(bundled_engine):
+    """The next prompt starts with the earlier prompt's ids and the answer's ids as generated,
+    not as the answer's text re-tokenises (which can differ and would end the prefix-cache
+    hit there); the rest is encoded as usual."""
+    engine = bundled_engine
+    history = [{"role": "user", "content": "Name a colour."}]
+    first = engine.render(history)
+    _, stats = ask(engine, "Name a colour.", max_new_tokens=12)
+    history += [{"role": "assistant", "content": stats.text}, {"role": "user", "content": "Another one?"}]
+    second = engine.render(history)
+    remembered = engine.memory.encode(first + stats.text, engine.encode, engine.is_special)
+    assert remembered[:stats.prompt_tokens] == engine.encode(first)
+    assert engine.decode(remembered[stats.prompt_tokens:]) == stats.text
+    ids = engine.memory.encode(second, engine.encode, engine.is_special)
+    assert ids[:len(remembered)] == remembered and engine.decode(ids) == engine.decode(engine.encode(second))
+
+
+def test_answer_ids_that_do_not_re_tokenise_the_same_are_kept(bundled_engine):
+    """Stand in for a model's own, non-canonical ids: the same text split differently."""
+    engine = bundled_engine
+    prompt = engine.render([{"role": "user", "content": "Say hello."}])
+    own = engine.encode("Hel") + engine.encode("lo there")
+    assert own != engine.encode("Hello there"), "the stand-in must differ from the canonical ids"
+    engine.memory.remember(prompt + "Hello there", engine.encode(prompt) + own)
+    history = [{"role": "user", "content": "Say hello."}, {"role": "assistant", "content": "Hello there"},
+               {"role": "user", "content": "And goodbye?"}]
+    second = engine.render(history)
+    ids = engine.memory.encode(second, engine.encode, engine.is_special)
+    assert ids[:len(engine.encode(prompt)) + len(own)] == engine.encode(prompt) + own
+    assert engine.decode(ids) == engine.decode(engine.encode(second))
+    _, stats = ask(engine, "And goodbye?", history=history[:2], max_new_tokens=8)
+    assert stats.answer_tokens > 0 and stats.prompt_tokens == len(ids)

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from conftest import AppProcess
+from app_process import AppProcess
 from phi3ui import server
 from phi3ui.settings import BUNDLED, RuntimeSettings
 

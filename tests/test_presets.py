@@ -24,11 +24,24 @@ def test_seed_preset_is_the_seed_command_and_the_bundled_models_default() -> Non
     assert export_preset("seed defaults", BUNDLED) == BUNDLED_EXPORT
 
 
-def test_fastest_preset_fits_phi3_and_the_bundled_model() -> None:
-    """Channel-wise int4 needs no group size to divide the layer widths."""
-    for widths in ({"hidden_size": 3072, "intermediate_size": 8192}, {"hidden_size": 576, "intermediate_size": 1536}):
-        check_settings(export_preset("fastest decode", BUNDLED), widths)
-    assert export_preset("fastest decode") == FASTEST_EXPORT
+PHI3_WIDTHS = {"hidden_size": 3072, "intermediate_size": 8192}
+BUNDLED_WIDTHS = {"hidden_size": 576, "intermediate_size": 1536}
+
+
+def test_every_preset_fits_phi3_and_the_bundled_model() -> None:
+    for preset in PRESETS:
+        check_settings(export_preset(preset), PHI3_WIDTHS)
+        check_settings(export_preset(preset, BUNDLED), BUNDLED_WIDTHS)
+
+
+def test_fast_presets_put_every_layer_in_int4() -> None:
+    """"fast decode" is the seed's export with ratio 1.0, keeping each model's group size;
+    "fastest decode" is channel-wise (it fits any width, so it is the same for every model)."""
+    assert export_preset("fast decode") == ExportSettings(ratio=1.0)
+    assert export_preset("fast decode", BUNDLED) == ExportSettings(group_size=64, ratio=1.0)
+    assert export_preset("fastest decode") == export_preset("fastest decode", BUNDLED) == FASTEST_EXPORT
+    assert FASTEST_EXPORT.group_size == -1 and FASTEST_EXPORT.ratio == 1.0
+    assert "--sym" not in FASTEST_EXPORT.cli_args(), "asymmetric"
 
 
 def test_unknown_preset_is_refused() -> None:

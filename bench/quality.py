@@ -1,0 +1,162 @@
+"""Answer quality of export and runtime choices, on the bundled model.
+
+A faster setting must not cost answer quality, and that is measured, not assumed. For each
+configuration (the names of bench/decode.py, applied to the bundled model), two figures
+against the seed's (int4 sym g64 ratio 0.6, LATENCY, 1 stream):
+
+- how many greedy answers to a fixed set of questions are the same as the seed's;
+- the mean log-likelihood per token that the configuration gives the greedy answers of the
+  unquantised fp32 model in torch (teacher forcing): the closer to 0, the closer to the
+  real model, and it does not favour the seed.
+
+    python bench/quality.py --configs seed,f32,cw-r1,g64-r1,asym-r1
+
+Writes bench/results/quality.json and quality.md. tests/test_quality.py uses the same
+functions to hold the app's defaults to the seed's answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from phi3ui.settings import GenerationSettings, cache_root  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+QUESTIONS = [
+    "What is the capital of France?",
+    "Explain what a prime number is in two sentences.",
+    "Write a Python function that returns the square of a number.",
+    "Give me three tips for sleeping better.",
+    "Translate 'good morning' into Spanish and German.",
+    "Why is the sky blue?",
+]
+ANSWER_TOKENS = 64
+
+
+def bundled_source() -> Path:
+    """The bundled model's Hugging Face folder (phi3ui.bundled writes it on first export)."""
+    return cache_root() / "sources" / "SmolLM2-135M-Instruct"
+
+
+def greedy_answers(engine) -> list[str]:
+    settings = GenerationSettings(max_new_tokens=ANSWER_TOKENS)
+    answers = []
+    for question in QUESTIONS:
+        prompt = engine.render([{"role": "user", "content": question}])
+        answers.append([c for c in engine.stream(prompt, settings)][-1].text)
+    return answers
+
+
+def reference_answers(source: Path) -> tuple[list[list[int]], list[list[int]]]:
+    """(prompt ids, answer ids): greedy answers of the unquantised fp32 model in torch, the
+    closest thing to the true model here, so no OpenVINO configuration is favoured."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    prompts, answers = [], []
+    for question in QUESTIONS:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                             add_generation_prompt=True)
+        ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
+        out = model.generate(ids, max_new_tokens=ANSWER_TOKENS, do_sample=False, eos_token_id=2, pad_token_id=2)
+        prompts.append(ids[0].tolist())
+        answers.append(out[0, ids.shape[1]:].tolist())
+    return prompts, answers
+
+
+def mean_log_likelihood(folder: Path, properties: dict, prompts: list[list[int]], answers: list[list[int]]) -> float:
+    """Mean log-probability per answer token that the OpenVINO model gives the reference
+    answers (teacher forcing, one forward pass per question)."""
+    import torch
+    from optimum.intel import OVModelForCausalLM
+
+    model = OVModelForCausalLM.from_pretrained(folder, device="CPU", ov_config=properties)
+    total, count = 0.0, 0
+    for prompt, answer in zip(prompts, answers):
+        ids = torch.tensor([prompt + answer])
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0].float()
+        logprobs = torch.log_softmax(logits[len(prompt) - 1: -1], dim=-1)
+        total += logprobs.gather(1, torch.tensor(answer)[:, None]).sum().item()
+        count += len(answer)
+    return total / count
+
+
+def score(names: list[str]) -> list[dict]:
+    """Each configuration's export (made if missing), greedy answers and log-likelihood."""
+    from decode import CONFIGS, genai_properties, model_export
+
+    from phi3ui.engines import default_properties, load_engine, merge_properties
+    from phi3ui.export import ExportError
+    from phi3ui.settings import RuntimeSettings, SettingsError
+
+    prompts, references = reference_answers(bundled_source())
+    rows, seed_answers = [], None
+    for name in ["seed", *[n for n in names if n != "seed"]]:
+        config = CONFIGS[name]
+        try:
+            folder = model_export("bundled", config.export)
+        except (SettingsError, ExportError) as error:  # e.g. group 128 on 576-wide layers
+            rows.append({"config": name, "about": config.about, "error": str(error).splitlines()[0]})
+            continue
+        properties = genai_properties(config)
+        engine = load_engine(folder, RuntimeSettings(engine="genai", properties=properties))
+        answers = greedy_answers(engine)
+        engine.close()
+        del engine
+        seed_answers = seed_answers or answers
+        used = {k: v for k, v in merge_properties(default_properties(), properties).items() if k != "CACHE_DIR"}
+        rows.append({
+            "config": name, "about": config.about, "properties": used,
+            "weights_mb": round((folder / "openvino_model.bin").stat().st_size / 1e6, 1),
+            "same_answers": sum(a == s for a, s in zip(answers, seed_answers)),
+            "log_likelihood": round(mean_log_likelihood(folder, used, prompts, references), 4),
+            "answers": answers,
+        })
+        print(f"{name}: {rows[-1]['same_answers']}/{len(QUESTIONS)} same, "
+              f"log-likelihood {rows[-1]['log_likelihood']}", file=sys.stderr, flush=True)
+    return rows
+
+
+def markdown(rows: list[dict], command: str) -> str:
+    lines = [
+        "# Answer quality on the bundled model", "",
+        f"Made by `{command}` (see bench/quality.py). Greedy answers ({ANSWER_TOKENS} tokens at most) "
+        f"to {len(QUESTIONS)} fixed questions, compared with the seed's; and the mean log-likelihood per "
+        "token of the fp32 torch model's own greedy answers (closer to 0 is closer to the real model).", "",
+        "| configuration | weights (MB) | same greedy answers as the seed | log-likelihood |",
+        "|---|---|---|---|",
+    ]
+    for row in rows:
+        if "error" in row:
+            lines.append(f"| {row['config']}: {row['about']} | – | does not apply: {row['error']} | – |")
+        else:
+            lines.append(f"| {row['config']}: {row['about']} | {row['weights_mb']} | "
+                         f"{row['same_answers']}/{len(QUESTIONS)} | {row['log_likelihood']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--configs", default="seed,default", help="bench/decode.py names, comma-separated")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    rows = score([n.strip() for n in args.configs.split(",") if n.strip()])
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "quality.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False))
+    command = "python bench/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    (args.out / "quality.md").write_text(markdown(rows, command.strip()))
+    print(markdown(rows, command.strip()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
