@@ -133,6 +133,9 @@ class Page:
     # Bumped when a session's chat is replaced (Clear, Load JSON): an answer still running
     # for the old chat must not write into the new one.
     _chat_ids: dict[str, int] = field(default_factory=dict)
+    # The chat id each session's latest answer started under, so the settle step after a
+    # cancelled answer can tell that its chat is gone and save nothing.
+    _answer_chat_ids: dict[str, int] = field(default_factory=dict)
 
     # --- helpers -----------------------------------------------------------------------
     @staticmethod
@@ -194,6 +197,7 @@ class Page:
         """Stream the answer to the last user message into the chat, one update per
         STREAM_INTERVAL_S at most, and end with the stats note. If the page goes away,
         Gradio closes this generator and closing the stream stops the engine."""
+        chat_id = self._answer_chat_ids[request.session_hash] = self._chat_ids.get(request.session_hash, 0)
         if not display or display[-1]["role"] != "user":
             return
         if request.session_hash in self._early_stops:
@@ -208,7 +212,6 @@ class Page:
             yield [*display, note("⚠️ Not sent", str(exc))]
             return
         text, last, stats, ended = "", 0.0, None, "closed by the client"
-        chat_id = self._chat_ids.get(request.session_hash, 0)
 
         def replaced() -> bool:
             return self._chat_ids.get(request.session_hash, 0) != chat_id
@@ -460,7 +463,7 @@ class Page:
         def send(event: Any) -> None:
             answer = event.success(**generate)
             answers.append(answer)
-            answer.then(**settle)
+            answer.then(**{**settle, "fn": self.settle_answer})
 
         for trigger in (self.message.submit, self.send.click):
             send(trigger(self.submit, [self.message, self.chatbot, *gen], sent, **quick))
@@ -505,6 +508,7 @@ class Page:
         """The tab closed: stop its answer, in case Gradio has not closed the generator yet."""
         self._early_stops.discard(request.session_hash)
         self._chat_ids.pop(request.session_hash, None)
+        self._answer_chat_ids.pop(request.session_hash, None)
         shutil.rmtree(self.download_folder(request.session_hash), ignore_errors=True)
         if self.backend.stop(request.session_hash):
             log.info("page closed mid-answer: stopping it")
@@ -520,10 +524,21 @@ class Page:
         self._early_stops.discard(request.session_hash)
         return (display, *self.refresh(request, display, message, *gen), *self.busy(False))
 
-    @staticmethod
-    def restore(stored: Any, display: list) -> Any:
+    def settle_answer(self, request: gr.Request, display: list, message: str, *gen) -> tuple:
+        """`settle` after an answer, unless the chat was replaced meanwhile: a cancelled
+        answer's settle can read the page before Clear has emptied it, and saving that would
+        bring the old chat back (the saved chat refills an empty page)."""
+        session = request.session_hash
+        if self._answer_chat_ids.get(session) != self._chat_ids.get(session, 0):
+            shown = self.refresh(request, [], "", *gen)  # only its length: one skip per output
+            return (gr.skip(),) * (1 + len(shown)) + self.busy(False)
+        return self.settle(request, display, message, *gen)
+
+    def restore(self, request: gr.Request, stored: Any, display: list) -> Any:
         """Fill an empty page with the chat kept in the browser, never the other way round:
         the page's load event can run before the browser has read its storage, and
-        writing that empty value back would erase the saved chat."""
+        writing that empty value back would erase the saved chat. Only a page whose chat
+        was never replaced is filled: after Clear an empty page is what was asked for."""
         chat = stored_chat(stored)
-        return chat if chat and not display else gr.skip()
+        fresh = request.session_hash not in self._chat_ids
+        return chat if chat and not display and fresh else gr.skip()

@@ -263,6 +263,9 @@ def test_clear_mid_answer_empties_the_chat(page: Page) -> None:
     send(page, "Say hello.")
     wait_idle(page)
     expect(page.locator(USER)).to_have_count(1)
+    page.reload()  # what the browser kept is the new chat, not the cleared one
+    ready(page)
+    expect(page.locator(USER)).to_have_text(["Say hello."])
 
 
 def test_max_new_tokens_is_respected(page: Page) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from types import SimpleNamespace
 
+import gradio as gr
 import pytest
 
 from phi3ui.engines import Stats
@@ -191,3 +192,20 @@ def test_a_late_stop_is_forgotten_when_the_chat_settles() -> None:
     page.stop(REQUEST)  # pressed just as the answer ended
     page.settle(REQUEST, [*ASKED, {"role": "assistant", "content": "ok"}], "", *GEN)
     assert list(page.respond(REQUEST, ASKED, *GEN))[-1][1]["content"] == "ok"
+
+
+def test_after_clear_a_cancelled_answer_saves_nothing_and_nothing_refills_the_page() -> None:
+    """Clear races the cancelled answer's settle step, which may still read the old chat:
+    it must not save it, and the saved chat must not refill the cleared page."""
+    backend = FakeBackend(["partial"])
+    backend.stop = lambda session: True  # the answer was running
+    page = Page(backend)
+    old = [*ASKED, {"role": "assistant", "content": "partial"}]
+    list(page.respond(REQUEST, ASKED, *GEN))
+    assert page.settle_answer(REQUEST, old, "", *GEN)[0] == old, "an answer that was not cleared is saved"
+    page.replace_chat(REQUEST)  # Clear
+    saved, *rest = page.settle_answer(REQUEST, old, "", *GEN)
+    assert saved == gr.skip() and rest[-3:] == list(page.busy(False))
+    assert len(rest) == len(page.settle(REQUEST, old, "", *GEN)) - 1, "one value per output of settle"
+    assert page.restore(REQUEST, old, []) == gr.skip()
+    assert page.restore(SimpleNamespace(session_hash="a new page"), old, []) == old
