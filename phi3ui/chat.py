@@ -35,12 +35,9 @@ class Loaded:
 
 
 def fallback_notice(model: str, reason: str) -> str:
-    """What the page and the log say when the app starts on the bundled model instead; the
-    way out is told once (ModelUnavailable's reason already tells it)."""
-    advice = "" if "phi3ui.export" in reason else (
-        f" To chat with it, connect to the internet once and run `python -m phi3ui.export {model}`, "
-        "or start with `--model /path/to/exported/folder`.")
-    return f"{model} could not be loaded: {reason} Running the bundled SmolLM2-135M-Instruct instead.{advice}"
+    """What the page and the log say when the app starts on the bundled model instead. The
+    reason is a ModelUnavailable's, which already says how to get the model."""
+    return f"{model} could not be loaded: {reason} Running the bundled SmolLM2-135M-Instruct instead."
 
 
 @dataclass

@@ -165,8 +165,8 @@ class Engine(ABC):
         """Token ids of text that already holds its special tokens (a rendered prompt)."""
 
     @abstractmethod
-    def decode(self, ids: list[int]) -> str:
-        """Text of ids, special tokens left out."""
+    def decode(self, ids: list[int], keep_special: bool = False) -> str:
+        """Text of ids, special tokens left out unless `keep_special`."""
 
     def count_tokens(self, text: str) -> int:
         return len(self.encode(text))
@@ -225,8 +225,9 @@ class Engine(ABC):
         first = first or end
         decode = end - first
         # An answer cut by max_new_tokens can end inside a character: drop that half.
-        text = self.decode(ids).rstrip("\ufffd")
-        if self.decode(ids) == text and not any(self.is_special(i) for i in ids):
+        decoded = self.decode(ids)
+        text = decoded.rstrip("\ufffd")
+        if decoded == text and self.decode(ids, keep_special=True) == text:  # the ids say just the text
             self.memory.remember(prompt + text, prompt_ids + ids)
         streamed = "".join(sent)
         if len(text) > len(streamed) and text.startswith(streamed):
@@ -266,8 +267,8 @@ class OptimumEngine(Engine):
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+    def decode(self, ids: list[int], keep_special: bool = False) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=not keep_special)
 
     def _generate(self, ids: list[int], settings: GenerationSettings, emit: Emit, stop: threading.Event) -> list[int]:
         import torch
@@ -332,8 +333,8 @@ class GenAIEngine(Engine):
     def encode(self, text: str) -> list[int]:
         return [int(i) for i in self.tokenizer.encode(text, add_special_tokens=False).input_ids.data[0]]
 
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True) if ids else ""
+    def decode(self, ids: list[int], keep_special: bool = False) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=not keep_special) if ids else ""
 
     def generation_config(self, settings: GenerationSettings, config):
         """`settings` on top of the model's own generation config; shared with the batching
