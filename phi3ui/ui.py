@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import gradio as gr
 
@@ -136,6 +136,8 @@ class Page:
     # The chat id each session's latest answer started under, so the settle step after a
     # cancelled answer can tell that its chat is gone and save nothing.
     _answer_chat_ids: dict[str, int] = field(default_factory=dict)
+    # What `refresh` fills after every change to the chat, in its output order.
+    SHOWN: ClassVar[tuple[str, ...]] = ("dl_json", "dl_md", "budget_md", "inspector")
 
     # --- helpers -----------------------------------------------------------------------
     @staticmethod
@@ -453,7 +455,7 @@ class Page:
         generate = dict(fn=self.respond, inputs=[self.chatbot, *gen], outputs=self.chatbot,
                         concurrency_limit=self.concurrency_limit, concurrency_id="generate",
                         api_visibility="private", show_progress="hidden")
-        shown = [self.dl_json, self.dl_md, self.budget_md, self.inspector]
+        shown = [getattr(self, name) for name in self.SHOWN]
         settle = dict(fn=self.settle, inputs=[self.chatbot, self.message, *gen],
                       outputs=[self.store, *shown, *controls], **quick)
         refresh = dict(fn=self.refresh, inputs=[self.chatbot, self.message, *gen], outputs=shown, **quick)
@@ -530,8 +532,7 @@ class Page:
         bring the old chat back (the saved chat refills an empty page)."""
         session = request.session_hash
         if self._answer_chat_ids.get(session) != self._chat_ids.get(session, 0):
-            shown = self.refresh(request, [], "", *gen)  # only its length: one skip per output
-            return (gr.skip(),) * (1 + len(shown)) + self.busy(False)
+            return (gr.skip(),) * (1 + len(self.SHOWN)) + self.busy(False)  # the store and what it shows
         return self.settle(request, display, message, *gen)
 
     def restore(self, request: gr.Request, stored: Any, display: list) -> Any:
