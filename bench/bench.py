@@ -375,10 +375,9 @@ def build_phi3_shaped(dest: Path) -> Path:
     import torch
     from transformers import AutoTokenizer, GenerationConfig, Phi3Config, Phi3ForCausalLM
 
-    from phi3ui.bundled import write_hf_folder
-    from phi3ui.settings import cache_root
+    from phi3ui.bundled import hf_folder, write_hf_folder
 
-    source = write_hf_folder(cache_root() / "sources" / "SmolLM2-135M-Instruct")
+    source = write_hf_folder(hf_folder())
     tokenizer = AutoTokenizer.from_pretrained(source)
     eos = tokenizer.eos_token_id  # <|im_end|>
     config = Phi3Config(
@@ -404,15 +403,22 @@ def build_phi3_shaped(dest: Path) -> Path:
     return dest
 
 
+def phi3_source() -> Path:
+    """Where the Phi-3-shaped model is kept as a Hugging Face folder."""
+    from phi3ui.settings import cache_root
+
+    return cache_root() / "sources" / f"phi3-mini-shaped-random-v{PHI3_SHAPED_VERSION}"
+
+
 def resolve_model(args: argparse.Namespace) -> tuple[str, str, Path]:
     """(label, model argument for app.py, exported OpenVINO folder)."""
     from phi3ui.export import ensure_exported
-    from phi3ui.settings import BUNDLED, PRESETS, cache_root, export_preset
+    from phi3ui.settings import BUNDLED, PRESETS, export_preset
 
     suffix = "" if args.preset == PRESETS[0] else "-" + args.preset.replace(" ", "-")
     progress = lambda m: print(m, file=sys.stderr)  # noqa: E731
     if args.phi3_shaped:
-        source = build_phi3_shaped(cache_root() / "sources" / f"phi3-mini-shaped-random-v{PHI3_SHAPED_VERSION}")
+        source = build_phi3_shaped(phi3_source())
         exported = ensure_exported(str(source), export_preset(args.preset), progress=progress)
         return "phi3-shaped" + suffix, str(exported.folder), exported.folder
     exported = ensure_exported(args.model, export_preset(args.preset, args.model), progress=progress)
@@ -483,9 +489,12 @@ def table(report: Report) -> str:
     for e in report.engines:
         ratio = f"{e.ttft_turn_last_over_turn2}×" if e.ttft_turn_last_over_turn2 is not None else "–"
         starts = {s.cache: s for s in e.starts}
-        loads = " / ".join(f"{starts[c].load_s:.1f}" if c in starts else "–" for c in ("cold", "warm", "none"))
-        firsts = " / ".join(f"{starts[c].first_token_s:.1f}" if c in starts else "–" for c in ("cold", "warm", "none"))
-        lines.append(f"| {e.engine} | {loads} | {firsts} | {ttft(e.turns, 1)} | "
+
+        def per_start(figure: str) -> str:
+            return " / ".join(f"{getattr(starts[c], figure):.1f}" if c in starts else "–"
+                              for c in ("cold", "warm", "none"))
+
+        lines.append(f"| {e.engine} | {per_start('load_s')} | {per_start('first_token_s')} | {ttft(e.turns, 1)} | "
                      f"{ttft(e.turns, 2)} | {ttft(e.turns, last)} | {ratio} | {e.decode_tokens_per_s:.1f} | "
                      f"{e.fraction_of_bandwidth_limit:.0%} | {e.peak_rss_mb:.0f} |")
     if h := report.http:

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench import MESSAGES, PHI3_SHAPED_VERSION, measure_bandwidth, peak_rss_mb  # noqa: E402
+from bench import MESSAGES, PHI3_SHAPED_VERSION, measure_bandwidth, peak_rss_mb, phi3_source  # noqa: E402
 
 from phi3ui.settings import BUNDLED, BUNDLED_EXPORT, ExportSettings, cache_root  # noqa: E402
 
@@ -130,10 +130,6 @@ CONFIGS: dict[str, Config] = {
 
 
 # --- models -------------------------------------------------------------------------------
-def phi3_source() -> Path:
-    return cache_root() / "sources" / f"phi3-mini-shaped-random-v{PHI3_SHAPED_VERSION}"
-
-
 def model_export(model: str, export: dict | None) -> Path:
     """The exported OpenVINO folder for `model` with `export` over its seed settings."""
     from phi3ui.export import ensure_exported
@@ -247,11 +243,9 @@ def genai_properties(config: Config) -> dict:
 
 
 def run_genai(spec: dict) -> dict:
-    import numpy as np
-    import openvino as ov
     import openvino_genai as ov_genai
 
-    from phi3ui.engines import load_engine
+    from phi3ui.engines import load_engine, tokenized
     from phi3ui.settings import GenerationSettings, RuntimeSettings
 
     start = time.perf_counter()
@@ -279,11 +273,9 @@ def run_genai(spec: dict) -> dict:
     def generate(ids: list[int], tokens: int) -> tuple[float, list[float], list[int], object]:
         settings = GenerationSettings(max_new_tokens=tokens, min_new_tokens=tokens)
         config = engine.generation_config(settings, engine.pipeline.get_generation_config())
-        array = np.array([ids], dtype=np.int64)
-        inputs = ov_genai.TokenizedInputs(ov.Tensor(array), ov.Tensor(np.ones_like(array)))
         clock = Clock()
         begin = time.perf_counter()
-        result = engine.pipeline.generate(inputs, config, clock)
+        result = engine.pipeline.generate(tokenized(ids), config, clock)
         return begin, clock.stamps, clock.tokens, result.perf_metrics
 
     generate(spec["warmup_ids"], spec["warmup_tokens"])

