@@ -127,6 +127,7 @@ class EngineRun:
     turns: list[Turn]
     decode_tokens_per_s: float = 0.0  # median over turns
     fraction_of_bandwidth_limit: float = 0.0
+    cache_mb: float | None = None  # what the cold start wrote to CACHE_DIR (the app's default CACHE_MODE)
     ttft_turn_last_over_turn2: float | None = None
 
 
@@ -297,11 +298,12 @@ def bench_engine(folder: Path, engine: str, turns: int, tokens: int, limit_tps: 
     with tempfile.TemporaryDirectory(prefix=f"phi3ui-bench-cache-{engine}-") as cache:
         print(f"[{engine}] cold start (empty CACHE_DIR)…", file=sys.stderr, flush=True)
         cold = run_worker(folder, engine, Path(cache), 0, tokens)
+        cache_mb = sum(f.stat().st_size for f in Path(cache).rglob("*") if f.is_file()) / 1e6
         print(f"[{engine}] warm start and {turns}-turn conversation…", file=sys.stderr, flush=True)
         warm = run_worker(folder, engine, Path(cache), turns, tokens)
     starts = [Start(name, r["load_s"], r["first_token_s"], r["start_peak_rss_mb"])
               for name, r in (("cold", cold), ("warm", warm), ("none", none))]
-    run = EngineRun(engine, starts, warm["peak_rss_mb"], [Turn(**t) for t in warm["turns"]])
+    run = EngineRun(engine, starts, warm["peak_rss_mb"], [Turn(**t) for t in warm["turns"]], cache_mb=round(cache_mb))
     run.decode_tokens_per_s = round(median([t.tokens_per_s for t in run.turns]), 2)
     run.fraction_of_bandwidth_limit = round(run.decode_tokens_per_s / limit_tps, 3)
     if len(run.turns) >= 2 and run.turns[1].ttft_s > 0:
@@ -479,8 +481,8 @@ def table(report: Report) -> str:
     last = report.turns
     lines = [
         f"| run | load (s): cold / warm / no cache | + first token (s) | TTFT turn 1 (s) | turn 2 | turn {last} "
-        f"| turn {last} ÷ turn 2 | decode tokens/s | of bandwidth limit | peak RSS (MB) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| turn {last} ÷ turn 2 | decode tokens/s | of bandwidth limit | peak RSS (MB) | model cache (MB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def ttft(turns: list, n: int) -> str:
@@ -496,14 +498,15 @@ def table(report: Report) -> str:
 
         lines.append(f"| {e.engine} | {per_start('load_s')} | {per_start('first_token_s')} | {ttft(e.turns, 1)} | "
                      f"{ttft(e.turns, 2)} | {ttft(e.turns, last)} | {ratio} | {e.decode_tokens_per_s:.1f} | "
-                     f"{e.fraction_of_bandwidth_limit:.0%} | {e.peak_rss_mb:.0f} |")
+                     f"{e.fraction_of_bandwidth_limit:.0%} | {e.peak_rss_mb:.0f} | "
+                     f"{'–' if e.cache_mb is None else f'{e.cache_mb:.0f}'} |")
     if h := report.http:
         turns = h.turns
         ratio = f"{turns[-1].ttft_s / turns[1].ttft_s:.2f}×" if len(turns) >= 2 and turns[1].ttft_s else "–"
         lines.append(f"| genai over HTTP (app) | start {h.startup_s:.1f} | – | {ttft(turns, 1)} | {ttft(turns, 2)} | "
                      f"{ttft(turns, last)} | {ratio} | {h.decode_tokens_per_s:.1f} "
                      f"({h.fraction_of_engine_tokens_per_s:.0%} of engine) | "
-                     f"{h.decode_tokens_per_s / report.limit_tokens_per_s:.0%} | {h.server_peak_rss_mb:.0f} (server) |")
+                     f"{h.decode_tokens_per_s / report.limit_tokens_per_s:.0%} | {h.server_peak_rss_mb:.0f} (server) | – |")
     return "\n".join(lines)
 
 

@@ -10,7 +10,13 @@ starts with clean threads and caches.
 
     python bench/decode.py --model phi3                       # llama, seed, default
     python bench/decode.py --model bundled --configs llama,seed,default,sdpa,kv-f16
+    python bench/decode.py --model bundled --rounds 5 --configs llama,seed   # interleaved, pooled
     python bench/decode.py --list                             # every named configuration
+
+This VM's speed drifts by 10-40% within minutes, so `--rounds N` runs the whole list N
+times, interleaved, and adds a pooled table: each configuration's median over every run,
+and in how many rounds it beat the llama.cpp run of the same round (a paired comparison,
+which drift between rounds cannot tilt).
 
 The Phi-3-mini-shaped model is bench.py's (random weights, real sizes); its GGUF is made
 once from the Hugging Face folder with llama.cpp's convert_hf_to_gguf.py (F16), then
@@ -234,18 +240,18 @@ def genai_properties(config: Config) -> dict:
     """The properties handed to the engine (merged over default_properties() by it): the
     seed, the app's default keys unset, then the configuration's own; or, for an
     `app_defaults` configuration, nothing: the app's default_properties() as they are."""
-    from phi3ui.engines import default_properties
+    from phi3ui.engines import default_properties, without_cache
 
     if config.app_defaults:
         return {}
-    unset = {k: None for k in default_properties() if k not in SEED and k != "CACHE_DIR"}
+    unset = {k: None for k in without_cache(default_properties()) if k not in SEED}
     return {**unset, **SEED, **config.properties}
 
 
 def run_genai(spec: dict) -> dict:
     import openvino_genai as ov_genai
 
-    from phi3ui.engines import load_engine, tokenized
+    from phi3ui.engines import load_engine, tokenized, without_cache
     from phi3ui.settings import GenerationSettings, RuntimeSettings
 
     start = time.perf_counter()
@@ -285,7 +291,7 @@ def run_genai(spec: dict) -> dict:
         runs.append(_timings(begin, stamps))
         tpots.append(metrics.get_tpot().mean)
     return {"load_s": load_s, **_summary(runs), "tokens": tokens, "genai_tpot_ms_runs": tpots,
-            "properties_used": {k: v for k, v in engine.properties.items() if k != "CACHE_DIR"}}
+            "properties_used": without_cache(engine.properties)}
 
 
 def run_llama(spec: dict) -> dict:
@@ -402,10 +408,11 @@ def measure(name: str, config: Config, model: str, prompt: list[list[int]], warm
 def run_session(args: argparse.Namespace, argv: list[str]) -> dict:
     folder = model_export(args.model, None)
     prompt, warmup = prompt_ids(folder, args.repeats)
-    names = args.configs
+    names = args.configs * args.rounds
     session = {"model": args.model, "date": time.strftime("%Y-%m-%d %H:%M %Z"),
                "command": "python bench/decode.py " + shlex.join(argv),
                "prompt_tokens": PROMPT_TOKENS, "new_tokens": NEW_TOKENS, "repeats": args.repeats,
+               "rounds": args.rounds,
                "machine": {"cpus": os.cpu_count(), "load_before": round(os.getloadavg()[0], 2),
                            "busy_before": busy_processes()}, "runs": []}
     if args.bandwidth_mb:
@@ -463,6 +470,43 @@ def session_table(sessions: list[dict], index: int) -> list[str]:
         lines.append(f"| `{run['config']}`: {run['about']} | {run['weight_bytes'] / 1e9:.2f} | "
                      f"{run['ttft_s']:.2f}{_spread(run.get('ttft_runs_s'), '.1f')} | {ttft_ratio} | "
                      f"{run['ms_per_token']:.1f}{_spread(run.get('ms_per_token_runs'), '.0f')} | {decode_ratio} | {limit} |")
+    return lines + [""] + pooled_table(session)
+
+
+def pooled_table(session: dict) -> list[str]:
+    """For a session with rounds: every configuration's runs pooled, and paired wins
+    against the llama.cpp run of the same round."""
+    rounds = session.get("rounds", 1)
+    if rounds < 2:
+        return []
+    per_round = len(session["runs"]) // rounds
+    names = [run["config"] for run in session["runs"][:per_round]]
+    llama = [run for run in session["runs"] if run["runtime"] == "llama"]
+    lines = [f"Pooled over {rounds} interleaved rounds: the median of every measured run, and the "
+             "rounds in which the configuration decoded faster (and reached its first token sooner) "
+             "than llama.cpp did in the same round.", "",
+             "| configuration | decode ms/token, median (range) | ÷ llama.cpp | faster decode than llama.cpp "
+             "| TTFT s, median | ÷ llama.cpp | sooner first token |", "|---|---|---|---|---|---|---|"]
+    pooled = {name: [run for run in session["runs"] if run["config"] == name] for name in names}
+
+    def every_run(runs: list[dict]) -> list[float]:
+        return [v for run in runs for v in run["ms_per_token_runs"]]
+
+    ref_decode = statistics.median(every_run(llama)) if llama else None
+    ref_ttft = statistics.median([run["ttft_s"] for run in llama]) if llama else None
+    for name, runs in pooled.items():
+        decode = every_run(runs)
+        ttft = statistics.median([run["ttft_s"] for run in runs])
+        med = statistics.median(decode)
+        if llama and runs[0]["runtime"] != "llama" and len(llama) == len(runs):
+            wins = sum(r["ms_per_token"] <= l["ms_per_token"] for r, l in zip(runs, llama))
+            sooner = sum(r["ttft_s"] <= l["ttft_s"] for r, l in zip(runs, llama))
+            paired, paired_ttft = f"{wins}/{len(runs)}", f"{sooner}/{len(runs)}"
+        else:
+            paired = paired_ttft = "–"
+        lines.append(f"| `{name}` | {med:.1f} ({min(decode):.1f}–{max(decode):.1f}) | "
+                     f"{med / ref_decode:.2f} | {paired} | {ttft:.2f} | {ttft / ref_ttft:.2f} | {paired_ttft} |"
+                     if ref_decode else f"| `{name}` | {med:.1f} | – | – | {ttft:.2f} | – | – |")
     return lines + [""]
 
 
@@ -492,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", default="llama,seed,default", help="comma-separated names (see --list)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="measured runs per configuration, each with its own prompt (median reported)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the whole list this many times, interleaved, and pool the results")
     parser.add_argument("--list", action="store_true", help="print the named configurations and exit")
     parser.add_argument("--bandwidth-mb", type=int, default=1024, help="0 skips the bandwidth measurement")
     parser.add_argument("--quiet-wait", type=float, default=1800,

@@ -90,7 +90,7 @@ def score(names: list[str]) -> list[dict]:
     """Each configuration's export (made if missing), greedy answers and log-likelihood."""
     from decode import CONFIGS, genai_properties, model_export
 
-    from phi3ui.engines import default_properties, load_engine, merge_properties
+    from phi3ui.engines import default_properties, load_engine, merge_properties, without_cache
     from phi3ui.export import ExportError
     from phi3ui.settings import RuntimeSettings, SettingsError
 
@@ -109,7 +109,7 @@ def score(names: list[str]) -> list[dict]:
         engine.close()
         del engine
         seed_answers = seed_answers or answers
-        used = {k: v for k, v in merge_properties(default_properties(), properties).items() if k != "CACHE_DIR"}
+        used = without_cache(merge_properties(default_properties(), properties))
         rows.append({
             "config": name, "about": config.about, "properties": used,
             "weights_mb": round((folder / "openvino_model.bin").stat().st_size / 1e6, 1),

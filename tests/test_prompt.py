@@ -101,6 +101,7 @@ def test_fit_keeps_everything_when_it_fits(phi3_tokenizer):
 def test_fit_drops_oldest_exchanges_but_keeps_system(phi3_tokenizer):
     history, message = conversation(3)
     full = fit(phi3_tokenizer, history, message, 16, 4096).prompt_tokens
+    assert fit(phi3_tokenizer, history, message, 16, full + 16).dropped_exchanges == 0  # exactly full
     fitted = fit(phi3_tokenizer, history, message, 16, full + 16 - 1)
     assert fitted.dropped_exchanges == 1
     assert fitted.prompt.startswith(f"<|system|>\n{SYSTEM}<|end|>\n<|user|>\n{TURNS[1][0]}")
