@@ -72,10 +72,12 @@ class Config:
     export: dict | None = None  # ExportSettings fields; None: the model's seed export
     about: str = ""
     app_defaults: bool = False  # genai with the app's own default_properties(), nothing else
+    env: dict = field(default_factory=dict)  # set in the measuring process's environment
 
 
-def _cfg(about: str, export: dict | None = None, app_defaults: bool = False, **properties: str | None) -> Config:
-    return Config("genai", properties, export, about, app_defaults)
+def _cfg(about: str, export: dict | None = None, app_defaults: bool = False, env: dict | None = None,
+         **properties: str | None) -> Config:
+    return Config("genai", properties, export, about, app_defaults, env or {})
 
 
 CW_R1 = {"group_size": -1, "ratio": 1.0}
@@ -128,6 +130,11 @@ CONFIGS: dict[str, Config] = {
                         INFERENCE_PRECISION_HINT="f32"),
     "g128-r1-f32": _cfg("seed + INFERENCE_PRECISION_HINT=f32, int4 sym g128 ratio 1.0 export", G128_R1,
                         INFERENCE_PRECISION_HINT="f32"),
+    "hugepages": _cfg("seed + glibc malloc on transparent huge pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1)",
+                      env={"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}),
+    "cache-speed": _cfg("seed + CACHE_MODE=OPTIMIZE_SPEED (a cache with the weights; the app's is weightless)",
+                        CACHE_MODE="OPTIMIZE_SPEED"),
+    "no-cache": _cfg("seed without CACHE_DIR", CACHE_DIR=None, CACHE_MODE=None),
     "cw-r1-default": _cfg("app's default properties, int4 sym channel-wise ratio 1.0 export", CW_R1,
                           app_defaults=True),
     "g128-r1-default": _cfg("app's default properties, int4 sym g128 ratio 1.0 export", G128_R1,
@@ -238,7 +245,8 @@ def _summary(runs: list[tuple[float, float]]) -> dict:
 
 def genai_properties(config: Config) -> dict:
     """The properties handed to the engine (merged over default_properties() by it): the
-    seed, the app's default keys unset, then the configuration's own; or, for an
+    seed, the app's other default keys unset (its model cache kept), then the configuration's
+    own; or, for an
     `app_defaults` configuration, nothing: the app's default_properties() as they are."""
     from phi3ui.engines import default_properties, without_cache
 
@@ -328,11 +336,12 @@ def worker_main(spec_path: str, out_path: str) -> int:
     return 0
 
 
-def run_child(spec: dict) -> dict:
+def run_child(spec: dict, env: dict) -> dict:
     with tempfile.TemporaryDirectory(prefix="phi3ui-decode-") as tmp:
         spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
         spec_path.write_text(json.dumps(spec))
-        subprocess.run([sys.executable, __file__, "_worker", str(spec_path), str(out_path)], check=True, cwd=ROOT)
+        subprocess.run([sys.executable, __file__, "_worker", str(spec_path), str(out_path)], check=True, cwd=ROOT,
+                       env={**os.environ, **env})
         return json.loads(out_path.read_text())
 
 
@@ -396,13 +405,14 @@ def measure(name: str, config: Config, model: str, prompt: list[list[int]], warm
     print(f"[{model}] {name}: {config.about}", file=sys.stderr, flush=True)
     waited = wait_until_quiet(quiet_limit_s) if quiet_limit_s else 0.0
     load_before, busy = round(os.getloadavg()[0], 2), busy_processes()
-    result = run_child(spec)
+    result = run_child(spec, config.env)
     busy_after = busy_processes()
     print(f"  TTFT {result['ttft_s']:.2f} s, {result['ms_per_token']:.1f} ms/token", file=sys.stderr, flush=True)
     return {"config": name, "about": config.about, "runtime": config.runtime, "export": config.export,
             "weight_bytes": weights, "load_before": load_before, "waited_for_quiet_s": waited,
             "busy_during": sorted(set(busy + busy_after)), **result,
-            **({"properties": spec["properties"]} if config.runtime == "genai" else {})}
+            **({"properties": spec["properties"]} if config.runtime == "genai" else {}),
+            **({"env": config.env} if config.env else {})}
 
 
 def run_session(args: argparse.Namespace, argv: list[str]) -> dict:

@@ -33,7 +33,7 @@ def test_quick_benchmark_writes_json_plot_and_section(bundled, tmp_path: Path) -
     assert report["bandwidth"]["gb_per_s"] > 0
     assert [e["engine"] for e in report["engines"]] == ["genai", "optimum"]
     for engine in report["engines"]:
-        for key in ("peak_rss_mb", "decode_tokens_per_s", "fraction_of_bandwidth_limit"):
+        for key in ("peak_rss_mb", "decode_tokens_per_s", "fraction_of_bandwidth_limit", "cache_mb"):
             assert engine[key] > 0, (engine["engine"], key)
         assert sorted(s["cache"] for s in engine["starts"]) == ["cold", "none", "warm"]
         for start in engine["starts"]:

@@ -163,8 +163,8 @@ def test_answer_ids_that_do_not_re_tokenise_the_same_are_kept(bundled_engine):
 
 
 def test_model_cache_keeps_the_compiled_graph_not_a_second_copy_of_the_weights(bundled, engine_name, tmp_path):
-    """CACHE_MODE=OPTIMIZE_SIZE: a cached start reads the weights from the export, so every
-    cached configuration of a 2.9 GB Phi-3 export costs about 1.1 GB of disk, not 2.9 GB."""
+    """CACHE_MODE=OPTIMIZE_SIZE: a cached start reads the weights from the export, so a
+    cached configuration does not cost a second copy of them on disk."""
     runtime = RuntimeSettings(engine=engine_name, properties={"CACHE_DIR": str(tmp_path)})
     answers = []
     for _ in range(2):  # the first start writes the cache, the second loads from it
