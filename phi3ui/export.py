@@ -167,11 +167,12 @@ def _error_line(lines: list[str], code: int) -> str:
 
 
 def _smoke_test(folder: Path) -> None:
-    """Load the fresh export and generate a token, so a broken one never reaches the cache."""
+    """Load the fresh export and generate a token, so a broken one never reaches the cache.
+    No model cache: its entry would be keyed to this temporary folder and never used again."""
     from .engines import load_engine
 
     engine_name = "genai" if (folder / "openvino_tokenizer.xml").exists() else "optimum"
-    engine = load_engine(folder, RuntimeSettings(engine=engine_name, device="CPU"))
+    engine = load_engine(folder, RuntimeSettings(engine=engine_name, device="CPU", properties={"CACHE_DIR": None}))
     prompt = engine.render([{"role": "user", "content": "Hi"}])
     chunks = list(engine.stream(prompt, GenerationSettings(max_new_tokens=1)))
     if not chunks or chunks[-1].prompt_tokens < 1:

@@ -85,6 +85,14 @@ def test_impossible_settings_are_refused(tiny_phi3_source, empty_home, settings)
     assert not cache_folder(str(tiny_phi3_source), settings).exists()
 
 
+def test_export_leaves_no_model_cache_entry_for_its_temporary_folder(tiny_phi3_source, empty_home):
+    """The smoke test loads the export from a folder that is renamed right after; a model
+    cache entry for it (as large as the compiled model) could never be used."""
+    exported = ensure_exported(str(tiny_phi3_source), ExportSettings(weight_format="int8", group_size=-1, ratio=1.0))
+    assert (exported.folder / "openvino_model.xml").exists()
+    assert not list((empty_home / "ov-cache").glob("*.blob"))
+
+
 def test_crashed_export_leaves_nothing(tiny_phi3_source, empty_home, tmp_path):
     broken = tmp_path / "broken-phi3"
     shutil.copytree(tiny_phi3_source, broken)
