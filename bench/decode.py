@@ -59,7 +59,8 @@ NOTES_START, NOTES_END = "<!-- NOTES -->", "<!-- /NOTES -->"
 
 # The seed's runtime properties (STACK.md). Every genai configuration here is the seed plus
 # its own properties; keys the app's defaults add beyond the seed are unset (None) unless the
-# configuration sets them, so "seed" stays the seed whatever the app's defaults become.
+# configuration sets them, so "seed" stays the seed whatever the app's defaults become. The
+# model cache (engines.CACHE_KEYS) is kept: it changes load time and disk, not decoding.
 SEED = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
 
 
@@ -246,8 +247,8 @@ def _summary(runs: list[tuple[float, float]]) -> dict:
 def genai_properties(config: Config) -> dict:
     """The properties handed to the engine (merged over default_properties() by it): the
     seed, the app's other default keys unset (its model cache kept), then the configuration's
-    own; or, for an
-    `app_defaults` configuration, nothing: the app's default_properties() as they are."""
+    own; or, for an `app_defaults` configuration, nothing: the app's default_properties() as
+    they are."""
     from phi3ui.engines import default_properties, without_cache
 
     if config.app_defaults:
