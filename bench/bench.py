@@ -205,7 +205,6 @@ def measure_bandwidth(array_mb: int = 1024, runs: int = 5) -> Bandwidth:
     single = best(data.sum)
     with ThreadPoolExecutor(threads) as pool:  # numpy's reductions release the GIL
         multi = best(lambda: list(pool.map(np.sum, parts)))
-    del data, parts
     return Bandwidth(round(max(single, multi), 2), round(single, 2), threads, array_mb, runs)
 
 

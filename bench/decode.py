@@ -123,6 +123,8 @@ CONFIGS: dict[str, Config] = {
                             CW_R1, DYNAMIC_QUANTIZATION_GROUP_SIZE="128", INFERENCE_PRECISION_HINT="f32"),
     "asym-r1": _cfg("seed properties, int4 asym g128 ratio 1.0 export", ASYM_R1),
     "asym-cw-r1": _cfg("seed properties, int4 asym channel-wise ratio 1.0 export", ASYM_CW_R1),
+    "asym-cw-r1-all": _cfg("seed properties, int4 asym channel-wise ratio 1.0 export, embeddings and output "
+                           "in int4 too (--all-layers)", {**ASYM_CW_R1, "all_layers": True}),
     "g64-r1": _cfg("seed properties, int4 sym g64 ratio 1.0 export", {"group_size": 64, "ratio": 1.0}),
     "g128-r0.8": _cfg("seed properties, int4 sym g128 ratio 0.8 export", {"group_size": 128, "ratio": 0.8}),
     "f32-pinning": _cfg("seed + INFERENCE_PRECISION_HINT=f32 + ENABLE_CPU_PINNING=YES",

@@ -258,6 +258,8 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ratio", type=float, default=0.6, help="share of layers in int4 (default 0.6)")
     group.add_argument("--sym", action=argparse.BooleanOptionalAction, default=True,
                        help="symmetric quantisation (default on)")
+    group.add_argument("--all-layers", action="store_true",
+                       help="int4 for the embeddings and the output layer too (int4 only; default: they stay int8)")
     group.add_argument("--task", default="text-generation-with-past")
     group.add_argument("--trust-remote-code", action="store_true",
                        help="run the model repo's own Python code (off unless asked for)")
@@ -266,7 +268,8 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 def settings_from_args(args: argparse.Namespace) -> ExportSettings:
     group_size = args.group_size or default_settings(args.model).group_size
     return ExportSettings(weight_format=args.weight_format, group_size=group_size, ratio=args.ratio,
-                          sym=args.sym, task=args.task, trust_remote_code=args.trust_remote_code)
+                          sym=args.sym, all_layers=args.all_layers, task=args.task,
+                          trust_remote_code=args.trust_remote_code)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,6 +39,7 @@ class ExportSettings:
     group_size: int = 128
     ratio: float = 0.6
     sym: bool = True
+    all_layers: bool = False  # int4 for the embeddings and the output layer too (NNCF keeps them int8)
     task: str = "text-generation-with-past"
     trust_remote_code: bool = False
 
@@ -58,6 +59,10 @@ class ExportSettings:
                     f"Group size {self.group_size} is impossible: use a positive number "
                     "that divides the model's layer widths, or -1 for one group per channel."
                 )
+        if self.all_layers and self.weight_format != "int4":
+            raise SettingsError(
+                f"All layers applies to int4 only: {self.weight_format} already treats every layer alike."
+            )
         if self.task not in ("text-generation-with-past", "text-generation"):
             raise SettingsError(f"Task {self.task!r} is not a text-generation task.")
         return self
@@ -68,6 +73,8 @@ class ExportSettings:
         if self.weight_format == "int4":
             group = "cw" if self.group_size == -1 else f"g{self.group_size}"
             parts += ["sym" if self.sym else "asym", group, f"r{self.ratio:g}"]
+            if self.all_layers:
+                parts.append("all")
         elif self.weight_format == "int8":
             parts.append("sym" if self.sym else "asym")
         if self.task != "text-generation-with-past":
@@ -79,6 +86,8 @@ class ExportSettings:
         args = ["--task", self.task, "--weight-format", self.weight_format]
         if self.weight_format == "int4":
             args += ["--group-size", str(self.group_size), "--ratio", f"{self.ratio:g}"]
+            if self.all_layers:
+                args.append("--all-layers")
         if self.sym and self.weight_format != "fp16":
             args.append("--sym")
         if self.trust_remote_code:

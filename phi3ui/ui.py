@@ -303,13 +303,14 @@ class Page:
         return [{"role": m["role"], "content": to_display(m["content"])} for m in messages]
 
     # --- model ---------------------------------------------------------------------------
-    def export_and_load(self, model, weight_format, group_size, ratio, sym, device, engine) -> Iterator[tuple[str, str]]:
+    def export_and_load(self, model, weight_format, group_size, ratio, sym, all_layers, device,
+                        engine) -> Iterator[tuple[str, str]]:
         """Export (if not cached) and load, streaming the exporter's progress."""
         if self.lock_settings:
             raise gr.Error("Model settings are locked on this server.")
         try:
             settings = ExportSettings(weight_format=weight_format, group_size=int(group_size),
-                                      ratio=float(ratio), sym=bool(sym)).validate()
+                                      ratio=float(ratio), sym=bool(sym), all_layers=bool(all_layers)).validate()
         except (SettingsError, TypeError, ValueError) as exc:
             raise gr.Error(str(exc)) from None
         lines: queue.Queue[str] = queue.Queue()
@@ -347,11 +348,11 @@ class Page:
 
     @staticmethod
     def apply_preset(preset: str | None, model: str) -> tuple:
-        """Weight format, group size, ratio and sym of a preset, for the four fields."""
+        """A preset's export settings, for the fields below the preset radio."""
         if not preset:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return (gr.skip(),) * 5
         chosen = export_preset(preset, model or "")
-        return chosen.weight_format, chosen.group_size, chosen.ratio, chosen.sym
+        return chosen.weight_format, chosen.group_size, chosen.ratio, chosen.sym, chosen.all_layers
 
     # --- API -----------------------------------------------------------------------------
     def api_chat(self, message: str, history: list[dict] | None = None, max_new_tokens: int = 1024,
@@ -392,19 +393,24 @@ class Page:
                     self.preset = gr.Radio(
                         list(PRESETS), label="Preset", elem_id="export-preset",
                         value=self.preset_of(export_defaults, loaded.exported.source if loaded else ""),
-                        info="fills the four fields below. The faster presets put every layer in int4 and "
-                             "answer less like the full model: see bench/results/quality.md")
+                        info="fills the fields below. The faster presets compress more layers to int4 "
+                             "and answer less like the full model: see bench/results/quality.md")
                     self.weight_format = gr.Dropdown(list(WEIGHT_FORMATS), value=export_defaults.weight_format,
-                                                     label="Weight format")
+                                                     label="Weight format", elem_id="export-format")
                     self.group_size = gr.Number(export_defaults.group_size, precision=0, label="Group size",
+                                                elem_id="export-group-size",
                                                 info="must divide the layer widths; -1 = per channel")
-                    self.ratio = gr.Slider(0, 1, export_defaults.ratio, step=0.05, label="Ratio (share in int4)")
-                    self.sym = gr.Checkbox(export_defaults.sym, label="Symmetric")
+                    self.ratio = gr.Slider(0, 1, export_defaults.ratio, step=0.05, label="Ratio (share in int4)",
+                                           elem_id="export-ratio")
+                    self.sym = gr.Checkbox(export_defaults.sym, label="Symmetric", elem_id="export-sym")
+                    self.all_layers = gr.Checkbox(export_defaults.all_layers, label="All layers in int4",
+                                                  info="the embeddings and the output layer too (int4 only)",
+                                                  elem_id="export-all-layers")
                     self.device = gr.Dropdown([*available_devices(), "AUTO"], allow_custom_value=True,
                                               value=loaded.engine.device if loaded else "CPU", label="Device")
                     self.engine = gr.Radio(list(ENGINES), value=loaded.engine.name if loaded else "genai",
                                            label="Engine")
-                    self.export_btn = gr.Button("Export and load", variant="secondary")
+                    self.export_btn = gr.Button("Export and load", variant="secondary", elem_id="export-button")
                     self.export_log = gr.Textbox(label="Progress", lines=6, max_lines=12, interactive=False,
                                                  autoscroll=True)
                 gr.Markdown("### Generation")
@@ -490,10 +496,11 @@ class Page:
                        trigger_mode="always_last", **quick)
         self.model_box.change(self.defaults_for, [self.model_box, self.preset], self.group_size, **quick)
         self.preset.change(self.apply_preset, [self.preset, self.model_box],
-                           [self.weight_format, self.group_size, self.ratio, self.sym], **quick)
+                           [self.weight_format, self.group_size, self.ratio, self.sym, self.all_layers], **quick)
         self.export_btn.click(
             self.export_and_load,
-            [self.model_box, self.weight_format, self.group_size, self.ratio, self.sym, self.device, self.engine],
+            [self.model_box, self.weight_format, self.group_size, self.ratio, self.sym, self.all_layers,
+             self.device, self.engine],
             [self.export_log, self.model_md], concurrency_limit=1, concurrency_id="export",
             api_visibility="private",
         )

@@ -335,6 +335,29 @@ def test_budget_and_inspector_follow_the_chat(page: Page) -> None:
     assert "How many legs does a spider have?" in text
 
 
+def test_presets_fill_the_export_fields_and_impossible_settings_are_refused(page: Page) -> None:
+    page.get_by_text("Export and load").first.click()
+    group, ratio = page.locator("#export-group-size input"), page.locator("#export-ratio input[type=number]")
+    sym, all_layers = page.locator("#export-sym input"), page.locator("#export-all-layers input")
+    expect(group).to_have_value("64")  # the bundled model's seed export
+    page.get_by_label("fastest decode").check()
+    expect(group).to_have_value("-1")
+    expect(ratio).to_have_value("1")
+    expect(sym).not_to_be_checked()
+    expect(all_layers).not_to_be_checked()
+    page.get_by_label("seed defaults").check()
+    expect(group).to_have_value("64")
+    expect(ratio).to_have_value("0.6")
+    expect(sym).to_be_checked()
+
+    all_layers.check()
+    page.locator("#export-format input").click()
+    page.get_by_role("option", name="int8").click()
+    page.locator("#export-button").click()
+    expect(page.get_by_text(re.compile("All layers applies to int4 only"))).not_to_have_count(0)
+    expect(page.locator("#model-info")).to_contain_text("int4-sym-g64-r0.6")  # still the model it had
+
+
 def test_closing_the_tab_ends_generation(open_page, browser_app) -> None:
     first = open_page()
     set_max_new_tokens(first, 1000)

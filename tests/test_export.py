@@ -78,11 +78,36 @@ def test_group_size_that_does_not_divide_is_refused_before_export(tiny_phi3_sour
 
 
 @pytest.mark.parametrize("settings", [ExportSettings(ratio=1.5), ExportSettings(ratio=-0.1),
-                                      ExportSettings(group_size=0), ExportSettings(weight_format="int3")])
+                                      ExportSettings(group_size=0), ExportSettings(weight_format="int3"),
+                                      ExportSettings(weight_format="int8", all_layers=True)])
 def test_impossible_settings_are_refused(tiny_phi3_source, empty_home, settings):
     with pytest.raises(SettingsError):
         ensure_exported(str(tiny_phi3_source), settings)
     assert not cache_folder(str(tiny_phi3_source), settings).exists()
+
+
+def embedding_types(folder: Path, vocab_size: int) -> set[str]:
+    """Integer element types of the weights shaped like the vocabulary (embeddings, output)."""
+    import openvino as ov
+
+    model = ov.Core().read_model(folder / "openvino_model.xml")
+    types = {op.get_element_type().get_type_name() for op in model.get_ops()
+             if op.get_type_name() == "Constant" and op.get_output_partial_shape(0).rank.get_length() >= 2
+             and op.get_output_partial_shape(0)[0].get_length() == vocab_size}
+    return types & {"u4", "i4", "u8", "i8"}
+
+
+def test_all_layers_puts_the_embeddings_and_output_in_int4_too(tiny_phi3, tiny_phi3_source, capsys):
+    vocab_size = json.loads((tiny_phi3_source / "config.json").read_text())["vocab_size"]
+    assert embedding_types(tiny_phi3.folder, vocab_size) & {"u8", "i8"}  # NNCF keeps them int8 by default
+    assert main([str(tiny_phi3_source), "--ratio", "1.0", "--all-layers"]) == 0
+    folder = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert folder.name == "int4-sym-g128-r1-all"
+    assert read_record(folder)["settings"]["all_layers"] is True
+    assert embedding_types(folder, vocab_size) in ({"u4"}, {"i4"})
+    engine = load_engine(folder, RuntimeSettings())
+    prompt = engine.render([{"role": "user", "content": "Hi"}])
+    assert [c for c in engine.stream(prompt, GenerationSettings(max_new_tokens=4))][-1].answer_tokens >= 1
 
 
 def test_export_leaves_no_model_cache_entry_for_its_temporary_folder(tiny_phi3_source, empty_home):

@@ -52,7 +52,7 @@ def test_unknown_preset_is_refused() -> None:
 def test_page_fills_fields_from_a_preset_and_recognises_presets() -> None:
     fastest = export_preset("fastest decode")
     assert Page.apply_preset("fastest decode", "x") == (fastest.weight_format, fastest.group_size,
-                                                        fastest.ratio, fastest.sym)
+                                                        fastest.ratio, fastest.sym, fastest.all_layers)
     assert all(Page.preset_of(export_preset(p, BUNDLED), BUNDLED) == p for p in PRESETS)
     assert Page.preset_of(ExportSettings(ratio=0.8), "x") is None
 
