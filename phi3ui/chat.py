@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import prompt as prompts
 from .engines import Chunk, Engine, load_engine
@@ -72,15 +72,28 @@ class ChatBackend:
             progress(f"Loading {exported.folder} with the {runtime.engine} engine…")
             old, self.loaded = self.loaded, None
             if old is not None:
-                old.engine.close()
-            del old  # free the previous model's memory before loading the next one
-            engine = load_engine(exported.folder, runtime, self.concurrency)
+                old.engine.close()  # free the previous model's memory before loading the next one
+            try:
+                engine = load_engine(exported.folder, runtime, self.concurrency)
+            except Exception:
+                if old is not None:
+                    self._restore(old, progress)
+                raise
             if engine.device_warning:
                 log.warning(engine.device_warning)
                 notices.append(engine.device_warning)
             self.loaded = Loaded(engine, exported, runtime, tuple(notices))
             progress(f"Loaded: {self.loaded.describe()}")
             return self.loaded
+
+    def _restore(self, old: Loaded, progress: Progress) -> None:
+        """After a failed load, the server keeps answering with the model it had."""
+        try:
+            self.loaded = replace(old, engine=load_engine(old.exported.folder, old.runtime, self.concurrency))
+        except Exception:  # noqa: BLE001 - the failed load's own error is the one to report
+            log.exception("could not load the previous model again")
+            return
+        progress(f"Loading failed; back on {self.loaded.describe()}")
 
     @property
     def engine(self) -> Engine:
@@ -96,25 +109,26 @@ class ChatBackend:
         if len(message) > self.limits.max_message_chars:
             raise prompts.PromptError(
                 f"The message is {len(message):,} characters; the limit is "
-                f"{self.limits.max_message_chars:,}. Nothing was sent; your text is still in the box."
+                f"{self.limits.max_message_chars:,}."
             )
         return message
 
-    def prepare(self, history: object, message: object, settings: GenerationSettings) -> prompts.Fitted:
-        """Validate everything a client sent and fit it into the context window."""
+    def prepare(self, history: object, message: object, settings: GenerationSettings,
+                draft: bool = False) -> prompts.Fitted:
+        """Validate everything a client sent and fit it into the context window. A `draft`
+        (the page's preview of what it would send) may have an empty message."""
         settings.validate(self.limits)
-        message = self.check_message(message)
-        messages = prompts.normalize(history)
-        if len(messages) > self.limits.max_history_messages:
-            raise prompts.PromptError(
-                f"The history has {len(messages)} messages; the limit is {self.limits.max_history_messages}."
-            )
+        if not (draft and message == ""):
+            message = self.check_message(message)
+        messages, dropped = prompts.newest(prompts.normalize(history), self.limits.max_history_messages,
+                                           self.limits.max_history_chars)
         engine = self.engine
-        return prompts.fit(
+        fitted = prompts.fit(
             engine.render, engine.count_tokens, system=settings.system_prompt, history=messages,
             message=message, max_new_tokens=settings.max_new_tokens, window=engine.context_window,
             system_ok=engine.system_ok,
         )
+        return replace(fitted, dropped_exchanges=fitted.dropped_exchanges + dropped)
 
     def stream(self, fitted: prompts.Fitted, settings: GenerationSettings,
                session: str | None = None) -> Iterator[Chunk]:

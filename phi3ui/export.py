@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -127,21 +128,53 @@ def _hub_config(model: str) -> tuple[dict, bool]:
     return config, "openvino_model.xml" in files
 
 
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _hub_folder(model: str) -> Path:
+    return cache_root() / "hub" / model.replace("/", "--")
+
+
 def _download_openvino(model: str) -> Path:
+    """A hub repo of OpenVINO IR, downloaded once; the record marks a finished download, so
+    an interrupted one is never loaded and later starts need no network."""
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(model, local_dir=cache_root() / "hub" / model.replace("/", "--")))
+    folder = Path(snapshot_download(model, local_dir=_hub_folder(model)))
+    (folder / RECORD).write_text(json.dumps({"source": model, "downloaded_at": _now()}, indent=2))
+    return folder
+
+
+def _looks_like_path(model: str) -> bool:
+    """A hub id is `name` or `owner/name`; anything else was meant as a folder."""
+    return model.startswith(("/", ".", "~")) or model.count("/") > 1 or "\\" in model
+
+
+# optimum-cli, in a child that ends with this process even when this one is killed outright
+# (SIGTERM from docker or systemd skips Python's cleanup): an orphaned export would hold
+# many GB of memory and race the next start's export.
+_DIE_WITH_PARENT = (
+    "import ctypes, os, runpy, signal, sys\n"
+    "ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit('phi3ui exited before the export started')\n"
+    "sys.argv = ['optimum-cli', *sys.argv[2:]]\n"
+    "runpy.run_module('optimum.commands.optimum_cli', run_name='__main__')\n"
+)
 
 
 def _run_optimum_cli(source: str, settings: ExportSettings, out: Path, progress: Progress) -> None:
-    command = [sys.executable, "-m", "optimum.commands.optimum_cli", "export", "openvino",
-               "--model", source, *settings.cli_args(), str(out)]
-    progress("Running: optimum-cli " + " ".join(command[3:]))
+    arguments = ["export", "openvino", "--model", source, *settings.cli_args(), str(out)]
+    launcher = (["-c", _DIE_WITH_PARENT, str(os.getpid())] if sys.platform == "linux"
+                else ["-m", "optimum.commands.optimum_cli"])
+    command = [sys.executable, *launcher, *arguments]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
     lines: list[str] = []
     assert process.stdout is not None
     try:
+        progress("Running: optimum-cli " + " ".join(arguments))
         for line in process.stdout:
             line = line.rstrip()
             if line:
@@ -179,10 +212,22 @@ def _smoke_test(folder: Path) -> None:
         raise ExportError(f"The exported model in {folder} did not generate.")
 
 
+def _remove_abandoned_exports(folder: Path) -> None:
+    """Temporary export folders of processes that were killed before they could clean up."""
+    for partial in folder.glob(".partial-*-*"):
+        try:
+            os.kill(int(partial.name.split("-")[1]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(partial, ignore_errors=True)
+        except (ValueError, PermissionError):  # not ours, or another user's live process
+            continue
+
+
 def _export_into(source: str, settings: ExportSettings, target: Path, progress: Progress) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    with tempfile.TemporaryDirectory(prefix=".partial-", dir=target.parent) as tmp:
+    _remove_abandoned_exports(target.parent)
+    with tempfile.TemporaryDirectory(prefix=f".partial-{os.getpid()}-", dir=target.parent) as tmp:
         out = Path(tmp) / "model"
         _run_optimum_cli(source, settings, out, progress)
         if not is_openvino_folder(out):
@@ -193,7 +238,7 @@ def _export_into(source: str, settings: ExportSettings, target: Path, progress: 
         _smoke_test(out)
         record = {"source": source, "settings": settings.as_dict(),
                   "seconds": round(time.time() - started, 1),
-                  "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                  "exported_at": _now()}
         (out / RECORD).write_text(json.dumps(record, indent=2))
         try:
             os.replace(out, target)
@@ -218,6 +263,12 @@ def ensure_exported(model: str, settings: ExportSettings | None = None,
     path = Path(model).expanduser()
     if model != BUNDLED and path.is_dir() and is_openvino_folder(path):
         return Exported(path, model, None, cached=True)
+    if model != BUNDLED and not path.is_dir():
+        if _looks_like_path(model):
+            problem = f"{path} is a file, not a folder" if path.exists() else f"There is no folder {path}"
+            raise ExportError(f"{problem}. Pass a Hugging Face model id, a local model folder or '{BUNDLED}'.")
+        if (_hub_folder(model) / RECORD).exists() and is_openvino_folder(_hub_folder(model)):
+            return Exported(_hub_folder(model), model, None, cached=True)
     target = cache_folder(model, settings)
     if (target / RECORD).exists() and is_openvino_folder(target):
         return Exported(target, model, settings, cached=True)
@@ -266,7 +317,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> ExportSettings:
-    group_size = args.group_size or default_settings(args.model).group_size
+    group_size = default_settings(args.model).group_size if args.group_size is None else args.group_size
     return ExportSettings(weight_format=args.weight_format, group_size=group_size, ratio=args.ratio,
                           sym=args.sym, all_layers=args.all_layers, task=args.task,
                           trust_remote_code=args.trust_remote_code)

@@ -61,7 +61,10 @@ def normalize(history: Any) -> list[Message]:
     for item in history:
         if not isinstance(item, dict) or "role" not in item or "content" not in item:
             raise PromptError("Each history entry must be a {role, content} message.")
-        if (item.get("metadata") or {}).get("title"):
+        metadata = item.get("metadata") or {}
+        if not isinstance(metadata, dict):
+            raise PromptError("A message's metadata must be a {title, ...} object.")
+        if metadata.get("title"):
             continue
         role = item["role"]
         if role not in ("user", "assistant"):
@@ -86,8 +89,9 @@ def build(system: str, history: Sequence[Message], message: str, system_ok: bool
         return list(messages)
     if system_ok:
         return [{"role": "system", "content": system}, *messages]
-    first = messages[0]
-    return [{"role": "user", "content": f"{system}\n\n{first['content']}"}, *messages[1:]]
+    first = next(i for i, m in enumerate(messages) if m["role"] == "user")
+    merged = {"role": "user", "content": f"{system}\n\n{messages[first]['content']}"}
+    return [*messages[:first], merged, *messages[first + 1:]]
 
 
 def exchanges(history: Sequence[Message]) -> list[list[Message]]:
@@ -99,6 +103,19 @@ def exchanges(history: Sequence[Message]) -> list[list[Message]]:
         else:
             groups[-1].append(msg)
     return groups
+
+
+def newest(history: Sequence[Message], max_messages: int, max_chars: int) -> tuple[list[Message], int]:
+    """The newest whole exchanges within both limits, and how many older ones were left out."""
+    groups = exchanges(history)
+    first, messages, chars = len(groups), 0, 0
+    while first > 0:
+        messages += len(groups[first - 1])
+        chars += sum(len(m["content"]) for m in groups[first - 1])
+        if messages > max_messages or chars > max_chars:
+            break
+        first -= 1
+    return [m for group in groups[first:] for m in group], first
 
 
 @dataclass(frozen=True)
@@ -130,17 +147,32 @@ def fit(
     """Leave out the oldest exchanges until prompt plus answer fit the window.
 
     The system prompt and the new message always stay; if they alone do not fit,
-    MessageTooLong says by how much.
+    MessageTooLong says by how much. Leaving out more never needs more tokens, so the
+    fewest to leave out are found by bisection: a few renders, however long the chat.
     """
     groups = exchanges(history)
-    for dropped in range(len(groups) + 1):
+
+    def attempt(dropped: int) -> Fitted:
         kept = [m for group in groups[dropped:] for m in group]
         prompt = render(build(system, kept, message, system_ok))
-        tokens = count(prompt)
-        if tokens + max_new_tokens <= window:
-            return Fitted(prompt, tokens, dropped, window, max_new_tokens)
-    raise MessageTooLong(
-        f"This message needs {tokens} prompt tokens plus {max_new_tokens} for the answer, "
-        f"more than the model's {window}-token context window. Shorten it by about "
-        f"{tokens + max_new_tokens - window} tokens or lower 'max new tokens'."
-    )
+        return Fitted(prompt, count(prompt), dropped, window, max_new_tokens)
+
+    best = attempt(0)
+    if best.used_tokens <= window:
+        return best
+    alone = attempt(len(groups))
+    if alone.used_tokens > window:
+        raise MessageTooLong(
+            f"This message needs {alone.prompt_tokens} prompt tokens plus {max_new_tokens} for the answer, "
+            f"more than the model's {window}-token context window. Shorten it by about "
+            f"{alone.used_tokens - window} tokens or lower 'max new tokens'."
+        )
+    best, low, high = alone, 1, len(groups)  # the answer is in low..high, and `high` fits
+    while low < high:
+        middle = (low + high) // 2
+        tried = attempt(middle)
+        if tried.used_tokens <= window:
+            best, high = tried, middle
+        else:
+            low = middle + 1
+    return best

@@ -142,7 +142,10 @@ class Limits:
     """Server-side bounds that hold whatever a client sends."""
 
     max_message_chars: int = 16_000
+    # Older messages beyond these are left out like exchanges that do not fit the window
+    # (they would not fit it anyway); they bound the work one request can ask for.
     max_history_messages: int = 200
+    max_history_chars: int = 1_000_000
     max_new_tokens: int = 4096
 
 

@@ -158,14 +158,8 @@ class Page:
     def preview(self, display: list, message: str, settings: GenerationSettings) -> prompts.Fitted:
         """The prompt for the chat plus the box's text. An empty box still shows the
         conversation (with an empty next turn) instead of an 'empty message' error."""
-        history = chat_messages(display)
-        if message.strip():
-            return self.backend.prepare(history, message, settings)
-        settings.validate(self.backend.limits)
-        engine = self.backend.engine
-        return prompts.fit(engine.render, engine.count_tokens, system=settings.system_prompt, history=history,
-                           message="", max_new_tokens=settings.max_new_tokens, window=engine.context_window,
-                           system_ok=engine.system_ok)
+        return self.backend.prepare(chat_messages(display), message if message.strip() else "", settings,
+                                    draft=True)
 
     def budget(self, display: list, message: str, *gen) -> tuple[str, str]:
         """The live token budget line and the prompt inspector's text."""
@@ -191,7 +185,8 @@ class Page:
         try:
             self.backend.prepare(chat_messages(display), message, self.settings(*gen))
         except USER_ERRORS as exc:
-            raise gr.Error(str(exc)) from None
+            kept = " Nothing was sent; your text is still in the box." if message.strip() else ""
+            raise gr.Error(f"{exc}{kept}") from None
         box, send, stop = self.busy(True)
         return {**box, "value": ""}, [*display, {"role": "user", "content": to_display(message)}], send, stop
 
@@ -202,16 +197,16 @@ class Page:
         chat_id = self._answer_chat_ids[request.session_hash] = self._chat_ids.get(request.session_hash, 0)
         if not display or display[-1]["role"] != "user":
             return
-        if request.session_hash in self._early_stops:
-            self._early_stops.discard(request.session_hash)
-            yield [*display, note(f"{STOPPED} before it started")]
-            return
         messages = chat_messages(display)
         try:
             settings = self.settings(*gen)
             fitted = self.backend.prepare(messages[:-1], messages[-1]["content"], settings)
         except USER_ERRORS as exc:
             yield [*display, note("⚠️ Not sent", str(exc))]
+            return
+        if request.session_hash in self._early_stops:  # Stop while queued or while the prompt was fitted
+            self._early_stops.discard(request.session_hash)
+            yield [*display, note(f"{STOPPED} before it started")]
             return
         text, last, stats, ended = "", 0.0, None, "closed by the client"
 
@@ -451,8 +446,9 @@ class Page:
         return demo
 
     def _wire(self, demo: gr.Blocks) -> None:
-        """Every event of the page. Only `/chat` is an API endpoint; the page's own events
-        are private, so clients cannot call them around the checks."""
+        """Every event of the page. Only `/chat` is an API endpoint. The page's own events are
+        private (not in the API page or gradio_client), but raw HTTP can still reach them, so
+        each does the server-side checks itself and its work is bounded by `Limits`."""
         gen = [self.max_new_tokens, self.temperature, self.top_p, self.top_k, self.repetition_penalty,
                self.seed, self.system_prompt]
         quick = dict(queue=False, api_visibility="private", show_progress="hidden")

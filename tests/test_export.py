@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,7 +24,14 @@ from phi3ui.export import (
     main,
     read_record,
 )
-from phi3ui.settings import DEFAULT_MODEL, ExportSettings, GenerationSettings, RuntimeSettings, SettingsError
+from phi3ui.settings import (
+    DEFAULT_MODEL,
+    ExportSettings,
+    GenerationSettings,
+    Limits,
+    RuntimeSettings,
+    SettingsError,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -176,3 +187,111 @@ def test_command_line_export_uses_the_same_cache(tiny_phi3, tiny_phi3_source, ca
     assert main([str(tiny_phi3_source), "--ratio", "2"]) == 1
     assert "Ratio 2 is outside 0..1" in capsys.readouterr().err
     assert json.loads((tiny_phi3.folder / RECORD).read_text())["source"] == str(tiny_phi3_source)
+
+
+def without_tokenizer(folder: Path, dest: Path) -> Path:
+    """The same IR without the OpenVINO tokenizer, which the genai engine needs."""
+    dest.mkdir()
+    for item in folder.iterdir():
+        if not item.name.startswith("openvino_tokenizer"):
+            (dest / item.name).symlink_to(item)
+    return dest
+
+
+def test_a_failed_load_keeps_the_model_that_was_loaded(bundled, tmp_path):
+    backend = ChatBackend()
+    backend.load(str(bundled.folder))
+    lines: list[str] = []
+    with pytest.raises(SettingsError, match="openvino_tokenizer.xml"):
+        backend.load(str(without_tokenizer(bundled.folder, tmp_path / "no-tokenizer")), progress=lines.append)
+    assert backend.loaded is not None and backend.loaded.exported.folder == bundled.folder
+    assert "back on" in lines[-1]
+    answer = list(backend.reply([], "What is the capital of France?", GenerationSettings(max_new_tokens=8)))
+    assert answer[-1].answer_tokens >= 1
+
+
+def test_history_beyond_the_limits_is_left_out_oldest_first(bundled):
+    backend = ChatBackend(limits=Limits(max_history_messages=4, max_history_chars=10**6))
+    backend.load(str(bundled.folder))
+    history = []
+    for i in range(10):
+        history += [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": f"Answer {i}."}]
+    fitted = backend.prepare(history, "Last one?", GenerationSettings(max_new_tokens=8))
+    assert fitted.dropped_exchanges == 8
+    assert "Question 8?" in fitted.prompt and "Question 7?" not in fitted.prompt
+    huge = [{"role": "user", "content": "x" * 600_000}, {"role": "assistant", "content": "y" * 600_000},
+            *history[-2:]]
+    started = time.perf_counter()
+    fitted = backend.prepare(huge, "Last one?", GenerationSettings(max_new_tokens=8))
+    assert fitted.dropped_exchanges == 1 and "x" * 100 not in fitted.prompt
+    assert time.perf_counter() - started < 10  # over the character limit: never tokenised
+
+
+def test_a_mistyped_folder_is_named_not_blamed_on_the_network(empty_home):
+    for model in ("./my-finetun", "/data/models/phi3-finetune", "~/models/nothing-here"):
+        with pytest.raises(ExportError, match="There is no folder"):
+            ensure_exported(model)
+
+
+def test_group_size_zero_on_the_command_line_is_refused(tiny_phi3_source, capsys):
+    assert main([str(tiny_phi3_source), "--group-size", "0"]) == 1
+    assert "Group size 0 is impossible" in capsys.readouterr().err
+
+
+def test_a_downloaded_openvino_repo_is_used_without_the_network(tiny_phi3, empty_home, monkeypatch):
+    """A hub repo that is already IR is downloaded once; later starts use it offline, and an
+    unfinished download (no record) is never loaded."""
+    import phi3ui.export as export
+
+    def offline(model: str):
+        raise ModelUnavailable(f"{model}: the hub cannot be reached")
+
+    monkeypatch.setattr(export, "_hub_config", offline)
+    folder = empty_home / "hub" / "someone--phi3-int4-ov"
+    shutil.copytree(tiny_phi3.folder, folder)
+    (folder / RECORD).unlink()
+    with pytest.raises(ModelUnavailable):
+        ensure_exported("someone/phi3-int4-ov")
+    (folder / RECORD).write_text(json.dumps({"source": "someone/phi3-int4-ov"}))
+    exported = ensure_exported("someone/phi3-int4-ov")
+    assert exported.folder == folder and exported.settings is None
+
+
+def processes_mentioning(text: str) -> list[int]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().decode(errors="replace"):
+                found.append(int(cmdline.parent.name))
+        except OSError:  # gone meanwhile
+            continue
+    return found
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the exporter's parent-death signal is Linux's")
+def test_an_export_ends_with_the_app_even_when_the_app_is_killed(tiny_phi3_source, empty_home, tmp_path):
+    """SIGKILL (or a SIGTERM from docker or systemd) skips Python's cleanup; the exporter
+    must still end, and the next export clears the temporary folder it left."""
+    settings = ExportSettings(weight_format="int8", group_size=-1, ratio=1.0)
+    script = tmp_path / "killed.py"
+    script.write_text(
+        "import os, signal\n"
+        "from phi3ui.export import ensure_exported\n"
+        "from phi3ui.settings import ExportSettings\n"
+        "def progress(line):\n"
+        "    if line.startswith('Running: optimum-cli'):  # the exporter has just started\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        f"ensure_exported({str(tiny_phi3_source)!r}, ExportSettings(**{settings.as_dict()!r}), progress)\n"
+    )
+    root = str(Path(__file__).resolve().parent.parent)
+    killed = subprocess.run([sys.executable, str(script)], timeout=300,
+                            env={**os.environ, "PHI3UI_HOME": str(empty_home), "PYTHONPATH": root})
+    assert killed.returncode == -signal.SIGKILL
+    deadline = time.monotonic() + 3  # it would otherwise still be importing, writing nothing
+    while processes_mentioning(str(empty_home)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert processes_mentioning(str(empty_home)) == [], "the exporter outlived the app"
+    parent = cache_folder(str(tiny_phi3_source), settings).parent
+    assert list(parent.glob(".partial-*")), "the killed app's temporary folder is left"
+    ensure_exported(str(tiny_phi3_source), settings)
+    assert list(parent.glob(".partial-*")) == []

@@ -300,7 +300,8 @@ def test_each_session_keeps_its_own_generation_settings(app):
 LIMITS = {
     "message too long": (dict(message="x" * 2001), "limit is 2,000"),
     "huge payload": (dict(message="y" * (8 * 1024 * 1024)), "limit is 2,000"),
-    "history too long": (dict(history=[{"role": "user", "content": "a"}] * 201), "limit is 200"),
+    "metadata not an object": (dict(history=[{"role": "user", "content": "a", "metadata": "x"}]),
+                               "metadata must be"),
     "max new tokens": (dict(max_new_tokens=5000), "Max new tokens must be between 1 and"),
     "max new tokens zero": (dict(max_new_tokens=0), "Max new tokens must be between 1 and"),
     "temperature": (dict(temperature=3), "Temperature must be between 0 and 2"),

@@ -111,3 +111,54 @@ def test_fit_drops_oldest_exchanges_but_keeps_system(phi3_tokenizer):
 def test_fit_refuses_a_message_that_alone_is_too_long(phi3_tokenizer):
     with pytest.raises(prompts.MessageTooLong, match="context window"):
         fit(phi3_tokenizer, [], "word " * 500, 100, 256)
+
+
+def test_template_without_system_role_gets_it_in_the_first_user_turn_after_a_greeting():
+    greeting = {"role": "assistant", "content": "Hello! Ask me anything."}
+    built = prompts.build(SYSTEM, [greeting, {"role": "user", "content": "Hi"}], "And now?", system_ok=False)
+    assert built[0] == greeting
+    assert built[1] == {"role": "user", "content": f"{SYSTEM}\n\nHi"}
+    assert built[2] == {"role": "user", "content": "And now?"}
+
+
+def test_metadata_that_is_not_an_object_is_refused_clearly():
+    with pytest.raises(prompts.PromptError, match="metadata"):
+        prompts.normalize([{"role": "user", "content": "a", "metadata": "x"}])
+
+
+def test_fit_leaves_out_the_fewest_exchanges_however_long_the_chat(phi3_tokenizer):
+    """Bisection finds what leaving out one exchange at a time would, in a few renders."""
+    history = []
+    for i in range(60):
+        history += [{"role": "user", "content": f"Question {i}: " + "word " * (i % 7)},
+                    {"role": "assistant", "content": f"Answer {i}."}]
+    renders = []
+
+    def render(messages):
+        renders.append(len(messages))
+        return render_with(phi3_tokenizer)(messages)
+
+    def count(text):
+        return len(phi3_tokenizer(text, add_special_tokens=False).input_ids)
+
+    for window in (300, 700, 1000):
+        renders.clear()
+        fitted = prompts.fit(render, count, system=SYSTEM, history=history, message="Last?", max_new_tokens=50,
+                             window=window)
+        assert len(renders) <= 10
+        assert fitted.used_tokens <= window and 0 < fitted.dropped_exchanges < 60
+        one_more = history[2 * (fitted.dropped_exchanges - 1):]
+        longer = prompts.fit(render, count, system=SYSTEM, history=one_more, message="Last?",
+                             max_new_tokens=50, window=10**6)
+        assert longer.used_tokens > window, "one exchange fewer left out would not have fitted"
+
+
+def test_newest_keeps_whole_exchanges_within_both_limits():
+    history = []
+    for i in range(5):
+        history += [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a" * 10}]
+    assert prompts.newest(history, 100, 10**6) == (history, 0)
+    assert prompts.newest(history, 4, 10**6) == (history[6:], 3)
+    assert prompts.newest(history, 5, 10**6) == (history[6:], 3), "never half an exchange"
+    assert prompts.newest(history, 100, 25) == (history[6:], 3)
+    assert prompts.newest(history, 100, 5) == ([], 5)

@@ -38,6 +38,17 @@ def test_history_in_gradio_parts_format_is_accepted(client):
     assert client.predict(message="Thanks!", history=history, max_new_tokens=8, api_name="/chat")
 
 
+def test_a_history_beyond_the_limits_loses_its_oldest_exchanges_not_the_answer(client):
+    """Over 200 messages: the oldest are left out like exchanges that do not fit the window."""
+    history = []
+    for i in range(150):
+        history += [{"role": "user", "content": f"Note {i}: remember the number {i}."},
+                    {"role": "assistant", "content": "Noted."}]
+    answer = client.predict(message="What is the capital of France?", history=history, max_new_tokens=32,
+                            api_name="/chat")
+    assert "Paris" in answer
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"history": "not a list"}, "History must be a list"),
     ({"max_new_tokens": 100000}, "Max new tokens must be between"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from types import SimpleNamespace
 
@@ -105,7 +106,7 @@ class FakeBackend:
         self.chunks, self.delay, self.error, self.stopped, self.dropped = chunks, delay, error, stopped, dropped
         self.closed = False
 
-    def prepare(self, history, message, settings) -> Fitted:
+    def prepare(self, history, message, settings, draft=False) -> Fitted:
         return Fitted("<|user|>\nhi<|end|>\n", 5, self.dropped, 100, settings.max_new_tokens)
 
     def stream(self, fitted, settings, session=None):
@@ -209,3 +210,30 @@ def test_after_clear_a_cancelled_answer_saves_nothing_and_nothing_refills_the_pa
     assert len(rest) == len(page.settle(REQUEST, old, "", *GEN)) - 1, "one value per output of settle"
     assert page.restore(REQUEST, old, []) == gr.skip()
     assert page.restore(SimpleNamespace(session_hash="a new page"), old, []) == old
+
+
+def test_stop_while_the_prompt_is_being_fitted_stops_before_the_answer_starts() -> None:
+    """Stop can arrive after `respond` began but before the answer registered its stop event
+    (fitting a long chat takes a moment): the answer must then never start."""
+    class SlowFit(FakeBackend):
+        streamed = False
+
+        def prepare(self, history, message, settings, draft=False) -> Fitted:
+            time.sleep(0.3)
+            return super().prepare(history, message, settings, draft)
+
+        def stream(self, fitted, settings, session=None):
+            self.streamed = True
+            yield from super().stream(fitted, settings, session)
+
+        def stop(self, session) -> bool:
+            return False  # nothing streaming yet
+
+    backend = SlowFit(["never"] * 5)
+    page = Page(backend)
+    stopper = threading.Timer(0.1, page.stop, [REQUEST])
+    stopper.start()
+    updates = list(page.respond(REQUEST, ASKED, *GEN))
+    stopper.join()
+    assert not backend.streamed
+    assert updates[-1][-1]["metadata"]["title"].startswith(STOPPED)
