@@ -70,14 +70,16 @@ class ChatBackend:
                 notices.append(notice)
                 exported = ensure_exported(BUNDLED, default_settings(BUNDLED), progress)
             progress(f"Loading {exported.folder} with the {runtime.engine} engine…")
-            old, self.loaded = self.loaded, None
-            if old is not None:
-                old.engine.close()  # free the previous model's memory before loading the next one
+            earlier = None
+            if self.loaded is not None:  # keep how it was loaded, not its memory
+                self.loaded.engine.close()
+                earlier = (self.loaded.exported, self.loaded.runtime, self.loaded.notices)
+                self.loaded = None
             try:
                 engine = load_engine(exported.folder, runtime, self.concurrency)
             except Exception:
-                if old is not None:
-                    self._restore(old, progress)
+                if earlier is not None:
+                    self._restore(*earlier, progress=progress)
                 raise
             if engine.device_warning:
                 log.warning(engine.device_warning)
@@ -86,10 +88,11 @@ class ChatBackend:
             progress(f"Loaded: {self.loaded.describe()}")
             return self.loaded
 
-    def _restore(self, old: Loaded, progress: Progress) -> None:
+    def _restore(self, exported: Exported, runtime: RuntimeSettings, notices: tuple[str, ...],
+                 progress: Progress) -> None:
         """After a failed load, the server keeps answering with the model it had."""
         try:
-            self.loaded = replace(old, engine=load_engine(old.exported.folder, old.runtime, self.concurrency))
+            self.loaded = Loaded(load_engine(exported.folder, runtime, self.concurrency), exported, runtime, notices)
         except Exception:  # noqa: BLE001 - the failed load's own error is the one to report
             log.exception("could not load the previous model again")
             return

@@ -11,6 +11,7 @@ token is moved into the cache, so the app never finds a half-written model.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -212,22 +213,54 @@ def _smoke_test(folder: Path) -> None:
         raise ExportError(f"The exported model in {folder} did not generate.")
 
 
+ABANDONED_AFTER_S = 60  # a temporary export folder this old and not locked has lost its process
+
+
+@contextlib.contextmanager
+def _locked(folder: str) -> Iterator[None]:
+    """Hold a lock on a temporary export folder while this process writes into it."""
+    if os.name != "posix":
+        yield
+        return
+    import fcntl
+
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _remove_abandoned_exports(folder: Path) -> None:
-    """Temporary export folders of processes that were killed before they could clean up."""
-    for partial in folder.glob(".partial-*-*"):
+    """Temporary export folders whose process was killed before it could clean up. A live
+    export holds its folder's lock, whichever process, container or host runs it."""
+    if os.name != "posix":
+        return
+    import fcntl
+
+    for partial in folder.glob(".partial-*"):
         try:
-            os.kill(int(partial.name.split("-")[1]), 0)
-        except ProcessLookupError:
-            shutil.rmtree(partial, ignore_errors=True)
-        except (ValueError, PermissionError):  # not ours, or another user's live process
+            if time.time() - partial.stat().st_mtime < ABANDONED_AFTER_S:
+                continue  # just made: its process may not hold the lock yet
+            fd = os.open(partial, os.O_RDONLY)
+        except OSError:
             continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # another export is writing into it
+        else:
+            shutil.rmtree(partial, ignore_errors=True)
+        finally:
+            os.close(fd)
 
 
 def _export_into(source: str, settings: ExportSettings, target: Path, progress: Progress) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
     _remove_abandoned_exports(target.parent)
-    with tempfile.TemporaryDirectory(prefix=f".partial-{os.getpid()}-", dir=target.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=".partial-", dir=target.parent) as tmp, _locked(tmp):
         out = Path(tmp) / "model"
         _run_optimum_cli(source, settings, out, progress)
         if not is_openvino_folder(out):

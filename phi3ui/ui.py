@@ -167,7 +167,7 @@ class Page:
             fitted = self.preview(display or [], message or "", self.settings(*gen))
         except USER_ERRORS as exc:
             return f"⚠️ {exc}", ""
-        dropped = (f" · ✂️ {fitted.dropped_exchanges} oldest exchange(s) left out to fit"
+        dropped = (f" · ✂️ {fitted.dropped_exchanges} oldest exchange(s) left out"
                    if fitted.dropped_exchanges else "")
         line = (f"**Context** {fitted.used_tokens:,} of {fitted.window:,} tokens "
                 f"({fitted.prompt_tokens:,} prompt + {fitted.max_new_tokens:,} for the answer){dropped}")
@@ -185,7 +185,7 @@ class Page:
         try:
             self.backend.prepare(chat_messages(display), message, self.settings(*gen))
         except USER_ERRORS as exc:
-            kept = " Nothing was sent; your text is still in the box." if message.strip() else ""
+            kept = " Nothing was sent; your text is still in the box." if str(message or "").strip() else ""
             raise gr.Error(f"{exc}{kept}") from None
         box, send, stop = self.busy(True)
         return {**box, "value": ""}, [*display, {"role": "user", "content": to_display(message)}], send, stop
@@ -239,8 +239,8 @@ class Page:
                      "stopped" if stats.stopped else "done", len(text))
         if replaced():
             return
-        body = (f"{fitted.dropped_exchanges} oldest exchange(s) were left out of the prompt "
-                "to fit the context window." if fitted.dropped_exchanges else "")
+        body = (f"{fitted.dropped_exchanges} oldest exchange(s) were left out of the prompt, to fit the "
+                "context window and the server's history limits." if fitted.dropped_exchanges else "")
         yield [*display, *answer(), note(stats_title(stats) if stats else STOPPED, body)]
 
     def stop(self, request: gr.Request) -> None:

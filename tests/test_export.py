@@ -275,11 +275,12 @@ def test_an_export_ends_with_the_app_even_when_the_app_is_killed(tiny_phi3_sourc
     settings = ExportSettings(weight_format="int8", group_size=-1, ratio=1.0)
     script = tmp_path / "killed.py"
     script.write_text(
-        "import os, signal\n"
+        "import os, signal, time\n"
         "from phi3ui.export import ensure_exported\n"
         "from phi3ui.settings import ExportSettings\n"
         "def progress(line):\n"
-        "    if line.startswith('Running: optimum-cli'):  # the exporter has just started\n"
+        "    if line.startswith('Running: optimum-cli'):  # the exporter is starting, still silent\n"
+        "        time.sleep(1)\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
         f"ensure_exported({str(tiny_phi3_source)!r}, ExportSettings(**{settings.as_dict()!r}), progress)\n"
     )
@@ -287,11 +288,35 @@ def test_an_export_ends_with_the_app_even_when_the_app_is_killed(tiny_phi3_sourc
     killed = subprocess.run([sys.executable, str(script)], timeout=300,
                             env={**os.environ, "PHI3UI_HOME": str(empty_home), "PYTHONPATH": root})
     assert killed.returncode == -signal.SIGKILL
-    deadline = time.monotonic() + 3  # it would otherwise still be importing, writing nothing
+    deadline = time.monotonic() + 2  # it would otherwise still be importing, writing nothing
     while processes_mentioning(str(empty_home)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert processes_mentioning(str(empty_home)) == [], "the exporter outlived the app"
     parent = cache_folder(str(tiny_phi3_source), settings).parent
-    assert list(parent.glob(".partial-*")), "the killed app's temporary folder is left"
+    left = list(parent.glob(".partial-*"))
+    assert left, "the killed app's temporary folder is left"
+    an_hour_ago = time.time() - 3600
+    os.utime(left[0], (an_hour_ago, an_hour_ago))
     ensure_exported(str(tiny_phi3_source), settings)
     assert list(parent.glob(".partial-*")) == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="flock")
+def test_only_temporary_exports_nobody_holds_are_removed(tmp_path):
+    import fcntl
+
+    from phi3ui.export import ABANDONED_AFTER_S, _remove_abandoned_exports
+
+    live, abandoned, fresh = (tmp_path / f".partial-{name}" for name in ("live", "abandoned", "fresh"))
+    for folder in (live, abandoned, fresh):
+        folder.mkdir()
+    old = time.time() - 2 * ABANDONED_AFTER_S
+    os.utime(live, (old, old))
+    os.utime(abandoned, (old, old))
+    holder = os.open(live, os.O_RDONLY)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)  # an export in progress, perhaps in another container
+        _remove_abandoned_exports(tmp_path)
+    finally:
+        os.close(holder)
+    assert live.exists() and fresh.exists() and not abandoned.exists()
