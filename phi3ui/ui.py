@@ -226,6 +226,9 @@ class Page:
                     text += chunk
                     if replaced():
                         return
+                    if request.session_hash in self._early_stops:  # it came just before the stream began
+                        self._early_stops.discard(request.session_hash)
+                        self.backend.stop(request.session_hash)
                     if time.monotonic() - last >= STREAM_INTERVAL_S:
                         last = time.monotonic()
                         yield [*display, *answer()]

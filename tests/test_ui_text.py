@@ -237,3 +237,32 @@ def test_stop_while_the_prompt_is_being_fitted_stops_before_the_answer_starts() 
     stopper.join()
     assert not backend.streamed
     assert updates[-1][-1]["metadata"]["title"].startswith(STOPPED)
+
+
+def test_stop_just_before_the_stream_registers_still_stops_it() -> None:
+    """The stream registers its stop event when it starts; a Stop landing between `respond`'s
+    check and that moment is remembered by the page and passed on at the first token."""
+    page: Page
+
+    class LateRegistration(FakeBackend):
+        registered = stop_seen = False
+
+        def stream(self, fitted, settings, session=None):
+            page.stop(REQUEST)  # the user presses Stop here
+            self.registered = True
+            for i, chunk in enumerate(self.chunks):
+                if self.stop_seen:
+                    yield Stats(5, i, 0.01, 100.0, 0.1, stopped=True, text="".join(self.chunks[:i]))
+                    return
+                yield chunk
+
+        def stop(self, session) -> bool:
+            self.stop_seen = self.registered
+            return self.registered
+
+    backend = LateRegistration([f"w{i} " for i in range(50)])
+    page = Page(backend)
+    updates = list(page.respond(REQUEST, ASKED, *GEN))
+    assert backend.stop_seen
+    assert updates[-1][-1]["metadata"]["title"].startswith(STOPPED)
+    assert "w2" not in updates[-1][-2]["content"]
