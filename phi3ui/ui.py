@@ -136,6 +136,9 @@ class Page:
     # The chat id each session's latest answer started under, so the settle step after a
     # cancelled answer can tell that its chat is gone and save nothing.
     _answer_chat_ids: dict[str, int] = field(default_factory=dict)
+    # Budget lines being worked out now. They run outside the queue (on every keystroke), so
+    # raw HTTP calls could otherwise ask for any number at once.
+    _budget_slots: threading.BoundedSemaphore = field(default_factory=lambda: threading.BoundedSemaphore(4))
     # What `refresh` fills after every change to the chat, in its output order.
     SHOWN: ClassVar[tuple[str, ...]] = ("dl_json", "dl_md", "budget_md", "inspector")
 
@@ -161,12 +164,17 @@ class Page:
         return self.backend.prepare(chat_messages(display), message if message.strip() else "", settings,
                                     draft=True)
 
-    def budget(self, display: list, message: str, *gen) -> tuple[str, str]:
-        """The live token budget line and the prompt inspector's text."""
+    def budget(self, display: list, message: str, *gen) -> tuple:
+        """The live token budget line and the prompt inspector's text; left as they are while
+        the server is already working out as many as it allows."""
+        if not self._budget_slots.acquire(blocking=False):
+            return gr.skip(), gr.skip()
         try:
             fitted = self.preview(display or [], message or "", self.settings(*gen))
         except USER_ERRORS as exc:
             return f"⚠️ {exc}", ""
+        finally:
+            self._budget_slots.release()
         dropped = (f" · ✂️ {fitted.dropped_exchanges} oldest exchange(s) left out"
                    if fitted.dropped_exchanges else "")
         line = (f"**Context** {fitted.used_tokens:,} of {fitted.window:,} tokens "

@@ -266,3 +266,29 @@ def test_stop_just_before_the_stream_registers_still_stops_it() -> None:
     assert backend.stop_seen
     assert updates[-1][-1]["metadata"]["title"].startswith(STOPPED)
     assert "w2" not in updates[-1][-2]["content"]
+
+
+def test_budget_lines_worked_out_at_once_are_bounded() -> None:
+    """The budget runs outside the queue; a flood of calls must not all tokenise at once."""
+    release = threading.Event()
+    started: list[int] = []
+
+    class Slow(FakeBackend):
+        def prepare(self, history, message, settings, draft=False) -> Fitted:
+            started.append(1)
+            release.wait(10)
+            return super().prepare(history, message, settings, draft)
+
+    page = Page(Slow([]))
+    results: list[tuple] = []
+    threads = [threading.Thread(target=lambda: results.append(page.budget(ASKED, "hi", *GEN))) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)
+    assert len(started) == 4
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    skipped = [r for r in results if r == (gr.skip(), gr.skip())]
+    assert len(skipped) == 6 and all("**Context**" in r[0] for r in results if r not in skipped)
+    assert "**Context**" in page.budget(ASKED, "hi", *GEN)[0], "the slots are given back"
