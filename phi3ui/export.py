@@ -129,6 +129,11 @@ def _hub_config(model: str) -> tuple[dict, bool]:
     return config, "openvino_model.xml" in files
 
 
+def _finished(folder: Path) -> bool:
+    """An export or download that completed: its record is written last."""
+    return (folder / RECORD).exists() and is_openvino_folder(folder)
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -300,10 +305,10 @@ def ensure_exported(model: str, settings: ExportSettings | None = None,
         if _looks_like_path(model):
             problem = f"{path} is a file, not a folder" if path.exists() else f"There is no folder {path}"
             raise ExportError(f"{problem}. Pass a Hugging Face model id, a local model folder or '{BUNDLED}'.")
-        if (_hub_folder(model) / RECORD).exists() and is_openvino_folder(_hub_folder(model)):
-            return Exported(_hub_folder(model), model, None, cached=True)
+        if _finished(downloaded := _hub_folder(model)):
+            return Exported(downloaded, model, None, cached=True)
     target = cache_folder(model, settings)
-    if (target / RECORD).exists() and is_openvino_folder(target):
+    if _finished(target):
         return Exported(target, model, settings, cached=True)
 
     if model == BUNDLED:

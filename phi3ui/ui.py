@@ -212,8 +212,7 @@ class Page:
         except USER_ERRORS as exc:
             yield [*display, note("⚠️ Not sent", str(exc))]
             return
-        if request.session_hash in self._early_stops:  # Stop while queued or while the prompt was fitted
-            self._early_stops.discard(request.session_hash)
+        if self._take_early_stop(request.session_hash):  # pressed while queued or while the prompt was fitted
             yield [*display, note(f"{STOPPED} before it started")]
             return
         text, last, stats, ended = "", 0.0, None, "closed by the client"
@@ -234,8 +233,7 @@ class Page:
                     text += chunk
                     if replaced():
                         return
-                    if request.session_hash in self._early_stops:  # it came just before the stream began
-                        self._early_stops.discard(request.session_hash)
+                    if self._take_early_stop(request.session_hash):  # pressed just before the stream began
                         self.backend.stop(request.session_hash)
                     if time.monotonic() - last >= STREAM_INTERVAL_S:
                         last = time.monotonic()
@@ -253,6 +251,13 @@ class Page:
         body = (f"{fitted.dropped_exchanges} oldest exchange(s) were left out of the prompt, to fit the "
                 "context window and the server's history limits." if fitted.dropped_exchanges else "")
         yield [*display, *answer(), note(stats_title(stats) if stats else STOPPED, body)]
+
+    def _take_early_stop(self, session: str) -> bool:
+        """Whether this session pressed Stop before its answer's stream could take it; forgets it."""
+        if session not in self._early_stops:
+            return False
+        self._early_stops.discard(session)
+        return True
 
     def stop(self, request: gr.Request) -> None:
         """End this session's answer within about one token; `respond` then adds the note.
