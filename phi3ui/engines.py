@@ -69,8 +69,8 @@ def default_properties() -> dict:
     The cache is weightless (CACHE_MODE=OPTIMIZE_SIZE): the compiled graph is kept and the
     weights are read from the export instead of a second copy of them (the seed Phi-3-mini
     export: 1.1 GB of disk instead of 2.9), and it starts as fast (bench/bench.py: "model
-    cache" and the load columns). On a CPU, no cache starts as fast again; the cache pays
-    where compiling is slow (GPU, NPU).
+    cache" and the load columns). On a CPU its gain varies from run to run, sometimes none;
+    the cache pays most where compiling is slow (GPU, NPU).
 
     DYNAMIC_QUANTIZATION_GROUP_SIZE=128 decodes about 10% faster on 2 cores
     (bench/results/decode.md) but is not the default: with it, greedy and seeded answers
