@@ -16,7 +16,15 @@ starts with clean threads and caches.
 This VM's speed drifts by 10-40% within minutes, so `--rounds N` runs the whole list N
 times, interleaved, and adds a pooled table: each configuration's median over every run,
 and in how many rounds it beat the llama.cpp run of the same round (a paired comparison,
-which drift between rounds cannot tilt).
+which drift between rounds cannot tilt). `--turns` goes further: every configuration is
+loaded in one process and they make one token each in turn (genai through its
+ContinuousBatchingPipeline's step(), the path LLMPipeline runs), so each decode step is
+paired with llama.cpp's step of the same number, made a fraction of a second apart. Between
+steps an untimed pause lets the last runtime's threads go idle; that also leaves every step
+with cold caches and sleeping threads, which costs a small model (the bundled one, about
+10 ms a token, partly cache-resident) a larger share than the Phi-3 shape (2 GB a token).
+
+    python bench/decode.py --model phi3 --turns --repeats 3 --configs llama,asym-cw-r1,f32
 
 The Phi-3-mini-shaped model is bench.py's (random weights, real sizes); its GGUF is made
 once from the Hugging Face folder with llama.cpp's convert_hf_to_gguf.py (F16), then
@@ -39,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,6 +132,12 @@ CONFIGS: dict[str, Config] = {
                             CW_R1, DYNAMIC_QUANTIZATION_GROUP_SIZE="128", INFERENCE_PRECISION_HINT="f32"),
     "asym-r1": _cfg("seed properties, int4 asym g128 ratio 1.0 export", ASYM_R1),
     "asym-cw-r1": _cfg("seed properties, int4 asym channel-wise ratio 1.0 export", ASYM_CW_R1),
+    "asym-cw-r1-f32": _cfg("seed + INFERENCE_PRECISION_HINT=f32 (so the int8 dynamic quantization of "
+                           "activations applies), int4 asym channel-wise ratio 1.0 export", ASYM_CW_R1,
+                           INFERENCE_PRECISION_HINT="f32"),
+    "asym-cw-r1-f32-dq128": _cfg("seed + f32 + DYNAMIC_QUANTIZATION_GROUP_SIZE=128, int4 asym channel-wise "
+                                 "ratio 1.0 export", ASYM_CW_R1, INFERENCE_PRECISION_HINT="f32",
+                                 DYNAMIC_QUANTIZATION_GROUP_SIZE="128"),
     "asym-cw-r1-all": _cfg("seed properties, int4 asym channel-wise ratio 1.0 export, embeddings and output "
                            "in int4 too (--all-layers)", {**ASYM_CW_R1, "all_layers": True}),
     "g64-r1": _cfg("seed properties, int4 sym g64 ratio 1.0 export", {"group_size": 64, "ratio": 1.0}),
@@ -259,81 +274,193 @@ def genai_properties(config: Config) -> dict:
     return {**unset, **SEED, **config.properties}
 
 
-def run_genai(spec: dict) -> dict:
-    import openvino_genai as ov_genai
+OnToken = Callable[[], None]
 
-    from phi3ui.engines import load_engine, tokenized, without_cache
-    from phi3ui.settings import GenerationSettings, RuntimeSettings
 
-    start = time.perf_counter()
-    engine = load_engine(Path(spec["folder"]), RuntimeSettings(engine="genai", properties=spec["properties"]))
-    load_s = time.perf_counter() - start
+class GenaiRunner:
+    """A genai configuration loaded through the app's own engine; `on_token` is called as
+    each token is produced (no detokenising in the loop)."""
 
-    class Clock(ov_genai.StreamerBase):
-        """A timestamp per generated token, nothing else (no detokenising in the loop)."""
+    def __init__(self, spec: dict):
+        from phi3ui.engines import load_engine
+        from phi3ui.settings import RuntimeSettings
 
-        def __init__(self) -> None:
-            super().__init__()
-            self.stamps: list[float] = []
-            self.tokens: list[int] = []
+        start = time.perf_counter()
+        self.engine = load_engine(Path(spec["folder"]), RuntimeSettings(engine="genai", properties=spec["properties"]))
+        self.load_s = time.perf_counter() - start
+        self.tpot_ms: float | None = None  # genai's own perf_metrics of the last answer
 
-        def write(self, token) -> ov_genai.StreamingStatus:
-            tokens = list(token) if isinstance(token, (list, tuple)) else [token]
-            now = time.perf_counter()
-            self.stamps += [now] * len(tokens)
-            self.tokens += [int(t) for t in tokens]
-            return ov_genai.StreamingStatus.RUNNING
+    def generate(self, ids: list[int], count: int, on_token: OnToken) -> list[int]:
+        import openvino_genai as ov_genai
 
-        def end(self) -> None:
+        from phi3ui.engines import tokenized
+        from phi3ui.settings import GenerationSettings
+
+        tokens: list[int] = []
+
+        class Clock(ov_genai.StreamerBase):
+            def write(self, token) -> ov_genai.StreamingStatus:
+                for t in (token if isinstance(token, (list, tuple)) else [token]):
+                    tokens.append(int(t))
+                    on_token()
+                return ov_genai.StreamingStatus.RUNNING
+
+            def end(self) -> None:
+                pass
+
+        settings = GenerationSettings(max_new_tokens=count, min_new_tokens=count)
+        config = self.engine.generation_config(settings, self.engine.pipeline.get_generation_config())
+        result = self.engine.pipeline.generate(tokenized(ids), config, Clock())
+        self.tpot_ms = result.perf_metrics.get_tpot().mean
+        return tokens
+
+    def about(self) -> dict:
+        from phi3ui.engines import without_cache
+
+        return {"properties_used": without_cache(self.engine.properties)}
+
+
+class LlamaRunner:
+    """llama.cpp through llama-cpp-python, 2 threads, greedy."""
+
+    def __init__(self, spec: dict):
+        import llama_cpp
+
+        start = time.perf_counter()
+        self.llm = llama_cpp.Llama(spec["gguf"], n_ctx=1024, n_batch=512, n_threads=2, n_threads_batch=2,
+                                   verbose=False)
+        self.load_s = time.perf_counter() - start
+        self.tpot_ms = None
+
+    def tokens(self, ids: list[int], count: int) -> Iterator[int]:
+        """Each token as it is made; the first after reading the prompt."""
+        for made, token in enumerate(self.llm.generate(ids, temp=0.0, top_k=1, reset=True), start=1):
+            yield int(token)  # llama-cpp-python never stops on eos itself
+            if made == count:
+                return
+
+    def generate(self, ids: list[int], count: int, on_token: OnToken) -> list[int]:
+        tokens = []
+        for token in self.tokens(ids, count):
+            tokens.append(token)
+            on_token()
+        return tokens
+
+    def about(self) -> dict:
+        import llama_cpp
+
+        return {"system_info": llama_cpp.llama_print_system_info().decode()}
+
+
+class GenaiStepper:
+    """A genai configuration driven one scheduler step at a time.
+
+    LLMPipeline streams from a thread of its own and runs ahead of its streamer, so it cannot
+    be paused after a token; ContinuousBatchingPipeline's step() can. It is the same
+    PagedAttention path LLMPipeline runs (and the app's batching engine), with the same
+    properties merged over the app's defaults."""
+
+    def __init__(self, spec: dict):
+        import openvino_genai as ov_genai
+
+        from phi3ui.engines import default_properties, merge_properties
+
+        start = time.perf_counter()
+        self.properties = merge_properties(default_properties(), spec["properties"])
+        scheduler = ov_genai.SchedulerConfig()
+        scheduler.enable_prefix_caching = True
+        scheduler.cache_size = 1
+        self.pipeline = ov_genai.ContinuousBatchingPipeline(spec["folder"], scheduler, "CPU", self.properties)
+        self.load_s = time.perf_counter() - start
+        self.requests = 0
+
+    def tokens(self, ids: list[int], count: int) -> Iterator[int]:
+        from phi3ui.engines import tokenized
+
+        config = self.pipeline.get_config()
+        config.max_new_tokens = config.min_new_tokens = count
+        config.do_sample, config.apply_chat_template = False, False
+        self.requests += 1
+        handle = self.pipeline.add_request(self.requests, tokenized(ids).input_ids, config)
+        made = 0
+        while made < count:
+            self.pipeline.step()
+            while handle.can_read():
+                for output in handle.read().values():
+                    for token in output.generated_ids:
+                        made += 1
+                        yield int(token)
+
+    def about(self) -> dict:
+        from phi3ui.engines import without_cache
+
+        return {"properties_used": without_cache(self.properties)}
+
+
+def load_runner(spec: dict, stepped: bool = False) -> GenaiRunner | GenaiStepper | LlamaRunner:
+    if spec["runtime"] == "llama":
+        return LlamaRunner(spec)
+    return GenaiStepper(spec) if stepped else GenaiRunner(spec)
+
+
+def run_alone(spec: dict) -> dict:
+    """One configuration: a warm-up answer, then the measured ones, back to back."""
+    runner = load_runner(spec)
+    runner.generate(spec["warmup_ids"], spec["warmup_tokens"], lambda: None)
+    runs, tpots, tokens = [], [], []
+    for ids in spec["prompt_ids"]:
+        stamps: list[float] = []
+        begin = time.perf_counter()
+        tokens = runner.generate(ids, spec["new_tokens"], lambda stamps=stamps: stamps.append(time.perf_counter()))
+        runs.append(_timings(begin, stamps))
+        tpots.append(runner.tpot_ms)
+    result = {"load_s": runner.load_s, **_summary(runs), "tokens": tokens, **runner.about()}
+    return result | ({"genai_tpot_ms_runs": tpots} if spec["runtime"] == "genai" else {})
+
+
+def run_in_turns(spec: dict) -> dict:
+    """Every configuration in this one process, making one token each in turn: the first
+    token of each, then the second of each, and so on. This VM's speed drifts by 10-40%
+    within minutes, so configurations measured one after another can differ by more than
+    anything a setting changes; in turns, drift hits all of them alike, and each decode step
+    is paired with the reference's (the first configuration's) step of the same number.
+
+    Before each step the process sleeps `pause_s` (not timed), so the previous runtime's
+    worker threads (TBB's, OpenMP's) have stopped spinning on the cores the next one needs."""
+    runners = [load_runner(s, stepped=True) for s in spec["configs"]]
+    for runner in runners:
+        for _ in runner.tokens(spec["warmup_ids"], spec["warmup_tokens"]):
             pass
-
-    def generate(ids: list[int], tokens: int) -> tuple[float, list[float], list[int], object]:
-        settings = GenerationSettings(max_new_tokens=tokens, min_new_tokens=tokens)
-        config = engine.generation_config(settings, engine.pipeline.get_generation_config())
-        clock = Clock()
-        begin = time.perf_counter()
-        result = engine.pipeline.generate(tokenized(ids), config, clock)
-        return begin, clock.stamps, clock.tokens, result.perf_metrics
-
-    generate(spec["warmup_ids"], spec["warmup_tokens"])
-    runs, tpots = [], []
-    for ids in spec["prompt_ids"]:
-        begin, stamps, tokens, metrics = generate(ids, spec["new_tokens"])
-        runs.append(_timings(begin, stamps))
-        tpots.append(metrics.get_tpot().mean)
-    return {"load_s": load_s, **_summary(runs), "tokens": tokens, "genai_tpot_ms_runs": tpots,
-            "properties_used": without_cache(engine.properties)}
-
-
-def run_llama(spec: dict) -> dict:
-    import llama_cpp
-
-    start = time.perf_counter()
-    llm = llama_cpp.Llama(spec["gguf"], n_ctx=1024, n_batch=512, n_threads=2, n_threads_batch=2, verbose=False)
-    load_s = time.perf_counter() - start
-
-    def generate(ids: list[int], count: int) -> tuple[float, list[float], list[int]]:
-        stamps, tokens = [], []
-        begin = time.perf_counter()
-        for token in llm.generate(ids, temp=0.0, top_k=1, reset=True):  # never stops on eos itself
-            stamps.append(time.perf_counter())
-            tokens.append(int(token))
-            if len(tokens) == count:
-                break
-        return begin, stamps, tokens
-
-    generate(spec["warmup_ids"], spec["warmup_tokens"])
-    runs = []
-    for ids in spec["prompt_ids"]:
-        begin, stamps, tokens = generate(ids, spec["new_tokens"])
-        runs.append(_timings(begin, stamps))
-    return {"load_s": load_s, **_summary(runs), "tokens": tokens,
-            "system_info": llama_cpp.llama_print_system_info().decode()}
+    firsts: list[list[float]] = [[] for _ in runners]  # seconds to the first token, per prompt
+    steps: list[list[float]] = [[] for _ in runners]  # ms per decode step, every prompt's in turn
+    for number, ids in enumerate(spec["prompt_ids"], start=1):
+        answers = [runner.tokens(ids, spec["new_tokens"]) for runner in runners]
+        for made in range(spec["new_tokens"]):
+            for index, answer in enumerate(answers):
+                time.sleep(spec["pause_s"])
+                start = time.perf_counter()
+                next(answer)
+                took = time.perf_counter() - start
+                (firsts[index].append(took) if made == 0 else steps[index].append(took * 1000))
+        last = -(spec["new_tokens"] - 1)
+        print(f"  prompt {number}: " + ", ".join(f"{s['name']} {statistics.median(t[last:]):.1f}"
+                                                  for s, t in zip(spec["configs"], steps)) + " ms/token",
+              file=sys.stderr, flush=True)
+    per_prompt = spec["new_tokens"] - 1
+    results = []
+    for runner, ttfts, series in zip(runners, firsts, steps):
+        ratios = [a / b for a, b in zip(series, steps[0])]
+        means = [statistics.fmean(series[i:i + per_prompt]) for i in range(0, len(series), per_prompt)]
+        results.append({"load_s": runner.load_s, **_summary(list(zip(ttfts, means))), "steps_ms": series,
+                        "step_ratio_median": statistics.median(ratios),
+                        "steps_faster": sum(r < 1 for r in ratios), "steps_paired": len(ratios),
+                        **runner.about()})
+    return {"results": results}
 
 
 def worker_main(spec_path: str, out_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text())
-    result = run_llama(spec) if spec["runtime"] == "llama" else run_genai(spec)
+    result = run_in_turns(spec) if "configs" in spec else run_alone(spec)
     result["peak_rss_mb"] = round(peak_rss_mb(), 1)
     Path(out_path).write_text(json.dumps(result))
     return 0
@@ -394,28 +521,53 @@ def wait_until_quiet(limit_s: float) -> float:
     return round(time.monotonic() - start, 1)
 
 
+def runtime_spec(config: Config, model: str) -> tuple[dict, int]:
+    """What a worker needs to load `config` on `model`, and the size of its weights."""
+    if config.runtime == "llama":
+        gguf = phi3_gguf() if model == "phi3" else bundled_gguf()
+        return {"runtime": "llama", "gguf": str(gguf)}, gguf.stat().st_size
+    folder = model_export(model, config.export)
+    spec = {"runtime": "genai", "folder": str(folder), "properties": genai_properties(config)}
+    return spec, (folder / "openvino_model.bin").stat().st_size
+
+
+def _record(name: str, config: Config, spec: dict, weights: int) -> dict:
+    return {"config": name, "about": config.about, "runtime": config.runtime, "export": config.export,
+            "weight_bytes": weights, **({"properties": spec["properties"]} if config.runtime == "genai" else {}),
+            **({"env": config.env} if config.env else {})}
+
+
 def measure(name: str, config: Config, model: str, prompt: list[list[int]], warmup: list[int],
             quiet_limit_s: float = 0) -> dict:
-    spec = {"runtime": config.runtime, "prompt_ids": prompt, "warmup_ids": warmup,
-            "new_tokens": NEW_TOKENS, "warmup_tokens": WARMUP_NEW_TOKENS}
-    if config.runtime == "llama":
-        spec["gguf"] = str(phi3_gguf() if model == "phi3" else bundled_gguf())
-        weights = Path(spec["gguf"]).stat().st_size
-    else:
-        folder = model_export(model, config.export)
-        spec["folder"], spec["properties"] = str(folder), genai_properties(config)
-        weights = (folder / "openvino_model.bin").stat().st_size
+    spec, weights = runtime_spec(config, model)
+    spec |= {"prompt_ids": prompt, "warmup_ids": warmup, "new_tokens": NEW_TOKENS, "warmup_tokens": WARMUP_NEW_TOKENS}
     print(f"[{model}] {name}: {config.about}", file=sys.stderr, flush=True)
     waited = wait_until_quiet(quiet_limit_s) if quiet_limit_s else 0.0
     load_before, busy = round(os.getloadavg()[0], 2), busy_processes()
     result = run_child(spec, config.env)
     busy_after = busy_processes()
     print(f"  TTFT {result['ttft_s']:.2f} s, {result['ms_per_token']:.1f} ms/token", file=sys.stderr, flush=True)
-    return {"config": name, "about": config.about, "runtime": config.runtime, "export": config.export,
-            "weight_bytes": weights, "load_before": load_before, "waited_for_quiet_s": waited,
-            "busy_during": sorted(set(busy + busy_after)), **result,
-            **({"properties": spec["properties"]} if config.runtime == "genai" else {}),
-            **({"env": config.env} if config.env else {})}
+    return {**_record(name, config, spec, weights), "load_before": load_before, "waited_for_quiet_s": waited,
+            "busy_during": sorted(set(busy + busy_after)), **result}
+
+
+def measure_in_turns(names: list[str], model: str, prompt: list[list[int]], warmup: list[int],
+                     quiet_limit_s: float, pause_s: float) -> list[dict]:
+    """Every configuration in one worker, a token each in turn (run_in_turns)."""
+    specs, records = [], []
+    for name in names:
+        config = CONFIGS[name]
+        spec, weights = runtime_spec(config, model)
+        specs.append({"name": name, **spec})
+        records.append(_record(name, config, spec, weights))
+    print(f"[{model}] in turns: {', '.join(names)}", file=sys.stderr, flush=True)
+    waited = wait_until_quiet(quiet_limit_s) if quiet_limit_s else 0.0
+    load_before, busy = round(os.getloadavg()[0], 2), busy_processes()
+    result = run_child({"configs": specs, "prompt_ids": prompt, "warmup_ids": warmup, "new_tokens": NEW_TOKENS,
+                        "warmup_tokens": WARMUP_NEW_TOKENS, "pause_s": pause_s}, {})
+    busy_during = sorted(set(busy + busy_processes()))
+    return [{**record, "load_before": load_before, "waited_for_quiet_s": waited, "busy_during": busy_during,
+             "peak_rss_mb": result["peak_rss_mb"], **own} for record, own in zip(records, result["results"])]
 
 
 def run_session(args: argparse.Namespace, argv: list[str]) -> dict:
@@ -431,8 +583,11 @@ def run_session(args: argparse.Namespace, argv: list[str]) -> dict:
     if args.bandwidth_mb:
         wait_until_quiet(args.quiet_wait)
         session["bandwidth_gb_per_s"] = measure_bandwidth(args.bandwidth_mb).gb_per_s
-    for name in names:
-        session["runs"].append(measure(name, CONFIGS[name], args.model, prompt, warmup, args.quiet_wait))
+    if args.turns:
+        session["turns_pause_s"] = args.pause
+        session["runs"] = measure_in_turns(args.configs, args.model, prompt, warmup, args.quiet_wait, args.pause)
+    else:
+        session["runs"] = [measure(name, CONFIGS[name], args.model, prompt, warmup, args.quiet_wait) for name in names]
     session["machine"]["load_after"] = round(os.getloadavg()[0], 2)
     session["machine"]["busy_after"] = busy_processes()
     return session
@@ -483,7 +638,7 @@ def session_table(sessions: list[dict], index: int) -> list[str]:
         lines.append(f"| `{run['config']}`: {run['about']} | {run['weight_bytes'] / 1e9:.2f} | "
                      f"{run['ttft_s']:.2f}{_spread(run.get('ttft_runs_s'), '.1f')} | {ttft_ratio} | "
                      f"{run['ms_per_token']:.1f}{_spread(run.get('ms_per_token_runs'), '.0f')} | {decode_ratio} | {limit} |")
-    return lines + [""] + pooled_table(session)
+    return lines + [""] + pooled_table(session) + turns_table(session)
 
 
 def pooled_table(session: dict) -> list[str]:
@@ -523,6 +678,22 @@ def pooled_table(session: dict) -> list[str]:
     return lines + [""]
 
 
+def turns_table(session: dict) -> list[str]:
+    """For a session measured in turns: each decode step against llama.cpp's step of the
+    same number, made within a second of it."""
+    if "turns_pause_s" not in session:
+        return []
+    lines = [f"Measured in turns (`--turns`): every configuration in one process, one token each in turn, "
+             f"{session['turns_pause_s'] * 1000:.0f} ms untimed pause before each step. Each decode step is "
+             "paired with llama.cpp's step of the same number.", "",
+             "| configuration | decode step ÷ llama.cpp's paired step, median | steps faster than llama.cpp's |",
+             "|---|---|---|"]
+    for run in session["runs"][1:]:
+        lines.append(f"| `{run['config']}` | {run['step_ratio_median']:.2f} | "
+                     f"{run['steps_faster']}/{run['steps_paired']} ({run['steps_faster'] / run['steps_paired']:.0%}) |")
+    return lines + [""]
+
+
 def write_markdown(sessions: list[dict], path: Path) -> None:
     """decode.md: every session's table, newest first; hand-written notes are kept."""
     old = path.read_text() if path.exists() else ""
@@ -555,6 +726,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bandwidth-mb", type=int, default=1024, help="0 skips the bandwidth measurement")
     parser.add_argument("--quiet-wait", type=float, default=1800,
                         help="seconds to wait for other busy processes to end before each run (0: don't)")
+    parser.add_argument("--turns", action="store_true",
+                        help="every configuration in one process, a token each in turn (llama first: the reference)")
+    parser.add_argument("--pause", type=float, default=0.05,
+                        help="with --turns: untimed seconds before each step, so the last runtime's threads go idle")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.list:
@@ -564,6 +739,11 @@ def main(argv: list[str] | None = None) -> int:
     args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     if bad := [c for c in args.configs if c not in CONFIGS]:
         parser.error(f"unknown configuration(s): {', '.join(bad)}")
+    if args.turns:
+        if args.configs[0] != "llama" or args.rounds > 1:
+            parser.error("--turns takes llama first (the reference) and no --rounds (use --repeats)")
+        if with_env := [c for c in args.configs if CONFIGS[c].env]:
+            parser.error(f"{', '.join(with_env)} set the environment and cannot share a process with others")
     if shutil.which("ps") is None:
         parser.error("ps is needed to record the machine's load")
     session = run_session(args, argv)

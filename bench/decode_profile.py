@@ -6,26 +6,30 @@ the table shows how much of a token is matrix multiplication (and which kernel),
 attention, and how much everything else.
 
     python bench/decode_profile.py FOLDER [--prop KEY=VALUE ...] [--steps 16]
+    python bench/decode_profile.py FOLDER --tokens-per-step 1,2,4,8
+
+`--tokens-per-step` asks another question: what a step costs that reads several new tokens
+at once (as a step checking prompt-lookup or draft guesses does) against a step that reads
+one; the sizes take turns, so drift hits them alike.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 
 
-def profile(folder: Path, properties: dict, prompt_tokens: int, steps: int) -> tuple[float, list[tuple]]:
-    """(wall ms per step, [(layer type, kernel, ms per step, share)]) over `steps` decode steps."""
+def compiled_feeder(folder: Path, properties: dict):
+    """(infer request, feed(ids, past)) for the stateful model with the seed's properties."""
     import openvino as ov
 
-    core = ov.Core()
-    compiled = core.compile_model(str(folder / "openvino_model.xml"), "CPU",
-                                  {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "PERF_COUNT": "YES",
-                                   **properties})
+    compiled = ov.Core().compile_model(str(folder / "openvino_model.xml"), "CPU",
+                                       {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", **properties})
     request = compiled.create_infer_request()
     names = {i.get_any_name() for i in compiled.inputs}
 
@@ -38,6 +42,12 @@ def profile(folder: Path, properties: dict, prompt_tokens: int, steps: int) -> t
             inputs["beam_idx"] = np.zeros(1, dtype=np.int32)
         request.infer(inputs)
 
+    return request, feed
+
+
+def profile(folder: Path, properties: dict, prompt_tokens: int, steps: int) -> tuple[float, list[tuple]]:
+    """(wall ms per step, [(layer type, kernel, ms per step, share)]) over `steps` decode steps."""
+    request, feed = compiled_feeder(folder, {"PERF_COUNT": "YES", **properties})
     rng = np.random.default_rng(0)
     request.reset_state()
     feed(rng.integers(100, 10000, (1, prompt_tokens)), 0)
@@ -55,6 +65,32 @@ def profile(folder: Path, properties: dict, prompt_tokens: int, steps: int) -> t
     return wall / steps * 1000, rows
 
 
+def step_costs(folder: Path, properties: dict, prompt_tokens: int, steps: int, sizes: list[int],
+               pause_s: float = 0.05) -> dict[int, float]:
+    """Median wall ms of a step that reads `size` new tokens, for each size, in turns."""
+    _, feed = compiled_feeder(folder, properties)
+    rng = np.random.default_rng(0)
+    past = 0
+
+    def timed(size: int) -> float:
+        nonlocal past
+        ids = rng.integers(100, 10000, (1, size))
+        start = time.perf_counter()
+        feed(ids, past)
+        past += size
+        return (time.perf_counter() - start) * 1000
+
+    timed(prompt_tokens)
+    for size in sizes:  # each shape's first run compiles it: not counted
+        timed(size)
+    times: dict[int, list[float]] = {size: [] for size in sizes}
+    for _ in range(steps):
+        for size in sizes:
+            time.sleep(pause_s)
+            times[size].append(timed(size))
+    return {size: statistics.median(series) for size, series in times.items()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path)
@@ -62,8 +98,18 @@ def main() -> int:
     parser.add_argument("--prompt-tokens", type=int, default=200)
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--tokens-per-step", help="comma-separated sizes: the cost of reading that many tokens a step")
     args = parser.parse_args()
     properties = dict(p.split("=", 1) for p in args.prop)
+    if args.tokens_per_step:
+        sizes = [int(n) for n in args.tokens_per_step.split(",")]
+        costs = step_costs(args.folder, properties, args.prompt_tokens, args.steps, sizes)
+        print(f"{args.folder.name} {properties or ''}: a step reading n new tokens after a "
+              f"{args.prompt_tokens}-token prompt, median of {args.steps} in turns")
+        print("| new tokens in the step | ms per step | ÷ one token | ms per token |\n|---|---|---|---|")
+        for size, ms in costs.items():
+            print(f"| {size} | {ms:.1f} | {ms / costs[sizes[0]]:.2f} | {ms / size:.1f} |")
+        return 0
     wall, rows = profile(args.folder, properties, args.prompt_tokens, args.steps)
     print(f"{args.folder.name} {properties or ''}: {wall:.1f} ms per decode step (wall)")
     # Only shares are printed: summed per-node counters exceed the wall time (they appear

@@ -123,7 +123,7 @@ class BatchingEngine(GenAIEngine):
 
     @property
     def label(self) -> str:
-        return f"genai (continuous batching, {self.concurrency} at once)"
+        return f"{super().label} (continuous batching, {self.concurrency} at once)"
 
     def _load(self) -> None:
         import openvino_genai as ov_genai
@@ -144,7 +144,7 @@ class BatchingEngine(GenAIEngine):
         log.info("Continuous batching: %d at once, KV cache %s, prefix caching on.", self.concurrency,
                  f"{scheduler.num_kv_blocks} blocks" if scheduler.num_kv_blocks else f"{scheduler.cache_size} GB")
         self.pipeline = ov_genai.ContinuousBatchingPipeline(str(self.folder), scheduler, self.device,
-                                                            self.properties)
+                                                            self.pipeline_properties())
         self.tokenizer = self.pipeline.get_tokenizer()
         if not self.eos_ids:
             self.eos_ids = [self.tokenizer.get_eos_token_id()]

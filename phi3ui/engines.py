@@ -147,6 +147,7 @@ class Engine(ABC):
         self.folder = Path(folder)
         self.device, self.device_warning = resolve_device(runtime.device)
         self.properties = merge_properties(default_properties(), runtime.properties)
+        self.prompt_lookup = runtime.prompt_lookup
         self.lock: threading.Lock | threading.BoundedSemaphore = threading.Lock()
         config = _read_json(self.folder / "config.json")
         self.model_type: str = config.get("model_type", "")
@@ -166,7 +167,7 @@ class Engine(ABC):
     @property
     def label(self) -> str:
         """How the page names this engine (the batching engine adds its batch size)."""
-        return self.name
+        return self.name + (" + prompt lookup" if self.prompt_lookup else "")
 
     def close(self) -> None:
         """Release what the engine runs in the background; the model is about to be swapped."""
@@ -326,6 +327,13 @@ class OptimumEngine(Engine):
         return output[0, input_ids.shape[1]:].tolist()
 
 
+# Prompt lookup guesses up to 4 tokens after a matching n-gram of up to 3: checking 4 guesses
+# costs a step about 1.2 times a plain one on the Phi-3 shape (bench/decode_profile.py
+# --tokens-per-step), so even one right guess in five pays.
+PROMPT_LOOKUP_TOKENS = 4
+PROMPT_LOOKUP_NGRAM = 3
+
+
 class GenAIEngine(Engine):
     """openvino-genai's LLMPipeline: its own tokenizer, and PagedAttention's prefix cache
     re-uses the KV cache of earlier turns, so turn 20 starts as fast as turn 2."""
@@ -340,10 +348,14 @@ class GenAIEngine(Engine):
                 f"{self.folder} has no openvino_tokenizer.xml, which the genai engine needs; "
                 "re-export the model or use --engine optimum."
             )
-        self.pipeline = ov_genai.LLMPipeline(str(self.folder), self.device, **self.properties)
+        self.pipeline = ov_genai.LLMPipeline(str(self.folder), self.device, **self.pipeline_properties())
         self.tokenizer = self.pipeline.get_tokenizer()
         if not self.eos_ids:
             self.eos_ids = [self.tokenizer.get_eos_token_id()]
+
+    def pipeline_properties(self) -> dict:
+        """The OpenVINO properties, and genai's own switch for prompt lookup."""
+        return {**self.properties, **({"prompt_lookup": True} if self.prompt_lookup else {})}
 
     def render(self, messages: list[prompts.Message]) -> str:
         return self.tokenizer.apply_chat_template(
@@ -364,6 +376,8 @@ class GenAIEngine(Engine):
         config.stop_token_ids = set(self.eos_ids)
         config.repetition_penalty = settings.repetition_penalty
         config.apply_chat_template = False
+        if self.prompt_lookup:
+            config.num_assistant_tokens, config.max_ngram_size = PROMPT_LOOKUP_TOKENS, PROMPT_LOOKUP_NGRAM
         config.do_sample = not settings.greedy
         if not settings.greedy:
             config.temperature = settings.temperature

@@ -38,6 +38,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--engine", choices=list(ENGINES), default=_env("PHI3UI_ENGINE", "genai"),
                         help="runtime [PHI3UI_ENGINE]")
     parser.add_argument("--device", default=_env("PHI3UI_DEVICE", "CPU"), help="OpenVINO device [PHI3UI_DEVICE]")
+    parser.add_argument("--prompt-lookup", action=argparse.BooleanOptionalAction,
+                        default=_env("PHI3UI_PROMPT_LOOKUP", False),
+                        help="guess tokens from the conversation and check several a step; genai only "
+                             "[PHI3UI_PROMPT_LOOKUP]")
     parser.add_argument("--host", default=_env("GRADIO_SERVER_NAME", "0.0.0.0" if on_spaces() else "127.0.0.1"),
                         help="address to serve on [GRADIO_SERVER_NAME]")
     parser.add_argument("--port", type=int, default=_env("GRADIO_SERVER_PORT", 7860),
@@ -94,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         auth = read_auth(args.auth)
         backend = ChatBackend(limits=Limits(max_message_chars=args.max_message_chars),
                               concurrency=args.concurrency)
-        backend.load(args.model, settings_from_args(args), RuntimeSettings(engine=args.engine, device=args.device),
-                     fallback=True)
+        runtime = RuntimeSettings(engine=args.engine, device=args.device, prompt_lookup=args.prompt_lookup)
+        backend.load(args.model, settings_from_args(args), runtime, fallback=True)
     except (SettingsError, ExportError) as exc:
         log.error("%s", exc)
         return 1

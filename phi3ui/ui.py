@@ -315,13 +315,14 @@ class Page:
 
     # --- model ---------------------------------------------------------------------------
     def export_and_load(self, model, weight_format, group_size, ratio, sym, all_layers, device,
-                        engine) -> Iterator[tuple[str, str]]:
+                        engine, prompt_lookup) -> Iterator[tuple[str, str]]:
         """Export (if not cached) and load, streaming the exporter's progress."""
         if self.lock_settings:
             raise gr.Error("Model settings are locked on this server.")
         try:
             settings = ExportSettings(weight_format=weight_format, group_size=int(group_size),
                                       ratio=float(ratio), sym=bool(sym), all_layers=bool(all_layers)).validate()
+            runtime = RuntimeSettings(engine=engine, device=device, prompt_lookup=bool(prompt_lookup)).validate()
         except (SettingsError, TypeError, ValueError) as exc:
             raise gr.Error(str(exc)) from None
         lines: queue.Queue[str] = queue.Queue()
@@ -329,8 +330,7 @@ class Page:
 
         def work() -> None:
             try:
-                self.backend.load(model.strip(), settings, RuntimeSettings(engine=engine, device=device),
-                                  progress=lines.put)
+                self.backend.load(model.strip(), settings, runtime, progress=lines.put)
             except Exception as exc:  # noqa: BLE001 - shown in the page
                 outcome["error"] = exc
 
@@ -421,6 +421,10 @@ class Page:
                                               value=loaded.engine.device if loaded else "CPU", label="Device")
                     self.engine = gr.Radio(list(ENGINES), value=loaded.engine.name if loaded else "genai",
                                            label="Engine")
+                    self.prompt_lookup = gr.Checkbox(loaded.runtime.prompt_lookup if loaded else False,
+                                                     label="Prompt lookup", elem_id="prompt-lookup",
+                                                     info="genai only: answers that repeat the conversation "
+                                                          "(edits, quotes, code) come out several times faster")
                     self.export_btn = gr.Button("Export and load", variant="secondary", elem_id="export-button")
                     self.export_log = gr.Textbox(label="Progress", lines=6, max_lines=12, interactive=False,
                                                  autoscroll=True)
@@ -512,7 +516,7 @@ class Page:
         self.export_btn.click(
             self.export_and_load,
             [self.model_box, self.weight_format, self.group_size, self.ratio, self.sym, self.all_layers,
-             self.device, self.engine],
+             self.device, self.engine, self.prompt_lookup],
             [self.export_log, self.model_md], concurrency_limit=1, concurrency_id="export",
             api_visibility="private",
         )

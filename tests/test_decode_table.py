@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from decode import pooled_table
+from decode import pooled_table, turns_table
 
 
 def run(config: str, runtime: str, per_token: list[float], ttft: float) -> dict:
@@ -26,3 +26,14 @@ def test_pooled_table_pairs_each_round_with_its_own_llama_run():
 
 def test_no_pooled_table_for_a_single_round():
     assert pooled_table({"rounds": 1, "runs": [run("llama", "llama", [1.0], 1.0)]}) == []
+
+
+def test_turns_table_reports_each_configuration_against_the_reference():
+    session = {"turns_pause_s": 0.05, "runs": [
+        {"config": "llama", "runtime": "llama"},
+        {"config": "fast", "runtime": "genai", "step_ratio_median": 0.91, "steps_faster": 40, "steps_paired": 62},
+    ]}
+    lines = turns_table(session)
+    assert "50 ms untimed pause" in lines[0]
+    assert lines[-2] == "| `fast` | 0.91 | 40/62 (65%) |"
+    assert turns_table({"runs": []}) == []

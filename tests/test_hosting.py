@@ -81,7 +81,7 @@ def test_trust_remote_code_cannot_be_set_from_the_page():
     backend = SimpleNamespace(loaded=None, load=lambda model, export, runtime, progress=None: seen.append(export))
     page = Page(backend)  # type: ignore[arg-type]
     args = {"model": "someone/model", "weight_format": "int4", "group_size": 128, "ratio": 0.6,
-            "sym": True, "all_layers": False, "device": "CPU", "engine": "genai"}
+            "sym": True, "all_layers": False, "device": "CPU", "engine": "genai", "prompt_lookup": False}
     for _ in page.export_and_load(**{k: v for k, v in args.items() if k in params}):
         pass
     assert seen and seen[0].trust_remote_code is False
@@ -96,7 +96,18 @@ def test_locked_page_refuses_to_export():
     backend = SimpleNamespace(loaded=None, load=lambda *a, **k: pytest.fail("locked page loaded a model"))
     page = Page(backend, lock_settings=True)  # type: ignore[arg-type]
     with pytest.raises(gr.Error, match="locked"):
-        next(page.export_and_load("bundled", "int4", 64, 0.6, True, False, "CPU", "genai"))
+        next(page.export_and_load("bundled", "int4", 64, 0.6, True, False, "CPU", "genai", False))
+
+
+def test_page_refuses_prompt_lookup_on_the_optimum_engine_before_loading():
+    import gradio as gr
+
+    from phi3ui.ui import Page
+
+    backend = SimpleNamespace(loaded=None, load=lambda *a, **k: pytest.fail("an impossible runtime was loaded"))
+    page = Page(backend)  # type: ignore[arg-type]
+    with pytest.raises(gr.Error, match="Prompt lookup needs the genai engine"):
+        next(page.export_and_load("bundled", "int4", 64, 0.6, True, False, "CPU", "optimum", True))
 
 
 # --- the batching engine (real model, no server) ----------------------------------------
@@ -360,9 +371,9 @@ def test_locked_server_offers_no_export_to_clients(app):
     c = client(app)
     assert list(c.view_api(print_info=False, return_format="dict")["named_endpoints"]) == ["/chat"]
     with pytest.raises(Exception):
-        c.predict("bundled", "int8", 64, 0.6, True, False, "CPU", "optimum", api_name="/export_and_load")
+        c.predict("bundled", "int8", 64, 0.6, True, False, "CPU", "optimum", False, api_name="/export_and_load")
     # Gradio still routes private events by name or index; the page's own check refuses them.
-    args = ["bundled", "int8", 64, 0.6, True, False, "CPU", "optimum"]
+    args = ["bundled", "int8", 64, 0.6, True, False, "CPU", "optimum", False]
     started = httpx.post(f"{app.url}gradio_api/call/export_and_load", json={"data": args}, timeout=30)
     if started.status_code == 200:
         event = started.json()["event_id"]
