@@ -5,7 +5,7 @@
 chat: bench/results/README-section.md (bench/bench.py); concurrency:
 bench/results/concurrency.md (bench/concurrency.py); decode: the part of
 bench/results/decode.md between its `<!-- README -->` markers (the hand-written summary of
-bench/decode.py's sessions).
+bench/decode.py's sessions); lookup: bench/results/lookup.md (bench/lookup.py).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ def sections() -> dict[str, str]:
     concurrency = (RESULTS / "concurrency.md").read_text().replace("## ", "### ", 1)
     decode = between((RESULTS / "decode.md").read_text(), "<!-- README -->", "<!-- /README -->")
     decode = re.sub(r"^### ", "#### ", decode, flags=re.M)
-    return {"chat": chat, "concurrency": concurrency, "decode": decode}
+    lookup = (RESULTS / "lookup.md").read_text().replace("## ", "### ", 1)
+    return {"chat": chat, "concurrency": concurrency, "decode": decode, "lookup": lookup}
 
 
 def main() -> int:

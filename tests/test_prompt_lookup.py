@@ -84,3 +84,25 @@ def test_stop_ends_a_prompt_lookup_answer(engines):
     chunks, stats = answer(lookup, "Write a long story about a dragon.", stop, stop_after=3, max_new_tokens=400)
     assert stats.stopped and "".join(chunks) == stats.text
     assert stats.answer_tokens < 40
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_app_started_with_prompt_lookup_says_so_and_answers(bundled):
+    """The flag reaches the engine through the real server; the page names it."""
+    import urllib.request
+
+    from app_process import AppProcess
+    from gradio_client import Client
+
+    from phi3ui.settings import BUNDLED
+
+    app = AppProcess("--model", BUNDLED, "--prompt-lookup").wait_ready()
+    try:
+        html = urllib.request.urlopen(app.url + "config", timeout=10).read().decode()
+        assert "genai + prompt lookup engine" in html
+        reply = Client(app.url, verbose=False).predict(message=QUOTE, history=[], max_new_tokens=48,
+                                                       api_name="/chat")
+        assert "gets a lot of sun in the afternoon" in reply
+    finally:
+        app.stop()
