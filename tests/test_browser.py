@@ -395,3 +395,12 @@ def test_screenshot_for_readme(page: Page, engine_name: str) -> None:
     folder.mkdir(exist_ok=True)
     page.screenshot(path=str(folder / "screenshot.png"))
     expect(page.locator(ANSWER)).to_have_count(2)
+
+
+def test_prompt_lookup_on_the_optimum_engine_is_refused_in_the_page(page: Page) -> None:
+    page.get_by_text("Export and load").first.click()
+    page.locator("#prompt-lookup input").check()
+    page.get_by_label("optimum").check()
+    page.locator("#export-button").click()
+    expect(page.get_by_text(re.compile("Prompt lookup needs the genai engine"))).not_to_have_count(0)
+    expect(page.locator("#model-info")).to_contain_text("int4-sym-g64-r0.6")  # still the model it had
