@@ -242,7 +242,10 @@ def prompt_ids(folder: Path, repeats: int = 1) -> tuple[list[list[int]], list[in
     measured = [ids(" ".join(MESSAGES[r:] + MESSAGES[:r])) for r in range(repeats)]
     warmup = ids("Q: " + " ".join(reversed(MESSAGES)))
     firsts = {p[0] for p in [*measured, warmup]}
-    assert all(len(p) == PROMPT_TOKENS for p in [*measured, warmup]) and len(firsts) == repeats + 1
+    assert all(len(p) == PROMPT_TOKENS for p in [*measured, warmup])
+    if len(firsts) != repeats + 1:
+        raise SystemExit(f"--repeats {repeats}: this tokenizer starts only {len(firsts) - 1} of the prompts "
+                         "with different tokens, so a later run could hit an earlier one's cache; ask for fewer")
     return measured, warmup
 
 
