@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench import MESSAGES  # noqa: E402
 from decode import bundled_gguf  # noqa: E402
+from quality import reference_answers  # noqa: E402
 
 from phi3ui.engines import PROMPT_LOOKUP_NGRAM, PROMPT_LOOKUP_TOKENS, Stats, load_engine  # noqa: E402
 from phi3ui.export import ensure_exported  # noqa: E402
@@ -74,7 +75,7 @@ class Genai:
         prompt = self.engine.render([{"role": "user", "content": message}])
         stats = [c for c in self.engine.stream(prompt, GenerationSettings(max_new_tokens=NEW_TOKENS))
                  if isinstance(c, Stats)][0]
-        decode = (stats.total_s - stats.ttft_s) / (stats.answer_tokens - 1) * 1000 if stats.answer_tokens > 1 else 0
+        decode = 1000 / stats.tokens_per_s if stats.tokens_per_s else 0.0  # the page's own figure
         return stats.text, stats.ttft_s, decode, stats.answer_tokens
 
 
@@ -104,24 +105,16 @@ def reference_texts() -> dict[str, list[str]]:
     """Each task's greedy answer from the unquantised fp32 model in torch: how far a
     runtime's answer follows it is the quality figure (prompt lookup changes no model, but
     checking several tokens at once rounds differently, and a greedy answer can turn)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from phi3ui.bundled import hf_folder
 
     source = hf_folder()
     tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
-    found = {}
-    for kind, messages in TASKS.items():
-        found[kind] = []
-        for message in messages:
-            text = tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False,
-                                                 add_generation_prompt=True)
-            ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
-            out = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=2, pad_token_id=2)
-            found[kind].append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
-    return found
+    messages = [message for kind in TASKS.values() for message in kind]
+    _, answers = reference_answers(source, messages, NEW_TOKENS)
+    texts = iter(tokenizer.decode(answer, skip_special_tokens=True) for answer in answers)
+    return {kind: [next(texts) for _ in tasks] for kind, tasks in TASKS.items()}
 
 
 def agreement(text: str, reference: str) -> float:

@@ -50,7 +50,8 @@ def greedy_answers(engine) -> list[str]:
     return answers
 
 
-def reference_answers(source: Path) -> tuple[list[list[int]], list[list[int]]]:
+def reference_answers(source: Path, questions: list[str] = QUESTIONS,
+                      max_new_tokens: int = ANSWER_TOKENS) -> tuple[list[list[int]], list[list[int]]]:
     """(prompt ids, answer ids): greedy answers of the unquantised fp32 model in torch, the
     closest thing to the true model here, so no OpenVINO configuration is favoured."""
     import torch
@@ -59,11 +60,11 @@ def reference_answers(source: Path) -> tuple[list[list[int]], list[list[int]]]:
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     prompts, answers = [], []
-    for question in QUESTIONS:
+    for question in questions:
         text = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
                                              add_generation_prompt=True)
         ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
-        out = model.generate(ids, max_new_tokens=ANSWER_TOKENS, do_sample=False, eos_token_id=2, pad_token_id=2)
+        out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=2, pad_token_id=2)
         prompts.append(ids[0].tolist())
         answers.append(out[0, ids.shape[1]:].tolist())
     return prompts, answers
