@@ -132,12 +132,15 @@ CONFIGS: dict[str, Config] = {
                             CW_R1, DYNAMIC_QUANTIZATION_GROUP_SIZE="128", INFERENCE_PRECISION_HINT="f32"),
     "asym-r1": _cfg("seed properties, int4 asym g128 ratio 1.0 export", ASYM_R1),
     "asym-cw-r1": _cfg("seed properties, int4 asym channel-wise ratio 1.0 export", ASYM_CW_R1),
-    "asym-cw-r1-f32": _cfg("seed + INFERENCE_PRECISION_HINT=f32 (so the int8 dynamic quantization of "
-                           "activations applies), int4 asym channel-wise ratio 1.0 export", ASYM_CW_R1,
-                           INFERENCE_PRECISION_HINT="f32"),
+    "asym-cw-r1-f32": _cfg("seed + INFERENCE_PRECISION_HINT=f32, int4 asym channel-wise ratio 1.0 export",
+                           ASYM_CW_R1, INFERENCE_PRECISION_HINT="f32"),
     "asym-cw-r1-f32-dq128": _cfg("seed + f32 + DYNAMIC_QUANTIZATION_GROUP_SIZE=128, int4 asym channel-wise "
                                  "ratio 1.0 export", ASYM_CW_R1, INFERENCE_PRECISION_HINT="f32",
                                  DYNAMIC_QUANTIZATION_GROUP_SIZE="128"),
+    "asym-cw-r1-dq0": _cfg("seed + DYNAMIC_QUANTIZATION_GROUP_SIZE=0 (off), int4 asym channel-wise ratio 1.0 "
+                           "export", ASYM_CW_R1, DYNAMIC_QUANTIZATION_GROUP_SIZE="0"),
+    "asym-cw-r1-dq128": _cfg("seed + DYNAMIC_QUANTIZATION_GROUP_SIZE=128, int4 asym channel-wise ratio 1.0 export",
+                             ASYM_CW_R1, DYNAMIC_QUANTIZATION_GROUP_SIZE="128"),
     "asym-cw-r1-all": _cfg("seed properties, int4 asym channel-wise ratio 1.0 export, embeddings and output "
                            "in int4 too (--all-layers)", {**ASYM_CW_R1, "all_layers": True}),
     "g64-r1": _cfg("seed properties, int4 sym g64 ratio 1.0 export", {"group_size": 64, "ratio": 1.0}),

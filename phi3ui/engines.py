@@ -72,8 +72,8 @@ def default_properties() -> dict:
     cache" and the load columns). On a CPU its gain varies from run to run, sometimes none;
     the cache pays most where compiling is slow (GPU, NPU).
 
-    DYNAMIC_QUANTIZATION_GROUP_SIZE=128 decoded about 10% faster back to back, but not in
-    an in-process paired check (bench/results/decode.md), and is not the default: with it,
+    DYNAMIC_QUANTIZATION_GROUP_SIZE=128 decoded about 10% faster back to back, but not when
+    measured in turns (bench/results/decode.md), and is not the default: with it,
     greedy and seeded answers depend on what else shares the batch and on prefix-cache hits
     (tests/test_hosting.py and tests/test_engines.py caught both on a clean run)."""
     return {
