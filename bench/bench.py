@@ -1,8 +1,8 @@
 """Multi-turn chat benchmark: time to first token per turn, decode speed, load time, memory.
 
-For one model it runs a scripted conversation (fixed user messages, every answer forced to
-the same length with min_new_tokens = max_new_tokens, greedy) on each engine, each engine in
-a child process of its own so its peak memory is its own:
+For the bundled model (or the Phi-3-mini-shaped one) it runs a scripted conversation (fixed
+user messages, every answer forced to the same length with min_new_tokens = max_new_tokens,
+greedy) on each engine, each engine in a child process of its own so its peak memory is its own:
 
 * load time cold (an empty OpenVINO CACHE_DIR) and warm (the same cache, second load),
 * per turn: time to first token and decode tokens/s,
@@ -13,10 +13,10 @@ and `gradio_client` on its `/chat` endpoint), as the client sees it; and the mac
 read bandwidth, which bounds decoding: every token reads all the weights once, so
 weight bytes / bandwidth is the least time per token.
 
-    python bench/bench.py                         # the bundled SmolLM2-135M int4
-    python bench/bench.py --phi3-shaped           # Phi-3-mini sizes, random weights (2.5 min export once)
-    python bench/bench.py --model /path/to/openvino/folder --engines genai
-    python bench/bench.py --turns 2 --tokens 4 --no-http --out /tmp/b   # smoke run
+    python -m bench.bench                 # the bundled SmolLM2-135M int4
+    python -m bench.bench --phi3-shaped   # Phi-3-mini sizes, random weights (2.5 min export once)
+    python -m bench.bench --phi3-shaped --preset 'fastest decode' --engines genai --no-http
+    python -m bench.bench --turns 2 --tokens 4 --no-http --out /tmp/b   # smoke run
 
 Writes `<out>/<label>.json` and `<out>/<label>.png`, then rewrites `<out>/README-section.md`
 from every result JSON in `<out>`. Not a test: nothing here asserts a speed.
@@ -37,11 +37,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+from bench.app_process import AppProcess, vm_hwm_mb
+from phi3ui.files import staged
 
-from app_process import AppProcess, vm_hwm_mb  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 RESULTS = ROOT / "bench" / "results"
 ENGINES = ("genai", "optimum")
@@ -227,7 +226,6 @@ def load_backend(folder: str, engine: str, cache_dir: str):
 
 def run_conversation(backend, turns: int, tokens: int) -> tuple[list[Turn], list[str]]:
     """The scripted chat: each answer joins the history the next turn sends."""
-    from phi3ui.engines import Stats
     from phi3ui.settings import GenerationSettings
 
     settings = GenerationSettings(max_new_tokens=tokens, min_new_tokens=tokens)
@@ -237,7 +235,9 @@ def run_conversation(backend, turns: int, tokens: int) -> tuple[list[Turn], list
         start = time.perf_counter()
         fitted = backend.prepare(history, message, settings)
         prepare_s = time.perf_counter() - start
-        stats = [c for c in backend.stream(fitted, settings) if isinstance(c, Stats)][-1]
+        answer = backend.start(fitted, settings)
+        answer.text()
+        stats = answer.stats
         results.append(Turn(number, stats.prompt_tokens, stats.answer_tokens, round(prepare_s, 4),
                             round(stats.ttft_s, 4), round(stats.tokens_per_s, 2), round(stats.total_s, 3),
                             round(os.getloadavg()[0], 2)))
@@ -253,14 +253,13 @@ def time_first_token(backend) -> float:
 
     settings = GenerationSettings(max_new_tokens=1, min_new_tokens=1)
     start = time.perf_counter()
-    for _ in backend.reply([], "Hello!", settings):
-        pass
+    backend.reply([], "Hello!", settings).text()
     return time.perf_counter() - start
 
 
 def worker_main(argv: list[str]) -> int:
-    """`bench.py _worker ...`: load once (and maybe chat), write a JSON of what happened."""
-    parser = argparse.ArgumentParser(prog="bench.py _worker")
+    """`python -m bench.bench _worker ...`: load once (and maybe chat), write a JSON of what happened."""
+    parser = argparse.ArgumentParser(prog="python -m bench.bench _worker")
     parser.add_argument("--folder", required=True)
     parser.add_argument("--engine", required=True, choices=ENGINES)
     parser.add_argument("--cache-dir", required=True)
@@ -282,7 +281,7 @@ def worker_main(argv: list[str]) -> int:
 
 def run_worker(folder: Path, engine: str, cache_dir: Path | str, turns: int, tokens: int) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        command = [sys.executable, __file__, "_worker", "--folder", str(folder), "--engine", engine,
+        command = [sys.executable, "-m", "bench.bench", "_worker", "--folder", str(folder), "--engine", engine,
                    "--cache-dir", str(cache_dir), "--turns", str(turns), "--tokens", str(tokens),
                    "--out", out.name]
         subprocess.run(command, check=True, cwd=ROOT)
@@ -374,7 +373,12 @@ def build_phi3_shaped(dest: Path) -> Path:
     if (dest / "config.json").exists():
         return dest
     import torch
-    from transformers import AutoTokenizer, GenerationConfig, Phi3Config, Phi3ForCausalLM
+    from transformers import (
+        AutoTokenizer,
+        GenerationConfig,
+        Phi3Config,
+        Phi3ForCausalLM,
+    )
 
     from phi3ui.bundled import hf_folder, write_hf_folder
 
@@ -395,12 +399,12 @@ def build_phi3_shaped(dest: Path) -> Path:
         model = Phi3ForCausalLM(config)
     finally:
         torch.set_default_dtype(default)
-    staging = dest.with_name(dest.name + ".partial")
-    model.save_pretrained(staging)
-    del model
-    tokenizer.save_pretrained(staging)
-    GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=eos).save_pretrained(staging)
-    os.replace(staging, dest)
+    with staged(dest) as staging:
+        model.save_pretrained(staging)
+        del model
+        tokenizer.save_pretrained(staging)
+        GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=eos,
+                         pad_token_id=eos).save_pretrained(staging)
     return dest
 
 
@@ -411,8 +415,8 @@ def phi3_source() -> Path:
     return cache_root() / "sources" / f"phi3-mini-shaped-random-v{PHI3_SHAPED_VERSION}"
 
 
-def resolve_model(args: argparse.Namespace) -> tuple[str, str, Path]:
-    """(label, model argument for app.py, exported OpenVINO folder)."""
+def resolve_model(args: argparse.Namespace) -> tuple[str, str, str, Path]:
+    """(model, label, model argument for app.py, exported OpenVINO folder)."""
     from phi3ui.export import ensure_exported
     from phi3ui.settings import BUNDLED, PRESETS, export_preset
 
@@ -421,16 +425,14 @@ def resolve_model(args: argparse.Namespace) -> tuple[str, str, Path]:
     if args.phi3_shaped:
         source = build_phi3_shaped(phi3_source())
         exported = ensure_exported(str(source), export_preset(args.preset), progress=progress)
-        return "phi3-shaped" + suffix, str(exported.folder), exported.folder
-    exported = ensure_exported(args.model, export_preset(args.preset, args.model), progress=progress)
-    label = "bundled" if args.model == BUNDLED else Path(args.model).name or args.model.replace("/", "--")
-    app_model = str(exported.folder) if suffix or args.model != BUNDLED else BUNDLED
-    return label + suffix, app_model, exported.folder
+        return "phi3-shaped", "phi3-shaped" + suffix, str(exported.folder), exported.folder
+    exported = ensure_exported(BUNDLED, export_preset(args.preset, BUNDLED), progress=progress)
+    return BUNDLED, "bundled" + suffix, str(exported.folder) if suffix else BUNDLED, exported.folder
 
 
 # --- targets, plot, markdown --------------------------------------------------------------
 def targets(report: Report) -> list[dict]:
-    """The issue's targets (set for the Phi-3-mini-shaped model), measured, never assumed."""
+    """The project's targets (set for the Phi-3-mini-shaped model), measured, never assumed."""
     genai = next((e for e in report.engines if e.engine == "genai"), None)
     best = max(report.engines, key=lambda e: e.decode_tokens_per_s, default=None)
     rows = []
@@ -542,7 +544,7 @@ def section(report: Report, png: Path) -> str:
 def write_section(out: Path) -> Path:
     """README-section.md from every result JSON in `out` (bundled first)."""
     parts = ["## Benchmark", "",
-             "Made by `bench/bench.py` (see its docstring); the JSON files beside this one hold "
+             "Made by `python -m bench.bench` (see bench/bench.py); the JSON files beside this one hold "
              "every per-turn figure. Each start is a process of its own: \"cold\" loads with an "
              "empty OpenVINO `CACHE_DIR` (the OS file cache was warm), \"warm\" loads again with the "
              "cache that wrote, \"no cache\" without `CACHE_DIR`; \"+ first token\" is the 1-token answer "
@@ -607,13 +609,12 @@ def notes_for(report: Report, args: argparse.Namespace) -> list[str]:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     from phi3ui.settings import PRESETS
 
-    parser = argparse.ArgumentParser(prog="python bench/bench.py", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m bench.bench", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
-    what = parser.add_mutually_exclusive_group()
-    what.add_argument("--model", default="bundled", help="'bundled', an exported folder or a model id")
-    what.add_argument("--phi3-shaped", action="store_true",
-                      help="build and export a Phi-3-mini-shaped model with random weights (once, cached)")
+    parser.add_argument("--phi3-shaped", action="store_true",
+                        help="a Phi-3-mini-shaped model with random weights, built and exported once "
+                             "(default: the bundled SmolLM2-135M)")
     parser.add_argument("--preset", default=PRESETS[0], choices=PRESETS,
                         help=f"the sidebar's export preset to measure (default: {PRESETS[0]})")
     parser.add_argument("--engines", default=",".join(ENGINES), help="comma-separated (default: both)")
@@ -623,7 +624,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--no-http", action="store_true", help="skip the run through the app over HTTP")
     parser.add_argument("--bandwidth-mb", type=int, default=1024, help="array read for the bandwidth (MB)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default bench/results)")
-    parser.add_argument("--label", help="result file name (default from the model)")
     args = parser.parse_args(argv)
     args.engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     if bad := [e for e in args.engines if e not in ENGINES]:
@@ -638,15 +638,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     machine = machine_info()
-    label, app_model, folder = resolve_model(args)
-    label = args.label or label
+    model, label, app_model, folder = resolve_model(args)
     print(f"Measuring memory bandwidth ({args.bandwidth_mb} MB)…", file=sys.stderr, flush=True)
     bandwidth = measure_bandwidth(args.bandwidth_mb)
     weight_bytes = (folder / "openvino_model.bin").stat().st_size
     report = Report(
-        label=label, model=args.model if not args.phi3_shaped else "phi3-shaped", folder=str(folder),
+        label=label, model=model, folder=str(folder),
         weight_bytes=weight_bytes, date=time.strftime("%Y-%m-%d %H:%M %Z"),
-        command=("python bench/bench.py " + shlex.join(argv)).strip(), turns=args.turns, answer_tokens=args.tokens,
+        command=("python -m bench.bench " + shlex.join(argv)).strip(), turns=args.turns, answer_tokens=args.tokens,
         machine=machine, bandwidth=bandwidth,
         limit_ms_per_token=round(weight_bytes / (bandwidth.gb_per_s * 1e9) * 1000, 2),
         limit_tokens_per_s=round(bandwidth.gb_per_s * 1e9 / weight_bytes, 2),

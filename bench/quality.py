@@ -2,17 +2,17 @@
 
 A faster setting must not cost answer quality, and that is measured, not assumed. For each
 configuration (the names of bench/decode.py, applied to the bundled model), two figures
-against the seed's (int4 sym g64 ratio 0.6, LATENCY, 1 stream):
+against `seed`'s (the default export, int4 sym g64 ratio 0.6, with LATENCY and 1 stream):
 
 - how many greedy answers to a fixed set of questions are the same as the seed's;
 - the mean log-likelihood per token that the configuration gives the greedy answers of the
   unquantised fp32 model in torch (teacher forcing): the closer to 0, the closer to the
   real model, and it does not favour the seed.
 
-    python bench/quality.py --configs seed,f32,cw-r1,g64-r1,asym-r1
+    python -m bench.quality --configs seed,default,g64-r1,cw-r1,asym-cw-r1,asym-cw-r1-all,dq-128
 
 Writes bench/results/quality.json and quality.md. tests/test_quality.py uses the same
-functions to hold the app's defaults to the seed's answers.
+functions to hold the app's presets to these scores.
 """
 
 from __future__ import annotations
@@ -22,13 +22,10 @@ import json
 import sys
 from pathlib import Path
 
+from phi3ui.bundled import hf_folder
+from phi3ui.settings import GenerationSettings
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from phi3ui.bundled import hf_folder  # noqa: E402
-from phi3ui.settings import GenerationSettings  # noqa: E402
-
 RESULTS = ROOT / "bench" / "results"
 QUESTIONS = [
     "What is the capital of France?",
@@ -46,7 +43,9 @@ def greedy_answers(engine) -> list[str]:
     answers = []
     for question in QUESTIONS:
         prompt = engine.render([{"role": "user", "content": question}])
-        answers.append([c for c in engine.stream(prompt, settings)][-1].text)
+        with engine.answer(prompt, settings) as answer:
+            answer.text()
+        answers.append(answer.stats.text)
     return answers
 
 
@@ -89,9 +88,9 @@ def mean_log_likelihood(folder: Path, properties: dict, prompts: list[list[int]]
 
 def score(names: list[str]) -> list[dict]:
     """Each configuration's export (made if missing), greedy answers and log-likelihood."""
-    from decode import CONFIGS, genai_properties, model_export
-
-    from phi3ui.engines import default_properties, load_engine, merge_properties, without_cache
+    from bench.decode import CONFIGS, genai_properties, model_export
+    from phi3ui.engine import default_properties, merge_properties, without_cache
+    from phi3ui.engines import load_engine
     from phi3ui.export import ExportError
     from phi3ui.settings import RuntimeSettings, SettingsError
 
@@ -127,9 +126,11 @@ def markdown(rows: list[dict], command: str) -> str:
     lines = [
         "# Answer quality on the bundled model", "",
         f"Made by `{command}` (see bench/quality.py). Greedy answers ({ANSWER_TOKENS} tokens at most) "
-        f"to {len(QUESTIONS)} fixed questions, compared with the seed's; and the mean log-likelihood per "
-        "token of the fp32 torch model's own greedy answers (closer to 0 is closer to the real model).", "",
-        "| configuration | weights (MB) | same greedy answers as the seed | log-likelihood |",
+        f"to {len(QUESTIONS)} fixed questions, compared with those of `seed`, the default export (\"most "
+        "accurate\") with the app's default runtime properties; and the mean log-likelihood per "
+        "token of the fp32 torch model's own greedy answers (closer to 0 is closer to the real model). "
+        "The configurations are bench/decode.py's (`python -m bench.decode --list`).", "",
+        "| configuration | weights (MB) | same greedy answers as `seed` | log-likelihood |",
         "|---|---|---|---|",
     ]
     for row in rows:
@@ -142,14 +143,14 @@ def markdown(rows: list[dict], command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", default="seed,default", help="bench/decode.py names, comma-separated")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     rows = score([n.strip() for n in args.configs.split(",") if n.strip()])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "quality.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False))
-    command = "python bench/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m bench.quality " + " ".join(argv if argv is not None else sys.argv[1:])
     (args.out / "quality.md").write_text(markdown(rows, command.strip()))
     print(markdown(rows, command.strip()))
     return 0

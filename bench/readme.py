@@ -1,11 +1,11 @@
 """Copy the benchmark results into README.md, between its `<!-- bench:NAME -->` markers.
 
-    python bench/readme.py
+    python -m bench.readme
 
-chat: bench/results/README-section.md (bench/bench.py); concurrency:
-bench/results/concurrency.md (bench/concurrency.py); decode: the part of
-bench/results/decode.md between its `<!-- README -->` markers (the hand-written summary of
-bench/decode.py's sessions); lookup: bench/results/lookup.md (bench/lookup.py).
+chat: bench/results/README-section.md (`python -m bench.bench`); concurrency:
+bench/results/concurrency.md (`python -m bench.concurrency`); decode: the part of
+bench/NOTES.md between its `<!-- README -->` markers (the hand-written summary of
+`python -m bench.decode`'s sessions); lookup: bench/results/lookup.md (`python -m bench.lookup`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
+NOTES = ROOT / "bench" / "NOTES.md"
 
 
 def between(text: str, start: str, end: str) -> str:
@@ -26,22 +27,25 @@ def sections() -> dict[str, str]:
     chat = (RESULTS / "README-section.md").read_text().replace("## Benchmark\n", "### Multi-turn chat\n", 1)
     chat = re.sub(r"^### (?!Multi-turn chat)", "#### ", chat, flags=re.M)
     concurrency = (RESULTS / "concurrency.md").read_text().replace("## ", "### ", 1)
-    decode = between((RESULTS / "decode.md").read_text(), "<!-- README -->", "<!-- /README -->")
-    decode = re.sub(r"^### ", "#### ", decode, flags=re.M)
+    decode = between(NOTES.read_text(), "<!-- README -->", "<!-- /README -->")
     lookup = (RESULTS / "lookup.md").read_text().replace("## ", "### ", 1)
     return {"chat": chat, "concurrency": concurrency, "decode": decode, "lookup": lookup}
 
 
-def main() -> int:
-    readme_path = ROOT / "README.md"
-    readme = readme_path.read_text()
+def filled(readme: str) -> str:
+    """`readme` with every `<!-- bench:NAME -->` block replaced by the current results."""
     for name, text in sections().items():
         marker = rf"<!-- bench:{name} -->.*?<!-- /bench:{name} -->"
         if not re.search(marker, readme, flags=re.S):
             raise SystemExit(f"README.md has no <!-- bench:{name} --> markers")
         readme = re.sub(marker, lambda _: f"<!-- bench:{name} -->\n{text.strip()}\n<!-- /bench:{name} -->",
                         readme, flags=re.S)
-    readme_path.write_text(readme)
+    return readme
+
+
+def main() -> int:
+    readme_path = ROOT / "README.md"
+    readme_path.write_text(filled(readme_path.read_text()))
     return 0
 
 

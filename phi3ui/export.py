@@ -212,9 +212,9 @@ def _smoke_test(folder: Path) -> None:
 
     engine_name = "genai" if (folder / "openvino_tokenizer.xml").exists() else "optimum"
     engine = load_engine(folder, RuntimeSettings(engine=engine_name, device="CPU", properties={"CACHE_DIR": None}))
-    prompt = engine.render([{"role": "user", "content": "Hi"}])
-    chunks = list(engine.stream(prompt, GenerationSettings(max_new_tokens=1)))
-    if not chunks or chunks[-1].prompt_tokens < 1:
+    answer = engine.answer(engine.render([{"role": "user", "content": "Hi"}]), GenerationSettings(max_new_tokens=1))
+    answer.text()
+    if answer.stats is None or answer.stats.prompt_tokens < 1:
         raise ExportError(f"The exported model in {folder} did not generate.")
 
 

@@ -2,7 +2,8 @@
 
 The model's own chat template renders the text (so Phi-3 gets
 `<|user|>\\n...<|end|>\\n<|assistant|>\\n`); this module cleans the messages that reach it
-and fits them into the context window, oldest exchanges first to go.
+and fits them into the context window, oldest exchanges first to go (in cuts that keep the
+KV cache useful: `phi3ui.window`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from . import window as window_policy
 
 Message = dict[str, str]
 Renderer = Callable[[list[Message]], str]
@@ -143,14 +146,25 @@ def fit(
     max_new_tokens: int,
     window: int,
     system_ok: bool = True,
+    cut_to: float = window_policy.DEFAULT_CUT_TO,
+    costs: window_policy.ExchangeCosts | None = None,
 ) -> Fitted:
-    """Leave out the oldest exchanges until prompt plus answer fit the window.
+    """Leave out the oldest exchanges so that prompt plus answer fit the window, keeping
+    the KV cache useful (`phi3ui.window`): when the window overflows, enough go at once
+    that at most `cut_to` of it is used, and later turns keep that cut until it overflows
+    again. `cut_to=1.0` leaves out the fewest each turn (the old behaviour). The same
+    history always gives the same cut.
 
     The system prompt and the new message always stay; if they alone do not fit,
-    MessageTooLong says by how much. Leaving out more never needs more tokens, so the
-    fewest to leave out are found by bisection: a few renders, however long the chat.
+    MessageTooLong says by how much. Exchanges are counted one at a time with `count`
+    (cached in `costs`); the prompt that is sent is rendered and counted whole, and more
+    is left out if that count does not fit.
     """
+    if not 0.0 < cut_to <= 1.0:
+        raise ValueError(f"cut_to must be in (0, 1], not {cut_to}")
     groups = exchanges(history)
+    costs = costs or window_policy.ExchangeCosts()
+    flag = "s" if system_ok else "m"
 
     def attempt(dropped: int) -> Fitted:
         kept = [m for group in groups[dropped:] for m in group]
@@ -167,12 +181,26 @@ def fit(
             f"more than the model's {window}-token context window. Shorten it by about "
             f"{alone.used_tokens - window} tokens or lower 'max new tokens'."
         )
-    best, low, high = alone, 1, len(groups)  # the answer is in low..high, and `high` fits
-    while low < high:
-        middle = (low + high) // 2
-        tried = attempt(middle)
-        if tried.used_tokens <= window:
-            best, high = tried, middle
-        else:
-            low = middle + 1
-    return best
+
+    def alone_count(text: str) -> int:
+        return costs.get(("alone", flag, system, text),
+                         lambda: count(render(build(system, [], text, system_ok))))
+
+    probe = alone_count(window_policy.PROBE)
+
+    def adds(group: list[Message]) -> int:
+        parts = [p for m in group for p in (m["role"], m["content"])]
+        return costs.get(("adds", flag, system, *parts),
+                         lambda: max(0, count(render(build(system, group, window_policy.PROBE, system_ok))) - probe))
+
+    # Each earlier turn's own message: the first user message of an exchange (a leading
+    # assistant greeting has none and is never a turn of its own).
+    turns = [alone_count(g[0]["content"]) if g[0]["role"] == "user" else probe for g in groups]
+    start = window_policy.replay([*turns, alone_count(message)], [adds(g) for g in groups],
+                                 max_new_tokens=max_new_tokens, window=window, cut_to=cut_to)
+    while start < len(groups):
+        fitted = attempt(start)
+        if fitted.used_tokens <= window:
+            return fitted
+        start += 1  # the estimate was short: the whole prompt counts a little more
+    return alone

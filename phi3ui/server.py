@@ -11,7 +11,15 @@ import os
 import sys
 from pathlib import Path
 
-from .chat import ChatBackend
+from .chat import ChatBackend, HostPrompt
+from .fairness import (
+    LOCKED_MAX_NEW_TOKENS,
+    PUBLIC_RATE_PER_MINUTE,
+    FairUse,
+    Gate,
+    default_max_new_tokens_cap,
+    default_rate_limit,
+)
 from .export import ExportError, add_export_arguments, settings_from_args
 from .settings import DEFAULT_MODEL, ENGINES, Limits, RuntimeSettings, SettingsError
 
@@ -56,16 +64,48 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="requests that may wait [PHI3UI_QUEUE_SIZE]")
     parser.add_argument("--max-message-chars", type=int, default=_env("PHI3UI_MAX_MESSAGE_CHARS", 16_000),
                         help="longest message accepted [PHI3UI_MAX_MESSAGE_CHARS]")
+    parser.add_argument("--context-window", type=int, default=_env("PHI3UI_CONTEXT_WINDOW", None),
+                        help="cap the context window below the model's own, in tokens (at least "
+                             f"{Limits.MIN_CONTEXT_WINDOW}) [PHI3UI_CONTEXT_WINDOW]")
     parser.add_argument("--lock-settings", action=argparse.BooleanOptionalAction,
                         default=_env("PHI3UI_LOCK_SETTINGS", on_spaces()),
-                        help="visitors cannot export or switch model or device (default on Spaces) "
-                             "[PHI3UI_LOCK_SETTINGS]")
+                        help="visitors cannot export or switch model or device, nor change the host's "
+                             "system prompt (default on Spaces) [PHI3UI_LOCK_SETTINGS]")
+    parser.add_argument("--system-prompt", default=_env("PHI3UI_SYSTEM_PROMPT", ""),
+                        help="the host's system prompt: the default, or with --lock-settings the only one "
+                             "[PHI3UI_SYSTEM_PROMPT]")
+    parser.add_argument("--show-system-prompt", action=argparse.BooleanOptionalAction,
+                        default=_env("PHI3UI_SHOW_SYSTEM_PROMPT", False),
+                        help="with --lock-settings, let visitors read the host's system prompt (off: the page "
+                             "only says one is in force) [PHI3UI_SHOW_SYSTEM_PROMPT]")
+    parser.add_argument("--rate-limit", type=int, default=_env("PHI3UI_RATE_LIMIT", None),
+                        help="requests a minute one client address may send; also at most one answer at a "
+                             f"time per address. 0 = off; default {PUBLIC_RATE_PER_MINUTE} with --share or on "
+                             "Spaces, otherwise off [PHI3UI_RATE_LIMIT]")
+    parser.add_argument("--max-new-tokens-cap", type=int, default=_env("PHI3UI_MAX_NEW_TOKENS_CAP", None),
+                        help="most new tokens a request may ask for; more is refused. Default "
+                             f"{LOCKED_MAX_NEW_TOKENS} with --lock-settings, otherwise {Limits.max_new_tokens} "
+                             "[PHI3UI_MAX_NEW_TOKENS_CAP]")
+    parser.add_argument("--trust-proxy", action=argparse.BooleanOptionalAction,
+                        default=_env("PHI3UI_TRUST_PROXY", on_spaces()),
+                        help="behind a reverse proxy: a client is the first X-Forwarded-For address, not "
+                             "the proxy's (default on Spaces) [PHI3UI_TRUST_PROXY]")
     add_export_arguments(parser)
     args = parser.parse_args(argv)
+    if args.rate_limit is None:
+        args.rate_limit = default_rate_limit(args.share, on_spaces())
+    if args.max_new_tokens_cap is None:
+        args.max_new_tokens_cap = default_max_new_tokens_cap(args.lock_settings, Limits.max_new_tokens)
+    if args.rate_limit < 0:
+        parser.error(f"--rate-limit must be 0 (off) or more, not {args.rate_limit}.")
+    if args.max_new_tokens_cap < 1:
+        parser.error(f"--max-new-tokens-cap must be at least 1, not {args.max_new_tokens_cap}.")
     for flag, value in (("--concurrency", args.concurrency), ("--queue-size", args.queue_size),
                         ("--max-message-chars", args.max_message_chars)):
         if value < 1:
             parser.error(f"{flag} must be at least 1, not {value}.")
+    if args.context_window is not None and args.context_window < Limits.MIN_CONTEXT_WINDOW:
+        parser.error(f"--context-window must be at least {Limits.MIN_CONTEXT_WINDOW}, not {args.context_window}.")
     return args
 
 
@@ -96,8 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         auth = read_auth(args.auth)
-        backend = ChatBackend(limits=Limits(max_message_chars=args.max_message_chars),
-                              concurrency=args.concurrency)
+        backend = ChatBackend(limits=Limits(max_message_chars=args.max_message_chars, context_window=args.context_window,
+                                            max_new_tokens=args.max_new_tokens_cap),
+                              concurrency=args.concurrency,
+                              host_prompt=HostPrompt(args.system_prompt, locked=args.lock_settings,
+                                                     shown=args.show_system_prompt or not args.lock_settings))
         runtime = RuntimeSettings(engine=args.engine, device=args.device, prompt_lookup=args.prompt_lookup)
         backend.load(args.model, settings_from_args(args), runtime, fallback=True)
     except (SettingsError, ExportError) as exc:
@@ -111,11 +154,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from .ui import Page  # Gradio loads only when serving
 
-    page = Page(backend, lock_settings=args.lock_settings, concurrency_limit=args.concurrency)
+    page = Page(backend, lock_settings=args.lock_settings, concurrency_limit=args.concurrency,
+                gate=Gate(FairUse(rate_per_minute=args.rate_limit)), trust_proxy=args.trust_proxy)
+    log.info("Fair use: %s; at most %d new tokens a request; clients told apart by %s.",
+             f"{args.rate_limit} requests a minute and one answer at a time per client address"
+             if args.rate_limit else "no per-client limits (one answer at a time per browser session)",
+             args.max_new_tokens_cap, "the first X-Forwarded-For address" if args.trust_proxy else "peer address")
     demo = page.build()
     demo.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
-                show_error=True, max_file_size="5mb", footer_links=["api"], prevent_thread_lock=True)
+                show_error=not args.lock_settings, max_file_size="5mb", footer_links=["api"], prevent_thread_lock=True)
     if problem := report_share(args.share, demo.share_url, demo.local_url):
         log.warning(problem)
     demo.block_thread()

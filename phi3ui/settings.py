@@ -10,7 +10,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 DEFAULT_MODEL = "microsoft/Phi-3-mini-4k-instruct"
 BUNDLED = "bundled"
@@ -33,7 +33,8 @@ def cache_root() -> Path:
 
 @dataclass(frozen=True)
 class ExportSettings:
-    """The optimum-cli export options; defaults are the seed's command."""
+    """The optimum-cli export options; the defaults are `--task text-generation-with-past
+    --weight-format int4 --group-size 128 --ratio 0.6 --sym`."""
 
     weight_format: WeightFormat = "int4"
     group_size: int = 128
@@ -98,29 +99,29 @@ class ExportSettings:
         return dataclasses.asdict(self)
 
 
-# SmolLM2's 576-wide layers do not take group size 128 (see STACK.md).
+# SmolLM2's 576-wide layers do not take group size 128 (NNCF refuses a group size that
+# does not divide a layer's input channels).
 BUNDLED_EXPORT = ExportSettings(group_size=64)
 
 # Sidebar presets, measured by bench/decode.py (speed, against llama.cpp) and
-# bench/quality.py (answers, on the bundled model); see bench/results/. The seed's export
-# keeps 40% of the layers in int8, which costs decode time on this CPU. "fast decode" puts
-# every layer in int4 with the seed's group size (about llama.cpp Q4_0's speed; answers
-# somewhat further from the unquantised model). "fastest decode" drops groups for one scale
-# per channel, asymmetric (the fastest here, and it fits any layer width), at a larger
-# quality cost, so it is offered, not the default.
-SEED_EXPORT = ExportSettings()
+# bench/quality.py (answers, on the bundled model). "most accurate" is the default export:
+# 40% of the layers stay int8, which costs decode time on a CPU. "fast decode" puts every
+# layer in int4 with the same group size (about llama.cpp Q4_0's speed; answers somewhat
+# further from the unquantised model). "fastest decode" drops groups for one scale per
+# channel, asymmetric (the fastest, and it fits any layer width), at a larger quality cost.
+DEFAULT_EXPORT = ExportSettings()
 FASTEST_EXPORT = ExportSettings(group_size=-1, ratio=1.0, sym=False)
-PRESETS = ("seed defaults", "fast decode", "fastest decode")
+PRESETS = ("most accurate", "fast decode", "fastest decode")
 
 
 def export_preset(name: str, model: str = "") -> ExportSettings:
-    """A preset's settings for `model` (the bundled model's seed group size is 64)."""
+    """A preset's settings for `model` (the bundled model's group size is 64)."""
     if name not in PRESETS:
         raise SettingsError(f"Preset {name!r} is not one of {', '.join(PRESETS)}.")
     if name == "fastest decode":
         return FASTEST_EXPORT
-    seed = BUNDLED_EXPORT if model.strip() == BUNDLED else SEED_EXPORT
-    return seed if name == "seed defaults" else dataclasses.replace(seed, ratio=1.0)
+    base = BUNDLED_EXPORT if model.strip() == BUNDLED else DEFAULT_EXPORT
+    return base if name == "most accurate" else dataclasses.replace(base, ratio=1.0)
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,29 @@ class Limits:
     max_history_messages: int = 200
     max_history_chars: int = 1_000_000
     max_new_tokens: int = 4096
+    # A context window below the model's own (`--context-window`); None: the model's.
+    context_window: int | None = None
+    # When the window overflows, the oldest exchanges go until at most this share of it is
+    # used, and that cut stays until it overflows again (phi3ui/window.py); 1.0 leaves out
+    # the fewest each turn, which makes every turn after the first overflow re-read the window.
+    window_cut_to: float = 0.5
+
+    MIN_CONTEXT_WINDOW: ClassVar[int] = 256
+
+    def window(self, model_window: int) -> int:
+        """The window prompts are fitted to: the model's, or the cap when it is smaller."""
+        return min(model_window, self.context_window) if self.context_window else model_window
+
+    def check_window(self, model_window: int) -> None:
+        """Refuse a cap the model cannot have or that leaves too little room."""
+        if self.context_window is None:
+            return
+        if self.context_window < self.MIN_CONTEXT_WINDOW:
+            raise SettingsError(f"The context window must be at least {self.MIN_CONTEXT_WINDOW} tokens, "
+                                f"not {self.context_window}.")
+        if self.context_window > model_window:
+            raise SettingsError(f"The context window cap {self.context_window} is larger than the model's own "
+                                f"{model_window} tokens; use at most {model_window}.")
 
 
 @dataclass(frozen=True)

@@ -6,27 +6,34 @@ only calls `ChatBackend`; all model work happens there.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import queue
-import re
 import secrets
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 import gradio as gr
 
+from . import downloads, window
 from . import prompt as prompts
 from .chat import ChatBackend
-from .engines import ENGINES, Stats, available_devices
+from .display import (
+    STOPPED,
+    chat_messages,
+    from_display,
+    note,
+    shown_messages,
+    stats_title,
+    stored_chat,
+    to_display,
+)
+from .engines import ENGINES, available_devices
 from .export import ExportError, default_settings
+from .fairness import Gate, LimitReached, Ticket, client_address
+from .pump import pump
+from .sessions import Sessions
 from .settings import (
     BUNDLED_EXPORT,
     PRESETS,
@@ -38,11 +45,11 @@ from .settings import (
     cache_root,
     export_preset,
 )
+from .structured import STRUCTURE_MARK
 
 log = logging.getLogger(__name__)
 
 STREAM_INTERVAL_S = 0.05  # batch tokens: one page update per 50 ms at most
-STOPPED = "⏹ Stopped"  # title prefix of the note under an answer the user stopped
 EXAMPLES = [
     "Explain what int4 weight compression does to a language model, in three sentences.",
     "Write a Python function that checks whether a string is a palindrome.",
@@ -50,65 +57,13 @@ EXAMPLES = [
     "把“早上好”翻译成英语和日语。",
 ]
 USER_ERRORS = (SettingsError, prompts.PromptError, ExportError)
+# What a visitor of a locked server reads when the model fails: the exception's own text
+# can name server paths or internals, so it goes to the log only.
+MODEL_FAILED = "The model could not finish this answer. The details are in the server's log."
 EMPTY_STATE = (
     "### 💬 Ask anything\n\n"
     "Everything runs on this machine; nothing leaves it. Pick an example or type below."
 )
-
-# Split text into code (fenced blocks and inline spans, left alone) and prose (escaped).
-_CODE = re.compile(r"(```.*?(?:```|$)|`[^`\n]*`)", re.S)
-_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
-_INVERSE = {v: k for k, v in _ESCAPES.items()}
-_UNESCAPES = re.compile("|".join(map(re.escape, _ESCAPES.values())))
-
-
-def to_display(text: str) -> str:
-    """Escape HTML outside code, so nothing a user or the model writes runs as markup.
-
-    The mapping is one-to-one (every `&` is escaped too), so `from_display` gives back
-    exactly what was typed. Code is left alone: Markdown already shows it literally.
-    """
-    parts = _CODE.split(text)
-    return "".join(p if i % 2 else re.sub("[&<>]", lambda m: _ESCAPES[m[0]], p) for i, p in enumerate(parts))
-
-
-def from_display(text: str) -> str:
-    """The inverse of `to_display`: escaping only touches prose, never backticks, so the
-    split into code and prose is the same on both sides."""
-    parts = _CODE.split(text)
-    return "".join(p if i % 2 else _UNESCAPES.sub(lambda m: _INVERSE[m[0]], p) for i, p in enumerate(parts))
-
-
-def chat_messages(display: list) -> list[dict]:
-    """The chat as the model sees it: page notes dropped, escaping undone."""
-    return [{"role": m["role"], "content": from_display(prompts.message_text(m["content"]))}
-            for m in prompts.normalize(display)]
-
-
-def note(title: str, body: str = "") -> dict:
-    """A line the page shows under an answer; metadata marks it as not part of the chat."""
-    return {"role": "assistant", "content": body, "metadata": {"title": title, "status": "done"}}
-
-
-def stats_title(stats: Stats) -> str:
-    """TTFT, speed and token counts; stopped answers say so first."""
-    if stats.stopped:
-        return f"{STOPPED} · {stats.summary()}"
-    return stats.summary()
-
-
-def to_markdown(messages: list[dict]) -> str:
-    names = {"user": "User", "assistant": "Assistant"}
-    return "\n\n".join(f"**{names[m['role']]}:**\n\n{m['content']}" for m in messages) + "\n"
-
-
-def stored_chat(stored: Any) -> list:
-    """A chat kept in the browser, or an empty one if what is there is not a chat."""
-    try:
-        prompts.normalize(stored)
-    except prompts.PromptError:
-        return []
-    return stored or []
 
 
 def browser_secret() -> str:
@@ -128,14 +83,11 @@ class Page:
     backend: ChatBackend
     lock_settings: bool = False
     concurrency_limit: int = 1
-    # Sessions that pressed Stop while their answer still waited in the queue.
-    _early_stops: set[str] = field(default_factory=set)
-    # Bumped when a session's chat is replaced (Clear, Load JSON): an answer still running
-    # for the old chat must not write into the new one.
-    _chat_ids: dict[str, int] = field(default_factory=dict)
-    # The chat id each session's latest answer started under, so the settle step after a
-    # cancelled answer can tell that its chat is gone and save nothing.
-    _answer_chat_ids: dict[str, int] = field(default_factory=dict)
+    # Each browser session's answer in flight, early Stops, and which chat is on screen.
+    sessions: Sessions = field(default_factory=Sessions)
+    # Fair use: one answer at a time per session (and per client), a request rate per client.
+    gate: Gate = field(default_factory=Gate)
+    trust_proxy: bool = False  # the client is the first X-Forwarded-For entry (fairness.client_address)
     # Budget lines being worked out now. They run outside the queue (on every keystroke), so
     # raw HTTP calls could otherwise ask for any number at once.
     _budget_slots: threading.BoundedSemaphore = field(default_factory=lambda: threading.BoundedSemaphore(4))
@@ -156,7 +108,25 @@ class Page:
         if loaded is None:
             return "No model loaded."
         notices = "".join(f"\n\n> ⚠️ {n}" for n in loaded.notices)
-        return f"Loaded: {loaded.describe()}{notices}"
+        # Visitors of a locked server get no server paths: the model's name, not its folder.
+        return f"Loaded: {loaded.describe(folder=not self.lock_settings)}{notices}"
+
+    def public_error(self, exc: BaseException) -> str:
+        """An unexpected error as a visitor may read it: its text unlocked (the host is the
+        visitor), a plain sentence when locked (the log has the details)."""
+        return MODEL_FAILED if self.lock_settings else str(exc)
+
+    def admit(self, request: gr.Request | None) -> Ticket:
+        """A fair-use place for one answer for this request's session and client, or
+        `LimitReached` saying which limit was hit and when to retry."""
+        return self.gate.admit(*self.identify(request))
+
+    def identify(self, request: gr.Request | None) -> tuple[str, str | None]:
+        """The request's client address and browser session (fairness.client_address)."""
+        client = getattr(request, "client", None)
+        headers = getattr(request, "headers", None) or {}
+        address = client_address(getattr(client, "host", None), headers.get("x-forwarded-for"), self.trust_proxy)
+        return address, getattr(request, "session_hash", None)
 
     def preview(self, display: list, message: str, settings: GenerationSettings) -> prompts.Fitted:
         """The prompt for the chat plus the box's text. An empty box still shows the
@@ -175,12 +145,14 @@ class Page:
             return f"⚠️ {exc}", ""
         finally:
             self._budget_slots.release()
-        dropped = (f" · ✂️ {fitted.dropped_exchanges} oldest exchange(s) left out"
+        dropped = (f" · ✂️ the model no longer sees the {fitted.dropped_exchanges} oldest exchange(s) "
+                   f"(above the ✂️ mark; it reads from exchange {fitted.dropped_exchanges + 1} on)"
                    if fitted.dropped_exchanges else "")
         line = (f"**Context** {fitted.used_tokens:,} of {fitted.window:,} tokens "
                 f"({fitted.prompt_tokens:,} prompt + {fitted.max_new_tokens:,} for the answer){dropped}")
-        shown = fitted.prompt.replace("\n", "⏎\n")
-        return line, f"{fitted.prompt_tokens} tokens\n\n{shown}"
+        shown = fitted.prompt.shown().replace("\n", "⏎\n")
+        return line, (f"{fitted.prompt_tokens} tokens. The chat template's own text is marked "
+                      f"{STRUCTURE_MARK.format('…')}; everything else is read as plain text.\n\n{shown}")
 
     # --- chat events --------------------------------------------------------------------
     @staticmethod
@@ -199,10 +171,26 @@ class Page:
         return {**box, "value": ""}, [*display, {"role": "user", "content": to_display(message)}], send, stop
 
     def respond(self, request: gr.Request, display: list, *gen) -> Iterator[list]:
+        """`_respond`, if the fair-use limits let this session and client start an answer now;
+        otherwise a note under the message saying which limit and when to retry."""
+        if not display or display[-1]["role"] != "user":
+            yield from self._respond(request, display, *gen)  # nothing to answer: no place taken
+            return
+        try:
+            ticket = self.admit(request)
+        except LimitReached as exc:
+            log.info("refused (%s limit): retry in %s s", exc.limit, exc.retry_after_s)
+            yield [*display, note("⚠️ Not sent", str(exc))]
+            return
+        with ticket:  # released however the answer ends, also when Gradio closes this
+            yield from self._respond(request, display, *gen)
+
+    def _respond(self, request: gr.Request, display: list, *gen) -> Iterator[list]:
         """Stream the answer to the last user message into the chat, one update per
         STREAM_INTERVAL_S at most, and end with the stats note. If the page goes away,
-        Gradio closes this generator and closing the stream stops the engine."""
-        chat_id = self._answer_chat_ids[request.session_hash] = self._chat_ids.get(request.session_hash, 0)
+        Gradio closes this generator, and closing the answer stops the engine."""
+        session = request.session_hash
+        chat = self.sessions.begin_turn(session)
         if not display or display[-1]["role"] != "user":
             return
         messages = chat_messages(display)
@@ -212,58 +200,47 @@ class Page:
         except USER_ERRORS as exc:
             yield [*display, note("⚠️ Not sent", str(exc))]
             return
-        if self._take_early_stop(request.session_hash):  # pressed while queued or while the prompt was fitted
-            yield [*display, note(f"{STOPPED} before it started")]
-            return
-        text, last, stats, ended = "", 0.0, None, "closed by the client"
+        display = window.mark_cut(display, fitted.dropped_exchanges)  # before what the model still sees
+        answer = self.backend.start(fitted, settings)
+        self.sessions.attach(session, answer)  # a Stop pressed while this waited applies now
+        text, last, ended = "", 0.0, "closed by the client"
 
-        def replaced() -> bool:
-            return self._chat_ids.get(request.session_hash, 0) != chat_id
-
-        def answer() -> list:
+        def shown() -> list:
             return [{"role": "assistant", "content": to_display(text)}] if text else []
 
-        stream = self.backend.stream(fitted, settings, session=request.session_hash)
         try:
-            with contextlib.closing(stream):
-                for chunk in stream:
-                    if isinstance(chunk, Stats):
-                        stats = chunk
-                        break
+            with answer:
+                for chunk in answer:
                     text += chunk
-                    if replaced():
-                        return
-                    if self._take_early_stop(request.session_hash):  # pressed just before the stream began
-                        self.backend.stop(request.session_hash)
+                    if not self.sessions.is_current(session, chat):
+                        return  # the chat was replaced: write nothing into the new one
                     if time.monotonic() - last >= STREAM_INTERVAL_S:
                         last = time.monotonic()
-                        yield [*display, *answer()]
+                        yield [*display, *shown()]
         except Exception as exc:  # noqa: BLE001 - shown in the page, not only the log
             ended = f"failed: {exc}"
             log.exception("generation failed")
-            yield [*display, *answer(), note("⚠️ The model failed", str(exc))]
+            yield [*display, *shown(), note("⚠️ The model failed", self.public_error(exc))]
             return
         finally:
+            self.sessions.detach(session, answer)
+            stats = answer.stats
             log.info("answer ended (%s) after %d characters", ended if stats is None else
                      "stopped" if stats.stopped else "done", len(text))
-        if replaced():
+        if not self.sessions.is_current(session, chat):
+            return
+        stats = answer.stats
+        if stats is not None and stats.stopped and not stats.answer_tokens:
+            yield [*display, note(f"{STOPPED} before it started")]
             return
         body = (f"{fitted.dropped_exchanges} oldest exchange(s) were left out of the prompt, to fit the "
                 "context window and the server's history limits." if fitted.dropped_exchanges else "")
-        yield [*display, *answer(), note(stats_title(stats) if stats else STOPPED, body)]
-
-    def _take_early_stop(self, session: str) -> bool:
-        """Whether this session pressed Stop before its answer's stream could take it; forgets it."""
-        if session not in self._early_stops:
-            return False
-        self._early_stops.discard(session)
-        return True
+        yield [*display, *shown(), note(stats_title(stats) if stats else STOPPED, body)]
 
     def stop(self, request: gr.Request) -> None:
         """End this session's answer within about one token; `respond` then adds the note.
-        An answer still waiting in the queue is remembered and never starts."""
-        if not self.backend.stop(request.session_hash):
-            self._early_stops.add(request.session_hash)
+        An answer still waiting in the queue never starts."""
+        self.sessions.stop(request.session_hash)
 
     @staticmethod
     def retry(display: list) -> list:
@@ -291,27 +268,15 @@ class Page:
 
     # --- files ---------------------------------------------------------------------------
     @staticmethod
-    def download_folder(session: str) -> Path:
-        """One folder per browser session, rewritten on each change and removed when the
-        tab closes, so a long-running server does not pile up files."""
-        return Path(tempfile.gettempdir()) / "phi3ui-downloads" / re.sub(r"\W", "", session)
-
-    def files(self, display: list, session: str) -> tuple[str, str]:
-        messages = chat_messages(display) if display else []
-        folder = self.download_folder(session)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "chat.json").write_text(json.dumps(messages, ensure_ascii=False, indent=2))
-        (folder / "chat.md").write_text(to_markdown(messages))
-        return str(folder / "chat.json"), str(folder / "chat.md")
+    def files(display: list, session: str) -> tuple[str, str]:
+        return downloads.write_files(chat_messages(display) if display else [], session)
 
     @staticmethod
     def load_json(file: str) -> list:
         try:
-            data = json.loads(Path(file).read_text())
-            messages = prompts.normalize(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise gr.Error(f"That file is not a chat saved by phi3ui: {exc}") from None
-        return [{"role": m["role"], "content": to_display(m["content"])} for m in messages]
+            return shown_messages(downloads.read_chat(file))
+        except prompts.PromptError as exc:
+            raise gr.Error(str(exc)) from None
 
     # --- model ---------------------------------------------------------------------------
     def export_and_load(self, model, weight_format, group_size, ratio, sym, all_layers, device,
@@ -325,26 +290,16 @@ class Page:
             runtime = RuntimeSettings(engine=engine, device=device, prompt_lookup=bool(prompt_lookup)).validate()
         except (SettingsError, TypeError, ValueError) as exc:
             raise gr.Error(str(exc)) from None
-        lines: queue.Queue[str] = queue.Queue()
-        outcome: dict = {}
-
-        def work() -> None:
-            try:
-                self.backend.load(model.strip(), settings, runtime, progress=lines.put)
-            except Exception as exc:  # noqa: BLE001 - shown in the page
-                outcome["error"] = exc
-
-        thread = threading.Thread(target=work, daemon=True)
-        thread.start()
         log_lines: list[str] = []
-        while thread.is_alive() or not lines.empty():
-            with contextlib.suppress(queue.Empty):
-                log_lines.append(lines.get(timeout=0.2))
+        try:
+            for line in pump(lambda emit: self.backend.load(model.strip(), settings, runtime, progress=emit),
+                             name="export-and-load"):
+                log_lines.append(line)
                 yield "\n".join(log_lines[-40:]), self.model_info()
-        if "error" in outcome:
-            log_lines.append(f"❌ {outcome['error']}")
+        except Exception as exc:  # noqa: BLE001 - shown in the page
+            log_lines.append(f"❌ {exc}")
             yield "\n".join(log_lines[-40:]), self.model_info()
-            raise gr.Error(str(outcome["error"]))
+            raise gr.Error(str(exc)) from None
         yield "\n".join(log_lines[-40:]), self.model_info()
 
     @staticmethod
@@ -369,21 +324,52 @@ class Page:
     def api_chat(self, message: str, history: list[dict] | None = None, max_new_tokens: int = 1024,
                  temperature: float = 0.0, top_p: float = 1.0, top_k: int = 50,
                  repetition_penalty: float = 1.0, seed: int | None = None,
-                 system_prompt: str = "") -> Iterator[str]:
-        """Stream the answer to `message` after `history` ({role, content} messages)."""
+                 system_prompt: str = "", request: gr.Request | None = None) -> Iterator[str]:
+        """Stream the answer to `message` after `history` ({role, content} messages). The
+        fair-use limits come first, so a refused call costs no tokenizing; an unexpected
+        error reaches a locked server's clients as a plain sentence, its details in the log."""
         try:
-            settings = self.settings(max_new_tokens, temperature, top_p, top_k, repetition_penalty,
-                                     seed, system_prompt)
-            fitted = self.backend.prepare(history or [], message, settings)
-        except USER_ERRORS as exc:
+            ticket = self.admit(request)
+        except LimitReached as exc:
+            log.info("refused (%s limit): retry in %s s", exc.limit, exc.retry_after_s)
             raise gr.Error(str(exc)) from None
-        text = ""
-        stream = self.backend.stream(fitted, settings)
-        with contextlib.closing(stream):
-            for chunk in stream:
-                if isinstance(chunk, str):
-                    text += chunk
-                    yield text
+        with ticket:
+            try:
+                settings = self.settings(max_new_tokens, temperature, top_p, top_k, repetition_penalty,
+                                         seed, system_prompt)
+                fitted = self.backend.prepare(history or [], message, settings)
+                text = ""
+                with self.backend.start(fitted, settings) as answer:
+                    for chunk in answer:
+                        text += chunk
+                        yield text
+            except USER_ERRORS as exc:
+                raise gr.Error(str(exc)) from None
+            except Exception as exc:  # noqa: BLE001 - the client gets a sentence, the log the details
+                log.exception("API answer failed")
+                raise gr.Error(self.public_error(exc)) from None
+
+    def api_door(self, request: gr.Request, *values: Any) -> tuple:
+        """/chat's check before the call is queued: a call a fair-use limit would refuse is
+        refused here, at once, instead of waiting its turn in the queue and holding up the
+        calls behind it (a flood's refusals would otherwise delay everyone)."""
+        try:
+            self.gate.check(*self.identify(request))
+        except LimitReached as exc:
+            log.info("refused at the door (%s limit): retry in %s s", exc.limit, exc.retry_after_s)
+            raise gr.Error(str(exc)) from None
+        return tuple(gr.validate(True, "") for _ in values)
+
+    def system_prompt_box(self) -> gr.Textbox:
+        """Editable, with the host's prompt as its default; read-only when the host locked it,
+        and empty (the server fills it in) when the host keeps it private."""
+        host = self.backend.host_prompt
+        if not (host.locked and host.text):
+            return gr.Textbox(label="System prompt", lines=3, value=host.text, elem_id="system-prompt")
+        return gr.Textbox(label="System prompt (set by the host)", lines=3, interactive=False,
+                          value=host.text if host.shown else "", elem_id="system-prompt",
+                          placeholder="The host's system prompt is in force.",
+                          info="This server answers with its own system prompt; it cannot be changed here.")
 
     # --- layout --------------------------------------------------------------------------
     def build(self) -> gr.Blocks:
@@ -429,8 +415,9 @@ class Page:
                     self.export_log = gr.Textbox(label="Progress", lines=6, max_lines=12, interactive=False,
                                                  autoscroll=True)
                 gr.Markdown("### Generation")
-                self.system_prompt = gr.Textbox(label="System prompt", lines=3, value=gen_defaults.system_prompt)
-                self.max_new_tokens = gr.Slider(1, self.backend.limits.max_new_tokens, gen_defaults.max_new_tokens,
+                self.system_prompt = self.system_prompt_box()
+                cap = self.backend.limits.max_new_tokens  # --max-new-tokens-cap: visitors are refused above it
+                self.max_new_tokens = gr.Slider(1, cap, min(gen_defaults.max_new_tokens, cap),
                                                 step=1, label="Max new tokens", elem_id="max-new-tokens")
                 self.temperature = gr.Slider(0, 2, gen_defaults.temperature, step=0.05,
                                              label="Temperature (0 = greedy)", elem_id="temperature")
@@ -520,22 +507,20 @@ class Page:
             [self.export_log, self.model_md], concurrency_limit=1, concurrency_id="export",
             api_visibility="private",
         )
-        gr.api(self.api_chat, api_name="chat", concurrency_limit=self.concurrency_limit,
-               concurrency_id="generate")
+        chat = gr.api(self.api_chat, api_name="chat", concurrency_limit=self.concurrency_limit,
+                      concurrency_id="generate")
+        # gr.api takes no validator; Gradio runs a function's validator before queueing it.
+        demo.fns[chat["id"]].validator = self.api_door
 
     def replace_chat(self, request: gr.Request) -> None:
         """The chat is about to be replaced: a running answer stops and writes nothing more
         (cancelling the event alone cannot interrupt a generator waiting for a token)."""
-        self._chat_ids[request.session_hash] = self._chat_ids.get(request.session_hash, 0) + 1
-        self.backend.stop(request.session_hash)
+        self.sessions.replace_chat(request.session_hash)
 
     def leave(self, request: gr.Request) -> None:
         """The tab closed: stop its answer, in case Gradio has not closed the generator yet."""
-        self._early_stops.discard(request.session_hash)
-        self._chat_ids.pop(request.session_hash, None)
-        self._answer_chat_ids.pop(request.session_hash, None)
-        shutil.rmtree(self.download_folder(request.session_hash), ignore_errors=True)
-        if self.backend.stop(request.session_hash):
+        downloads.remove_files(request.session_hash)
+        if self.sessions.forget(request.session_hash):
             log.info("page closed mid-answer: stopping it")
 
     def refresh(self, request: gr.Request, display: list, message: str, *gen) -> tuple:
@@ -546,15 +531,14 @@ class Page:
     def settle(self, request: gr.Request, display: list, message: str, *gen) -> tuple:
         """After every change to the chat: save it in the browser, `refresh`, and give
         the controls back. A Stop that came too late to matter is forgotten here."""
-        self._early_stops.discard(request.session_hash)
+        self.sessions.settle(request.session_hash)
         return (display, *self.refresh(request, display, message, *gen), *self.busy(False))
 
     def settle_answer(self, request: gr.Request, display: list, message: str, *gen) -> tuple:
         """`settle` after an answer, unless the chat was replaced meanwhile: a cancelled
         answer's settle can read the page before Clear has emptied it, and saving that would
         bring the old chat back (the saved chat refills an empty page)."""
-        session = request.session_hash
-        if self._answer_chat_ids.get(session) != self._chat_ids.get(session, 0):
+        if not self.sessions.turn_is_current(request.session_hash):
             return (gr.skip(),) * (1 + len(self.SHOWN)) + self.busy(False)  # the store and what it shows
         return self.settle(request, display, message, *gen)
 
@@ -564,5 +548,5 @@ class Page:
         writing that empty value back would erase the saved chat. Only a page whose chat
         was never replaced is filled: after Clear an empty page is what was asked for."""
         chat = stored_chat(stored)
-        fresh = request.session_hash not in self._chat_ids
+        fresh = not self.sessions.ever_replaced(request.session_hash)
         return chat if chat and not display and fresh else gr.skip()

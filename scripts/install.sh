@@ -8,7 +8,7 @@ pip_install() { python -m pip install --disable-pip-version-check -q "$@"; }
 pip_install -r requirements.txt
 pip_install --no-deps -r requirements-nodeps.txt
 # optimum-intel declares torchvision, but the build pip finds is not made for the CPU torch
-# and breaks `import transformers` (see ../shared/STACK.md); nothing here needs it.
+# and breaks `import transformers` ("operator torchvision::nms does not exist"); nothing here needs it.
 python -m pip uninstall -y -q torchvision 2>/dev/null || true
 python -c "import transformers, optimum.intel, openvino_genai, gradio" \
   || { echo "install.sh: the stack does not import; see the errors above" >&2; exit 1; }

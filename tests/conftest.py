@@ -1,32 +1,41 @@
 """Shared fixtures. Exports are expensive, so they are built once and cached on disk by
-model and settings (the app's own cache, `PHI3UI_HOME`); everything else is cheap.
+model and settings, in a test cache folder (`PHI3UI_TEST_HOME`, default
+`~/.cache/phi3ui-tests`), never the user's own; everything else is cheap.
 
 Markers: `slow` (exports and real inference), `server` (the app as a subprocess),
 `browser` (headless Chromium). `pytest -m "not slow and not server and not browser"` runs
-only the fast unit tests.
+only the fast unit tests. `--screenshots` also writes the README's screenshots to assets/.
+
+The tests never use the network, with or without it: the Hugging Face hub is offline for
+this process and the apps it starts, so a missing model falls back the same way everywhere.
 """
 
 from __future__ import annotations
 
-import sys
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(ROOT / "bench"))  # app_process.py and quality.py, shared with bench/
+os.environ["PHI3UI_HOME"] = os.environ.get("PHI3UI_TEST_HOME") or str(Path.home() / ".cache" / "phi3ui-tests")
+os.environ["HF_HUB_OFFLINE"] = "1"  # read when huggingface_hub is imported: set before anything imports it
+for name in ("GRADIO_ANALYTICS_ENABLED", "HF_HUB_DISABLE_TELEMETRY"):
+    os.environ[name] = "False" if name.startswith("GRADIO") else "1"
 
-from app_process import AppProcess  # noqa: E402
-from phi3_fixtures import make_phi3_tokenizer, make_tiny_phi3  # noqa: E402
-
+from bench.app_process import AppProcess  # noqa: E402
 from phi3ui.engines import Engine, load_engine  # noqa: E402
 from phi3ui.export import Exported, ensure_exported  # noqa: E402
 from phi3ui.settings import BUNDLED, ExportSettings, RuntimeSettings, cache_root  # noqa: E402
+from tests.phi3_fixtures import make_phi3_tokenizer, make_tiny_phi3  # noqa: E402
 
 ENGINE_NAMES = ("genai", "optimum")
-TINY_PHI3_VERSION = "1"  # bump when phi3_fixtures changes what it builds
+TINY_PHI3_VERSION = "2"  # bump when phi3_fixtures changes what it builds
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--screenshots", action="store_true",
+                     help="write the README's screenshots to assets/ (otherwise they go to /tmp)")
 
 
 def pytest_configure(config: pytest.Config) -> None:

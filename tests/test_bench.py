@@ -1,4 +1,6 @@
-"""bench/bench.py runs end to end in its quick mode and writes what it promises.
+"""The benchmarks: `python -m bench.bench` runs end to end in its quick mode and writes what
+it promises, and what bench/ publishes stays reproducible (the commands quoted still parse,
+README holds the current results).
 
 Not a timed test: it checks that every figure is there and positive, never how large.
 """
@@ -6,6 +8,7 @@ Not a timed test: it checks that every figure is there and positive, never how l
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 def test_quick_benchmark_writes_json_plot_and_section(bundled, tmp_path: Path) -> None:
-    command = [sys.executable, str(ROOT / "bench" / "bench.py"), "--turns", "2", "--tokens", "4",
+    command = [sys.executable, "-m", "bench.bench", "--turns", "2", "--tokens", "4",
                "--no-http", "--bandwidth-mb", "256", "--out", str(tmp_path)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -25,7 +28,7 @@ def test_quick_benchmark_writes_json_plot_and_section(bundled, tmp_path: Path) -
     report = json.loads((tmp_path / "bundled.json").read_text())
     assert (tmp_path / "bundled.png").stat().st_size > 0
     section = (tmp_path / "README-section.md").read_text()
-    assert "python bench/bench.py --turns 2 --tokens 4" in section and "bundled.png" in section
+    assert "python -m bench.bench --turns 2 --tokens 4" in section and "bundled.png" in section
 
     assert report["turns"] == 2 and report["answer_tokens"] == 4 and report["http"] is None
     for key in ("weight_bytes", "limit_ms_per_token", "limit_tokens_per_s"):
@@ -44,3 +47,44 @@ def test_quick_benchmark_writes_json_plot_and_section(bundled, tmp_path: Path) -
             assert turn["answer_tokens"] == 4, "min_new_tokens must force the answer length"
             assert turn["prompt_tokens"] > 0 and turn["ttft_s"] > 0 and turn["tokens_per_s"] > 0
         assert engine["turns"][1]["prompt_tokens"] > engine["turns"][0]["prompt_tokens"]
+
+
+# --- fast checks of what the benchmarks publish ---------------------------------------------
+def published_commands() -> list[str]:
+    """Every `python -m bench.decode` command quoted in README.md, bench/NOTES.md and the
+    sessions decode.json records."""
+    texts = [(ROOT / "README.md").read_text(), (ROOT / "bench" / "NOTES.md").read_text()]
+    sessions = json.loads((ROOT / "bench" / "results" / "decode.json").read_text())["sessions"]
+    commands = [line.strip() for text in texts for line in text.splitlines()
+                if line.strip().startswith("python -m bench.decode --")]
+    return commands + [session["command"] for session in sessions]
+
+
+def test_every_published_decode_command_still_parses():
+    """The figures stay reproducible: each quoted command names flags and configurations
+    bench.decode still has."""
+    from bench.decode import parse_args
+
+    commands = published_commands()
+    assert len(commands) > 20
+    for command in commands:
+        words = shlex.split(command)
+        assert words[:3] == ["python", "-m", "bench.decode"], command
+        args = parse_args(words[3:])  # exits on an unknown flag or configuration
+        assert args.configs, command
+
+
+def test_decode_lists_its_configurations_as_a_module():
+    done = subprocess.run([sys.executable, "-m", "bench.decode", "--list"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[0] == "llama" and "asym-cw-r1" in done.stdout.split()
+
+
+def test_readme_holds_the_current_results():
+    """README.md is what `python -m bench.readme` makes of bench/results and bench/NOTES.md."""
+    from bench.readme import filled
+
+    readme = (ROOT / "README.md").read_text()
+    assert filled(readme) == readme
+    assert readme.startswith("---\ntitle: phi3ui\n")  # the Hugging Face Spaces front matter

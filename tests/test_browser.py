@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from phi3ui.settings import DEFAULT_ENGINE
@@ -345,7 +344,7 @@ def test_presets_fill_the_export_fields_and_impossible_settings_are_refused(page
     expect(ratio).to_have_value("1")
     expect(sym).not_to_be_checked()
     expect(all_layers).not_to_be_checked()
-    page.get_by_label("seed defaults").check()
+    page.get_by_label("most accurate").check()
     expect(group).to_have_value("64")
     expect(ratio).to_have_value("0.6")
     expect(sym).to_be_checked()
@@ -380,9 +379,10 @@ def test_closing_the_tab_ends_generation(open_page, browser_app) -> None:
     assert answer_text(second)
 
 
-def test_screenshot_for_readme(page: Page, engine_name: str) -> None:
-    """A short real conversation with the sidebar open, saved for the README from the
-    default engine's run (elsewhere in /tmp, so both engines still go through it)."""
+def test_screenshot_for_readme(page: Page, engine_name: str, request) -> None:
+    """A short real conversation with the sidebar open. With `--screenshots` the default
+    engine's run saves it for the README; otherwise it goes to /tmp, so running the tests
+    changes no file of the repository."""
     page.set_viewport_size({"width": 1400, "height": 1200})
     set_max_new_tokens(page, 100)
     send(page, "What is the capital of France?")
@@ -391,7 +391,8 @@ def test_screenshot_for_readme(page: Page, engine_name: str) -> None:
     wait_idle(page)
     page.locator("#message textarea").fill("And one that multiplies them?")
     time.sleep(0.5)
-    folder = ROOT / "assets" if engine_name == DEFAULT_ENGINE else SHOTS
+    keep = request.config.getoption("--screenshots") and engine_name == DEFAULT_ENGINE
+    folder = ROOT / "assets" if keep else SHOTS
     folder.mkdir(exist_ok=True)
     page.screenshot(path=str(folder / "screenshot.png"))
     expect(page.locator(ANSWER)).to_have_count(2)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from decode import pooled_table, turns_table
+from bench.decode import pooled_table, turns_table
 
 
 def run(config: str, runtime: str, per_token: list[float], ttft: float) -> dict:

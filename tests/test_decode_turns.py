@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import pytest
 
-from decode import CONFIGS, GenaiRunner, GenaiStepper, prompt_ids, run_in_turns, runtime_spec
+from bench.decode import (
+    CONFIGS,
+    GenaiRunner,
+    GenaiStepper,
+    prompt_ids,
+    run_in_turns,
+    runtime_spec,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -7,8 +7,9 @@ import time
 
 import pytest
 
+from phi3ui.answer import Stats
 from phi3ui.chat import ChatBackend
-from phi3ui.engines import Stats, load_engine, resolve_device
+from phi3ui.engines import load_engine, resolve_device
 from phi3ui.settings import GenerationSettings, RuntimeSettings
 
 pytestmark = pytest.mark.slow
@@ -18,8 +19,8 @@ SPECIAL = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|end|>", "<|assistan
 
 def ask(engine, message: str, history=(), **settings) -> tuple[list[str], Stats]:
     prompt = engine.render([*history, {"role": "user", "content": message}])
-    chunks = list(engine.stream(prompt, GenerationSettings(**settings)))
-    return chunks[:-1], chunks[-1]
+    answer = engine.answer(prompt, GenerationSettings(**settings))
+    return list(answer), answer.stats
 
 
 def test_greedy_answer_knows_paris(bundled_engine):
@@ -48,25 +49,23 @@ def test_multibyte_characters_survive_streaming(bundled_engine):
     """A small model will not write Chinese on request, but it continues a repetition; each
     of these characters spans several byte-level tokens."""
     line = "你好世界，こんにちは 🙂👍🏽🚀\n"
-    chunks = list(bundled_engine.stream(line * 6, GenerationSettings(max_new_tokens=40)))
-    stats = chunks.pop()
+    answer = bundled_engine.answer(line * 6, GenerationSettings(max_new_tokens=40))
+    chunks, stats = list(answer), answer.stats
     assert "".join(chunks) == stats.text
     assert all("\ufffd" not in c for c in chunks)
     assert stats.text.startswith(line)  # it did write them, split across many tokens
 
 
 def test_stop_ends_generation_within_a_token_or_two(bundled_engine):
-    stop = threading.Event()
     prompt = bundled_engine.render([{"role": "user", "content": "Write a long story about a dragon."}])
+    answer = bundled_engine.answer(prompt, GenerationSettings(max_new_tokens=400))
     chunks = []
-    for chunk in bundled_engine.stream(prompt, GenerationSettings(max_new_tokens=400), stop):
-        if isinstance(chunk, Stats):
-            stats, ended = chunk, time.perf_counter()
-            break
+    for chunk in answer:
         chunks.append(chunk)
         if len(chunks) == 5:
-            stop.set()
+            answer.stop()
             stopped_at = time.perf_counter()
+    ended, stats = time.perf_counter(), answer.stats
     assert stats.stopped
     assert "".join(chunks) == stats.text
     per_token = stats.total_s / stats.answer_tokens
@@ -75,14 +74,36 @@ def test_stop_ends_generation_within_a_token_or_two(bundled_engine):
     assert ended - stopped_at < 3 * per_token + 0.2
 
 
-def test_closing_the_stream_stops_generation(bundled_engine):
+def test_stop_before_the_first_token_means_it_never_starts(bundled_engine):
     prompt = bundled_engine.render([{"role": "user", "content": "Count from 1 to 500."}])
-    stream = bundled_engine.stream(prompt, GenerationSettings(max_new_tokens=500))
-    next(stream)
+    answer = bundled_engine.answer(prompt, GenerationSettings(max_new_tokens=500))
+    answer.stop()
+    assert list(answer) == []
+    assert answer.stats.stopped and answer.stats.answer_tokens == 0 and answer.stats.text == ""
+
+
+def test_stop_while_waiting_for_a_slot_ends_the_wait(bundled_engine):
+    prompt = bundled_engine.render([{"role": "user", "content": "Count from 1 to 500."}])
+    first = bundled_engine.answer(prompt, GenerationSettings(max_new_tokens=500))
+    reader = iter(first)
+    next(reader)  # holds the engine's only slot
+    waiting = bundled_engine.answer(prompt, GenerationSettings(max_new_tokens=500))
+    threading.Timer(0.3, waiting.stop).start()
     start = time.perf_counter()
-    stream.close()
+    assert list(waiting) == [] and waiting.stats.stopped
+    assert time.perf_counter() - start < 2, "the wait for the slot did not end with the Stop"
+    first.close()
+
+
+def test_closing_the_answer_stops_generation(bundled_engine):
+    prompt = bundled_engine.render([{"role": "user", "content": "Count from 1 to 500."}])
+    answer = bundled_engine.answer(prompt, GenerationSettings(max_new_tokens=500))
+    next(iter(answer))
+    start = time.perf_counter()
+    answer.close()
     assert time.perf_counter() - start < 2
-    assert not bundled_engine.lock.locked()  # the next answer can start at once
+    assert bundled_engine.slots.acquire(blocking=False), "the next answer can start at once"
+    bundled_engine.slots.release()
     _, stats = ask(bundled_engine, "Say hi.", max_new_tokens=4)
     assert stats.answer_tokens >= 1
 
@@ -97,8 +118,9 @@ def test_sampling_with_a_seed_repeats_and_without_varies(bundled_engine):
     assert len(answers) > 1
 
 
-def test_answers_after_an_edit_do_not_reuse_a_stale_cache(bundled_engine):
-    """Turn 2 after an edited turn 1 must equal a cold answer to the edited conversation."""
+def test_answers_after_an_edit_do_not_reuse_a_stale_cache(bundled, bundled_engine, engine_name):
+    """Turn 2 after an edited turn 1 must equal the answer of a freshly loaded engine, whose
+    cache has never seen the conversation."""
     settings = dict(max_new_tokens=24)
     first = ask(bundled_engine, "What is the capital of France?", **settings)[1].text
     history = [{"role": "user", "content": "What is the capital of France?"},
@@ -107,16 +129,19 @@ def test_answers_after_an_edit_do_not_reuse_a_stale_cache(bundled_engine):
     edited = [{"role": "user", "content": "What is the capital of Spain?"},
               {"role": "assistant", "content": first}]
     warm = ask(bundled_engine, "And of Italy?", edited, **settings)[1].text
-    ask(bundled_engine, "Unrelated question to disturb the cache: what is 2+2?", **settings)
-    again = ask(bundled_engine, "And of Italy?", edited, **settings)[1].text
-    assert warm == again
+    cold_engine = load_engine(bundled.folder, RuntimeSettings(engine=engine_name))
+    try:
+        cold = ask(cold_engine, "And of Italy?", edited, **settings)[1].text
+    finally:
+        cold_engine.close()
+    assert warm == cold != ""
 
 
 def test_backend_reply_refuses_bad_input_with_clear_messages(bundled, engine_name):
     backend = ChatBackend()
     backend.loaded = None
     with pytest.raises(Exception, match="No model is loaded"):
-        list(backend.reply([], "hi", GenerationSettings()))
+        backend.reply([], "hi", GenerationSettings())
 
 
 def test_unknown_device_falls_back_to_cpu_with_a_message():
@@ -132,10 +157,10 @@ def test_next_turn_feeds_the_ids_the_model_wrote(bundled_engine):
     hit there); the rest is encoded as usual."""
     engine = bundled_engine
     history = [{"role": "user", "content": "Name a colour."}]
-    first = engine.render(history)
+    first = engine.render(history).text
     _, stats = ask(engine, "Name a colour.", max_new_tokens=12)
     history += [{"role": "assistant", "content": stats.text}, {"role": "user", "content": "Another one?"}]
-    second = engine.render(history)
+    second = engine.render(history).text
     remembered = engine.prompt_ids(first + stats.text)
     assert remembered[:stats.prompt_tokens] == engine.encode(first)
     assert engine.decode(remembered[stats.prompt_tokens:]) == stats.text
@@ -146,13 +171,13 @@ def test_next_turn_feeds_the_ids_the_model_wrote(bundled_engine):
 def test_answer_ids_that_do_not_re_tokenise_the_same_are_kept(bundled_engine):
     """Stand in for a model's own, non-canonical ids: the same text split differently."""
     engine = bundled_engine
-    prompt = engine.render([{"role": "user", "content": "Say hello."}])
+    prompt = engine.render([{"role": "user", "content": "Say hello."}]).text
     own = engine.encode("Hel") + engine.encode("lo there")
     assert own != engine.encode("Hello there"), "the stand-in must differ from the canonical ids"
     engine.memory.remember(prompt + "Hello there", engine.encode(prompt) + own)
     history = [{"role": "user", "content": "Say hello."}, {"role": "assistant", "content": "Hello there"},
                {"role": "user", "content": "And goodbye?"}]
-    second = engine.render(history)
+    second = engine.render(history).text
     ids = engine.prompt_ids(second)
     assert ids[:len(engine.encode(prompt)) + len(own)] == engine.encode(prompt) + own
     assert engine.decode(ids) == engine.decode(engine.encode(second))

@@ -69,15 +69,15 @@ def test_tiny_phi3_loads_renders_exactly_and_streams(tiny_phi3, engine):
     loaded = load_engine(tiny_phi3.folder, RuntimeSettings(engine=engine))
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
                 {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bye"}]
-    assert loaded.render(messages) == (
+    assert loaded.render(messages).text == (
         "<|system|>\nBe brief.<|end|>\n<|user|>\nHi<|end|>\n<|assistant|>\nHello<|end|>\n"
         "<|user|>\nBye<|end|>\n<|assistant|>\n")
-    assert loaded.eos_ids == [1000, 1001, 1007]  # every id the generation config lists
+    assert loaded.eos_ids == [32000, 32001, 32007]  # every id the generation config lists
     assert loaded.context_window == 4096
-    chunks = list(loaded.stream(loaded.render(messages), GenerationSettings(max_new_tokens=8)))
-    stats = chunks[-1]
+    answer = loaded.answer(loaded.render(messages), GenerationSettings(max_new_tokens=8))
+    chunks, stats = list(answer), answer.stats
     assert stats.answer_tokens >= 1 and stats.prompt_tokens > 10
-    assert "".join(c for c in chunks[:-1]) == stats.text
+    assert "".join(chunks) == stats.text
 
 
 def test_group_size_that_does_not_divide_is_refused_before_export(tiny_phi3_source, empty_home):
@@ -118,7 +118,9 @@ def test_all_layers_puts_the_embeddings_and_output_in_int4_too(tiny_phi3, tiny_p
     assert embedding_types(folder, vocab_size) in ({"u4"}, {"i4"})
     engine = load_engine(folder, RuntimeSettings())
     prompt = engine.render([{"role": "user", "content": "Hi"}])
-    assert [c for c in engine.stream(prompt, GenerationSettings(max_new_tokens=4))][-1].answer_tokens >= 1
+    answer = engine.answer(prompt, GenerationSettings(max_new_tokens=4))
+    answer.text()
+    assert answer.stats.answer_tokens >= 1
 
 
 def test_export_leaves_no_model_cache_entry_for_its_temporary_folder(tiny_phi3_source, empty_home):
@@ -206,8 +208,8 @@ def test_a_failed_load_keeps_the_model_that_was_loaded(bundled, tmp_path):
         backend.load(str(without_tokenizer(bundled.folder, tmp_path / "no-tokenizer")), progress=lines.append)
     assert backend.loaded is not None and backend.loaded.exported.folder == bundled.folder
     assert "back on" in lines[-1]
-    answer = list(backend.reply([], "What is the capital of France?", GenerationSettings(max_new_tokens=8)))
-    assert answer[-1].answer_tokens >= 1
+    answer = backend.reply([], "What is the capital of France?", GenerationSettings(max_new_tokens=8))
+    assert answer.text() and answer.stats.answer_tokens >= 1
 
 
 def test_history_beyond_the_limits_is_left_out_oldest_first(bundled):
@@ -218,12 +220,12 @@ def test_history_beyond_the_limits_is_left_out_oldest_first(bundled):
         history += [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": f"Answer {i}."}]
     fitted = backend.prepare(history, "Last one?", GenerationSettings(max_new_tokens=8))
     assert fitted.dropped_exchanges == 8
-    assert "Question 8?" in fitted.prompt and "Question 7?" not in fitted.prompt
+    assert "Question 8?" in fitted.prompt.text and "Question 7?" not in fitted.prompt.text
     huge = [{"role": "user", "content": "x" * 600_000}, {"role": "assistant", "content": "y" * 600_000},
             *history[-2:]]
     started = time.perf_counter()
     fitted = backend.prepare(huge, "Last one?", GenerationSettings(max_new_tokens=8))
-    assert fitted.dropped_exchanges == 1 and "x" * 100 not in fitted.prompt
+    assert fitted.dropped_exchanges == 1 and "x" * 100 not in fitted.prompt.text
     assert time.perf_counter() - started < 10  # over the character limit: never tokenised
 
 

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from app_process import AppProcess
+from bench.app_process import AppProcess
 from phi3ui import server
 from phi3ui.settings import BUNDLED, RuntimeSettings
 
@@ -137,20 +137,16 @@ def test_incremental_text_never_splits_a_character(batching_engine, text):
 
 @pytest.mark.slow
 def test_batching_engine_answers_together_like_alone(batching_engine):
-    from phi3ui.engines import Stats
     from phi3ui.settings import GenerationSettings
 
     settings = GenerationSettings(max_new_tokens=SHORT)
 
     def ask(question: str, out: dict, key) -> None:
         prompt = batching_engine.render([{"role": "user", "content": question}])
-        chunks, start = [], time.monotonic()
-        for chunk in batching_engine.stream(prompt, settings):
-            if isinstance(chunk, Stats):
-                out[key] = SimpleNamespace(text="".join(chunks), stats=chunk, start=start, end=time.monotonic(),
-                                           chunks=chunks)
-            else:
-                chunks.append(chunk)
+        answer, start = batching_engine.answer(prompt, settings), time.monotonic()
+        chunks = list(answer)
+        out[key] = SimpleNamespace(text="".join(chunks), stats=answer.stats, start=start, end=time.monotonic(),
+                                   chunks=chunks)
 
     alone: dict = {}
     for i, question in enumerate(QUESTIONS):
@@ -170,23 +166,17 @@ def test_batching_engine_answers_together_like_alone(batching_engine):
 
 @pytest.mark.slow
 def test_batching_engine_stops_within_a_token(batching_engine):
-    from phi3ui.engines import Stats
     from phi3ui.settings import GenerationSettings
 
-    stop = threading.Event()
     prompt = batching_engine.render([{"role": "user", "content": "Tell me a long story about a dragon."}])
-    pieces, stats = 0, None
-    for chunk in batching_engine.stream(prompt, GenerationSettings(max_new_tokens=300), stop):
-        if isinstance(chunk, Stats):
-            stats = chunk
-        else:
-            pieces += 1
-            if pieces == 5:
-                stop.set()
-    assert stats.stopped and stats.answer_tokens < 12
+    answer = batching_engine.answer(prompt, GenerationSettings(max_new_tokens=300))
+    for pieces, _ in enumerate(answer, start=1):
+        if pieces == 5:
+            answer.stop()
+    assert answer.stats.stopped and answer.stats.answer_tokens < 12
     # the slot is free again: a new answer starts at once
-    stream = batching_engine.stream(prompt, GenerationSettings(max_new_tokens=2))
-    assert isinstance(list(stream)[-1], Stats)
+    again = batching_engine.answer(prompt, GenerationSettings(max_new_tokens=2))
+    assert again.text() and again.stats.answer_tokens == 2
 
 
 # --- the app as a server --------------------------------------------------------------
@@ -239,16 +229,17 @@ def alone(app) -> dict[str, str]:
 
 @pytest.mark.server
 @pytest.mark.slow
-def test_four_sessions_at_once_get_their_own_answers_and_overlap(app, alone):
+def test_four_sessions_at_once_get_their_own_answers(app, alone):
+    """Batched together, each session's answer is its own question's (that they really run
+    at the same time is the next test's)."""
     clients = [client(app) for _ in QUESTIONS]
     results: dict[int, SimpleNamespace] = {}
 
     def session(i: int) -> None:
         job = clients[i].submit(QUESTIONS[i], [], SHORT, api_name="/chat")
-        first = None
         for _ in job:
-            first = first or time.monotonic()
-        results[i] = SimpleNamespace(text=job.result(), first=first, end=time.monotonic())
+            pass
+        results[i] = SimpleNamespace(text=job.result())
 
     threads = [threading.Thread(target=session, args=(i,)) for i in range(len(QUESTIONS))]
     for thread in threads:
@@ -457,7 +448,12 @@ def test_bounded_load(app, alone):
 @pytest.mark.server
 @pytest.mark.slow
 def test_share_without_network_keeps_serving_and_warns(bundled):
-    app = AppProcess("--model", BUNDLED, "--share").wait_ready()
+    """The app's outbound HTTP goes to a proxy that is not there, so no share link is made
+    whether or not this machine can reach the internet."""
+    nowhere = "http://127.0.0.1:9"
+    offline = {"HTTP_PROXY": nowhere, "HTTPS_PROXY": nowhere, "ALL_PROXY": nowhere,
+               "NO_PROXY": "127.0.0.1,localhost"}
+    app = AppProcess("--model", BUNDLED, "--share", env=offline).wait_ready()
     try:
         deadline = time.monotonic() + 60
         while "Could not make a public share link" not in app.output() and time.monotonic() < deadline:
@@ -468,6 +464,7 @@ def test_share_without_network_keeps_serving_and_warns(bundled):
         assert urllib.request.urlopen(app.url, timeout=10).status == 200
         from gradio_client import Client
 
-        assert Client(app.url, verbose=False).predict("Hi", [], 2, api_name="/chat")
+        reply = Client(app.url, verbose=False).predict("What is the capital of France?", [], 8, api_name="/chat")
+        assert "Paris" in reply
     finally:
         app.stop()

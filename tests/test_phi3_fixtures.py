@@ -1,6 +1,7 @@
 """Self-checks for tests/phi3_fixtures.py: the stand-in must behave like Phi-3 where the app cares.
 
-Fast (a few seconds): no OpenVINO model export here, only the tokenizer conversion.
+Fast (a few seconds): no OpenVINO model export here, only the tokenizer conversion. The
+tokenizer's own faithfulness to Phi-3 (reference ids) is tests/test_phi3_tokenizer.py's.
 """
 
 from __future__ import annotations
@@ -9,15 +10,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    PreTrainedTokenizerBase,
+)
 
-from phi3_fixtures import (
+from bench.phi3_tokenizer import PHI3_CHAT_TEMPLATE, phi3_sizes
+from tests.phi3_fixtures import (
     ASSISTANT,
     END,
     ENDOFTEXT,
     GENERATION_EOS_IDS,
-    PHI3_CHAT_TEMPLATE,
     TOKEN_IDS,
+    TOKENIZER_SIZE,
     USER,
     VOCAB_SIZE,
     make_phi3_tokenizer,
@@ -97,7 +104,7 @@ def test_chat_template_without_generation_prompt_ends_with_eos(tok: PreTrainedTo
 def test_tokenizer_carries_template_and_phi3_tokens(tok: PreTrainedTokenizerBase) -> None:
     assert tok.chat_template == PHI3_CHAT_TEMPLATE
     assert (tok.eos_token, tok.bos_token, tok.unk_token, tok.pad_token) == (ENDOFTEXT, "<s>", "<unk>", ENDOFTEXT)
-    assert tok.eos_token_id == TOKEN_IDS[ENDOFTEXT] and len(tok) == VOCAB_SIZE
+    assert tok.eos_token_id == TOKEN_IDS[ENDOFTEXT] and len(tok) == TOKENIZER_SIZE == 32011
 
 
 @pytest.mark.parametrize("token", list(TOKEN_IDS))
@@ -106,12 +113,17 @@ def test_special_token_encodes_to_one_id(tok: PreTrainedTokenizerBase, token: st
     assert tok.convert_ids_to_tokens(TOKEN_IDS[token]) == token
 
 
-def test_special_ids_mirror_phi3_order(tok: PreTrainedTokenizerBase) -> None:
-    """Phi-3: <|endoftext|> 32000, <|assistant|> 32001, <|system|> 32006, <|end|> 32007, <|user|> 32010."""
-    offsets = {token: tok.convert_tokens_to_ids(token) - TOKEN_IDS[ENDOFTEXT] for token in TOKEN_IDS}
-    assert offsets[ENDOFTEXT] == 0 and offsets[ASSISTANT] == 1 and offsets[END] == 7 and offsets[USER] == 10
-    assert offsets["<|system|>"] == 6
-    assert [tok.convert_tokens_to_ids(t) for t in ("<unk>", "<s>", "</s>")] == [0, 1, 2]
+def test_special_ids_are_phi3s(tok: PreTrainedTokenizerBase) -> None:
+    ids = {token: tok.convert_tokens_to_ids(token) for token in TOKEN_IDS}
+    assert (ids[ENDOFTEXT], ids[ASSISTANT], ids["<|system|>"], ids[END], ids[USER]) == (32000, 32001, 32006, 32007, 32010)
+    assert [ids[t] for t in ("<unk>", "<s>", "</s>")] == [0, 1, 2]
+
+
+def test_padding_ids_past_the_tokenizer_decode_to_nothing(tok: PreTrainedTokenizerBase) -> None:
+    """The model has 32,064 output rows, the tokenizer 32,011 tokens, as Phi-3: an id in between
+    (which a random model can emit) must not break decoding."""
+    hello = tok.encode("Hello", add_special_tokens=False)
+    assert tok.decode([*hello, TOKENIZER_SIZE, VOCAB_SIZE - 1]) == "Hello"
 
 
 @pytest.mark.parametrize("add_special_tokens", [True, False])
@@ -166,7 +178,8 @@ def test_make_phi3_tokenizer_returns_saved_tokenizer(tmp_path: Path) -> None:
 def test_tiny_model_loads_and_gives_logits(model_dir: Path, tok: PreTrainedTokenizerBase) -> None:
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     config = model.config
-    assert config.model_type == "phi3" and config.vocab_size == VOCAB_SIZE == len(tok)
+    assert config.model_type == "phi3" and config.vocab_size == VOCAB_SIZE == phi3_sizes().vocab_size
+    assert len(tok) == TOKENIZER_SIZE
     assert (config.hidden_size, config.intermediate_size, config.num_hidden_layers) == (256, 512, 2)
     assert config.hidden_size % 128 == 0 and config.intermediate_size % 128 == 0
     ids = tok(expected_prompt(2, system=True), return_tensors="pt", add_special_tokens=False).input_ids

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from phi3ui.engines import default_properties, merge_properties
+from phi3ui.engine import default_properties, merge_properties
 from phi3ui.export import check_settings
 from phi3ui.settings import (
     BUNDLED,
     BUNDLED_EXPORT,
+    DEFAULT_EXPORT,
     FASTEST_EXPORT,
     PRESETS,
-    SEED_EXPORT,
     ExportSettings,
     SettingsError,
     export_preset,
@@ -20,8 +20,8 @@ from phi3ui.ui import Page
 
 
 def test_seed_preset_is_the_seed_command_and_the_bundled_models_default() -> None:
-    assert export_preset("seed defaults", "microsoft/Phi-3-mini-4k-instruct") == SEED_EXPORT == ExportSettings()
-    assert export_preset("seed defaults", BUNDLED) == BUNDLED_EXPORT
+    assert export_preset("most accurate", "microsoft/Phi-3-mini-4k-instruct") == DEFAULT_EXPORT == ExportSettings()
+    assert export_preset("most accurate", BUNDLED) == BUNDLED_EXPORT
 
 
 PHI3_WIDTHS = {"hidden_size": 3072, "intermediate_size": 8192}

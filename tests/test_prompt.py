@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from phi3ui import prompt as prompts
+from phi3ui import window
 
 SYSTEM = "You are a helpful assistant."
 TURNS = [("Hi!", "Hello! How can I help?"), ("What is 2+2?", "4."), ("And 3+3?", "6.")]
@@ -127,7 +128,7 @@ def test_metadata_that_is_not_an_object_is_refused_clearly():
 
 
 def test_fit_leaves_out_the_fewest_exchanges_however_long_the_chat(phi3_tokenizer):
-    """Bisection finds what leaving out one exchange at a time would, in a few renders."""
+    """With cut_to=1.0, what leaving out one exchange at a time would, in a few renders."""
     history = []
     for i in range(60):
         history += [{"role": "user", "content": f"Question {i}: " + "word " * (i % 7)},
@@ -141,16 +142,21 @@ def test_fit_leaves_out_the_fewest_exchanges_however_long_the_chat(phi3_tokenize
     def count(text):
         return len(phi3_tokenizer(text, add_special_tokens=False).input_ids)
 
-    for window in (300, 700, 1000):
+    # Each exchange is counted once and cached (a chat's exchanges come one per turn); after
+    # that a fit renders a few whole prompts. cut_to=1.0 is the leave-out-the-fewest policy.
+    costs = window.ExchangeCosts()
+    prompts.fit(render, count, system=SYSTEM, history=history, message="Last?", max_new_tokens=50,
+                window=300, costs=costs)
+    for window_size in (300, 700, 1000):
         renders.clear()
         fitted = prompts.fit(render, count, system=SYSTEM, history=history, message="Last?", max_new_tokens=50,
-                             window=window)
+                             window=window_size, costs=costs, cut_to=1.0)
         assert len(renders) <= 10
-        assert fitted.used_tokens <= window and 0 < fitted.dropped_exchanges < 60
+        assert fitted.used_tokens <= window_size and 0 < fitted.dropped_exchanges < 60
         one_more = history[2 * (fitted.dropped_exchanges - 1):]
         longer = prompts.fit(render, count, system=SYSTEM, history=one_more, message="Last?",
                              max_new_tokens=50, window=10**6)
-        assert longer.used_tokens > window, "one exchange fewer left out would not have fitted"
+        assert longer.used_tokens > window_size, "one exchange fewer left out would not have fitted"
 
 
 def test_newest_keeps_whole_exchanges_within_both_limits():

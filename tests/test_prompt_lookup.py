@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 
 from phi3ui import server
-from phi3ui.engines import Stats, load_engine
+from phi3ui.answer import Stats
+from phi3ui.engines import load_engine
 from phi3ui.settings import GenerationSettings, RuntimeSettings, SettingsError
 
 PARAGRAPH = ("The garden behind our house is small but it gets a lot of sun in the afternoon. "
@@ -29,17 +28,15 @@ def test_prompt_lookup_flag_and_environment(monkeypatch):
     assert server.parse_args(["--no-prompt-lookup"]).prompt_lookup is False
 
 
-def answer(engine, message: str, stop: threading.Event | None = None, stop_after: int = 0,
-           **settings) -> tuple[list[str], Stats]:
-    prompt = engine.render([{"role": "user", "content": message}])
+def answer(engine, message: str, stop_after: int = 0, **settings) -> tuple[list[str], Stats]:
+    """The answer's chunks and stats; with `stop_after`, Stop is pressed after that many chunks."""
+    reply = engine.answer(engine.render([{"role": "user", "content": message}]), GenerationSettings(**settings))
     chunks: list[str] = []
-    for chunk in engine.stream(prompt, GenerationSettings(**settings), stop):
-        if isinstance(chunk, Stats):
-            return chunks, chunk
+    for chunk in reply:
         chunks.append(chunk)
-        if stop is not None and len(chunks) == stop_after:
-            stop.set()
-    raise AssertionError("the stream ended without its Stats")
+        if len(chunks) == stop_after:
+            reply.stop()
+    return chunks, reply.stats
 
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["pipeline", "batching"])
@@ -80,8 +77,7 @@ def test_prompt_lookup_samples_and_answers_questions(engines):
 @pytest.mark.slow
 def test_stop_ends_a_prompt_lookup_answer(engines):
     _, lookup = engines
-    stop = threading.Event()
-    chunks, stats = answer(lookup, "Write a long story about a dragon.", stop, stop_after=3, max_new_tokens=400)
+    chunks, stats = answer(lookup, "Write a long story about a dragon.", stop_after=3, max_new_tokens=400)
     assert stats.stopped and "".join(chunks) == stats.text
     assert stats.answer_tokens < 40
 
@@ -92,9 +88,9 @@ def test_app_started_with_prompt_lookup_says_so_and_answers(bundled):
     """The flag reaches the engine through the real server; the page names it."""
     import urllib.request
 
-    from app_process import AppProcess
     from gradio_client import Client
 
+    from bench.app_process import AppProcess
     from phi3ui.settings import BUNDLED
 
     app = AppProcess("--model", BUNDLED, "--prompt-lookup").wait_ready()

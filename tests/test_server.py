@@ -32,10 +32,14 @@ def test_second_turn_with_history(client):
     assert "Berlin" in second
 
 
-def test_history_in_gradio_parts_format_is_accepted(client):
-    history = [{"role": "user", "content": [{"type": "text", "text": "What is the capital of France?"}]},
-               {"role": "assistant", "content": [{"type": "text", "text": "Paris."}]}]
-    assert client.predict(message="Thanks!", history=history, max_new_tokens=8, api_name="/chat")
+def test_history_in_gradio_parts_format_is_read_as_the_same_history(client):
+    plain = [{"role": "user", "content": "What is the capital of France?"},
+             {"role": "assistant", "content": "Paris."}]
+    parts = [{"role": m["role"], "content": [{"type": "text", "text": m["content"]}]} for m in plain]
+    asked = dict(message="And of Germany?", max_new_tokens=16, api_name="/chat")
+    answer = client.predict(history=parts, **asked)
+    assert answer == client.predict(history=plain, **asked)  # greedy: the same prompt, the same answer
+    assert "Berlin" in answer
 
 
 def test_a_history_beyond_the_limits_loses_its_oldest_exchanges_not_the_answer(client):

@@ -3,7 +3,7 @@ tokenizer here is one id per character, with "#" as the only special token."""
 
 from __future__ import annotations
 
-from phi3ui.engines import TokenMemory
+from phi3ui.engine import TokenMemory
 
 
 def encode(text: str) -> list[int]:

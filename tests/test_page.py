@@ -1,4 +1,5 @@
-"""How chat text is escaped for display and recovered for the model (no server, no model)."""
+"""The page's answer loop and its races (Stop, Clear, closing the tab), on a fake backend
+whose answers are real `Answer` objects; no server, no model."""
 
 from __future__ import annotations
 
@@ -7,95 +8,20 @@ import time
 from types import SimpleNamespace
 
 import gradio as gr
-import pytest
 
-from phi3ui.engines import Stats
+from phi3ui.answer import Answer, Stats
+from phi3ui.display import STOPPED, chat_messages, note, to_display
 from phi3ui.prompt import Fitted
 from phi3ui.settings import Limits
-from phi3ui.ui import (
-    STOPPED,
-    STREAM_INTERVAL_S,
-    Page,
-    chat_messages,
-    from_display,
-    note,
-    stats_title,
-    stored_chat,
-    to_display,
-)
-
-XSS = ["<img src=x onerror=alert(1)>", "<script>alert(1)</script>"]
-TEXTS = [
-    "",
-    "plain text",
-    *XSS,
-    "&lt; typed literally, and &amp; and &gt; too",
-    "a < b && c > d",
-    "inline `<b>code</b>` and <b>prose</b>",
-    "```html\n<script>alert(1)</script>\n```\nafter the fence <i>",
-    "```python\nif a < b and c > d:\n    pass\n```",
-    "unclosed fence ```\n<b>still code</b>",
-    "two spans `a<b` and `c>d` with <x> between",
-    "`unclosed inline <b>",
-    "中文、日本語、emoji 🎉 <tag> & more",
-    "line one\n\n<p>line two</p>\n",
-]
-
-
-@pytest.mark.parametrize("text", TEXTS)
-def test_round_trip(text: str) -> None:
-    assert from_display(to_display(text)) == text
-
-
-@pytest.mark.parametrize("text", XSS)
-def test_markup_outside_code_is_escaped(text: str) -> None:
-    shown = to_display(text)
-    assert "<" not in shown and ">" not in shown
-    assert shown.startswith("&lt;")
-
-
-def test_literal_entity_is_not_unescaped_twice() -> None:
-    assert to_display("&lt;") == "&amp;lt;"
-    assert from_display("&amp;lt;") == "&lt;"
-
-
-def test_code_is_left_alone() -> None:
-    fence = "```html\n<b>x</b> & y\n```"
-    assert to_display(fence) == fence
-    assert to_display("say `<b>` now <b>") == "say `<b>` now &lt;b&gt;"
-
-
-def test_chat_messages_drop_notes_and_unescape() -> None:
-    display = [
-        {"role": "user", "content": to_display(XSS[0])},
-        {"role": "assistant", "content": to_display("a < b")},
-        note("0.1 s to first token"),
-        {"role": "user", "content": [{"type": "text", "text": to_display("&lt;")}]},
-    ]
-    assert chat_messages(display) == [
-        {"role": "user", "content": XSS[0]},
-        {"role": "assistant", "content": "a < b"},
-        {"role": "user", "content": "&lt;"},
-    ]
-
-
-def test_stats_title_marks_stopped_answers_once() -> None:
-    stats = Stats(prompt_tokens=10, answer_tokens=3, ttft_s=0.5, tokens_per_s=20.0, total_s=0.6, stopped=True)
-    title = stats_title(stats)
-    assert title.startswith(STOPPED) and title.count("topped") == 1
-    assert "10 prompt + 3 answer tokens" in title
-    assert not stats_title(Stats(10, 3, 0.5, 20.0, 0.6)).startswith(STOPPED)
-
-
-@pytest.mark.parametrize("stored", [None, "text", [{"role": "robot", "content": "x"}], [1, 2]])
-def test_stored_chat_ignores_what_is_not_a_chat(stored) -> None:
-    assert stored_chat(stored) == []
-
+from phi3ui.structured import Piece, Prompt
+from phi3ui.ui import STREAM_INTERVAL_S, Page
 
 # --- the page's answer loop, on a fake backend -------------------------------------------
 
 class FakeBackend:
-    """Streams given chunks with a delay; records whether the stream was closed early."""
+    """Answers with given chunks, a delay before each; records whether an answer started and
+    whether its reader left before the end. Like the engines, an answer stopped before it
+    started never starts, and a Stop ends it before the next chunk."""
 
     limits = Limits()
     engine = SimpleNamespace(render=lambda messages: "".join(m["content"] for m in messages), count_tokens=len,
@@ -104,21 +30,30 @@ class FakeBackend:
     def __init__(self, chunks: list[str], delay: float = 0.0, error: Exception | None = None,
                  stopped: bool = False, dropped: int = 0):
         self.chunks, self.delay, self.error, self.stopped, self.dropped = chunks, delay, error, stopped, dropped
-        self.closed = False
+        self.closed = self.started = False
 
     def prepare(self, history, message, settings, draft=False) -> Fitted:
-        return Fitted("<|user|>\nhi<|end|>\n", 5, self.dropped, 100, settings.max_new_tokens)
+        prompt = Prompt((Piece("<|user|>\n", False), Piece("hi", True), Piece("<|end|>\n", False)))
+        return Fitted(prompt, 5, self.dropped, 100, settings.max_new_tokens)
 
-    def stream(self, fitted, settings, session=None):
-        finished = False
+    def start(self, fitted, settings) -> Answer:
+        return Answer(self.produce)
+
+    def produce(self, stop: threading.Event):
+        if stop.is_set():
+            return Stats(5, 0, 0.0, 0.0, 0.0, stopped=True)
+        self.started, finished = True, False
         try:
-            for chunk in self.chunks:
+            for i, chunk in enumerate(self.chunks):
                 time.sleep(self.delay)
+                if stop.is_set():
+                    finished = True
+                    return Stats(5, i, 0.01, 100.0, 0.1, stopped=True, text="".join(self.chunks[:i]))
                 yield chunk
             if self.error:
                 raise self.error
             finished = True
-            yield Stats(5, len(self.chunks), 0.01, 100.0, 0.1, stopped=self.stopped, text="".join(self.chunks))
+            return Stats(5, len(self.chunks), 0.01, 100.0, 0.1, stopped=self.stopped, text="".join(self.chunks))
         finally:
             self.closed = not finished
 
@@ -172,23 +107,21 @@ def test_closing_the_page_closes_the_stream() -> None:
 
 def test_budget_says_how_many_exchanges_were_left_out() -> None:
     line, inspector = Page(FakeBackend([], dropped=3)).budget(ASKED, "next", *GEN)
-    assert "21 of 100 tokens" in line and "3 oldest exchange(s) left out" in line
-    assert inspector.startswith("5 tokens") and "<|end|>⏎" in inspector
+    assert "21 of 100 tokens" in line and "no longer sees the 3 oldest exchange(s)" in line
+    assert inspector.startswith("5 tokens") and "⟦<|user|>⏎\n⟧hi⟦<|end|>⏎\n⟧" in inspector
 
 
 def test_stop_while_queued_means_the_answer_never_starts() -> None:
     backend = FakeBackend(["never"])
-    backend.stop = lambda session: False  # nothing of this session is generating yet
     page = Page(backend)
     page.stop(REQUEST)
     updates = list(page.respond(REQUEST, ASKED, *GEN))
     assert updates == [[*ASKED, note(f"{STOPPED} before it started")]]
-    assert not backend.closed and list(page.respond(REQUEST, ASKED, *GEN))[-1][1]["content"] == "never"
+    assert not backend.started and list(page.respond(REQUEST, ASKED, *GEN))[-1][1]["content"] == "never"
 
 
 def test_a_late_stop_is_forgotten_when_the_chat_settles() -> None:
     backend = FakeBackend(["ok"])
-    backend.stop = lambda session: False
     page = Page(backend)
     page.stop(REQUEST)  # pressed just as the answer ended
     page.settle(REQUEST, [*ASKED, {"role": "assistant", "content": "ok"}], "", *GEN)
@@ -199,7 +132,6 @@ def test_after_clear_a_cancelled_answer_saves_nothing_and_nothing_refills_the_pa
     """Clear races the cancelled answer's settle step, which may still read the old chat:
     it must not save it, and the saved chat must not refill the cleared page."""
     backend = FakeBackend(["partial"])
-    backend.stop = lambda session: True  # the answer was running
     page = Page(backend)
     old = [*ASKED, {"role": "assistant", "content": "partial"}]
     list(page.respond(REQUEST, ASKED, *GEN))
@@ -213,21 +145,12 @@ def test_after_clear_a_cancelled_answer_saves_nothing_and_nothing_refills_the_pa
 
 
 def test_stop_while_the_prompt_is_being_fitted_stops_before_the_answer_starts() -> None:
-    """Stop can arrive after `respond` began but before the answer registered its stop event
-    (fitting a long chat takes a moment): the answer must then never start."""
+    """Stop can arrive after `respond` began but before its answer exists (fitting a long
+    chat takes a moment): the answer must then never start."""
     class SlowFit(FakeBackend):
-        streamed = False
-
         def prepare(self, history, message, settings, draft=False) -> Fitted:
             time.sleep(0.3)
             return super().prepare(history, message, settings, draft)
-
-        def stream(self, fitted, settings, session=None):
-            self.streamed = True
-            yield from super().stream(fitted, settings, session)
-
-        def stop(self, session) -> bool:
-            return False  # nothing streaming yet
 
     backend = SlowFit(["never"] * 5)
     page = Page(backend)
@@ -235,37 +158,33 @@ def test_stop_while_the_prompt_is_being_fitted_stops_before_the_answer_starts() 
     stopper.start()
     updates = list(page.respond(REQUEST, ASKED, *GEN))
     stopper.join()
-    assert not backend.streamed
-    assert updates[-1][-1]["metadata"]["title"].startswith(STOPPED)
+    assert not backend.started
+    assert updates[-1] == [*ASKED, note(f"{STOPPED} before it started")]
 
 
-def test_stop_just_before_the_stream_registers_still_stops_it() -> None:
-    """The stream registers its stop event when it starts; a Stop landing between `respond`'s
-    check and that moment is remembered by the page and passed on at the first token."""
+def test_stop_as_the_answer_starts_stops_it() -> None:
+    """A Stop landing the moment the answer begins reaches it: the answer ends at once."""
     page: Page
 
-    class LateRegistration(FakeBackend):
-        registered = stop_seen = False
-
-        def stream(self, fitted, settings, session=None):
+    class PressedAtStart(FakeBackend):
+        def produce(self, stop):
             page.stop(REQUEST)  # the user presses Stop here
-            self.registered = True
-            for i, chunk in enumerate(self.chunks):
-                if self.stop_seen:
-                    yield Stats(5, i, 0.01, 100.0, 0.1, stopped=True, text="".join(self.chunks[:i]))
-                    return
-                yield chunk
+            return (yield from super().produce(stop))
 
-        def stop(self, session) -> bool:
-            self.stop_seen = self.registered
-            return self.registered
-
-    backend = LateRegistration([f"w{i} " for i in range(50)])
+    backend = PressedAtStart([f"w{i} " for i in range(50)])
     page = Page(backend)
     updates = list(page.respond(REQUEST, ASKED, *GEN))
-    assert backend.stop_seen
     assert updates[-1][-1]["metadata"]["title"].startswith(STOPPED)
-    assert "w2" not in updates[-1][-2]["content"]
+    assert "w2" not in str(updates[-1])
+
+
+def test_stop_mid_answer_keeps_the_text_so_far() -> None:
+    backend = FakeBackend([f"w{i} " for i in range(200)], delay=0.005)
+    page = Page(backend)
+    threading.Timer(0.15, page.stop, [REQUEST]).start()
+    final = list(page.respond(REQUEST, ASKED, *GEN))[-1]
+    assert final[1]["content"].startswith("w0 w1 ") and "w199" not in final[1]["content"]
+    assert final[2]["metadata"]["title"].startswith(STOPPED) and not backend.closed
 
 
 def test_budget_lines_worked_out_at_once_are_bounded() -> None:

@@ -1,0 +1,12 @@
+"""The benchmarks. Each tool runs from the repository root as a module:
+
+    python -m bench.bench         multi-turn chat: first token per turn, decode, load, memory, HTTP
+    python -m bench.concurrency   several users at once through the app
+    python -m bench.decode        decode and first token against llama.cpp, per configuration
+    python -m bench.decode_profile FOLDER   where a decode step's time goes
+    python -m bench.lookup        prompt lookup against plain decoding and llama.cpp's
+    python -m bench.quality       answer quality of export and runtime choices
+    python -m bench.readme        copies the results into README.md
+
+What was measured and what it showed: bench/NOTES.md; every figure: bench/results/.
+"""

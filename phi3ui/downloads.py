@@ -1,0 +1,44 @@
+"""A chat as files to download (JSON and Markdown), and a downloaded JSON chat read back."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from . import prompt as prompts
+
+
+def to_markdown(messages: list[dict]) -> str:
+    names = {"user": "User", "assistant": "Assistant"}
+    return "\n\n".join(f"**{names[m['role']]}:**\n\n{m['content']}" for m in messages) + "\n"
+
+
+def folder_for(session: str) -> Path:
+    """One folder per browser session, rewritten on each change and removed when the tab
+    closes, so a long-running server does not pile up files."""
+    return Path(tempfile.gettempdir()) / "phi3ui-downloads" / re.sub(r"\W", "", session)
+
+
+def write_files(messages: list[dict], session: str) -> tuple[str, str]:
+    """chat.json and chat.md for the session's chat; their paths."""
+    folder = folder_for(session)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "chat.json").write_text(json.dumps(messages, ensure_ascii=False, indent=2))
+    (folder / "chat.md").write_text(to_markdown(messages))
+    return str(folder / "chat.json"), str(folder / "chat.md")
+
+
+def remove_files(session: str) -> None:
+    shutil.rmtree(folder_for(session), ignore_errors=True)
+
+
+def read_chat(file: str) -> list[dict]:
+    """The messages of a chat.json; a PromptError naming the problem otherwise."""
+    try:
+        data = json.loads(Path(file).read_text())
+        return prompts.normalize(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise prompts.PromptError(f"That file is not a chat saved by phi3ui: {exc}") from None

@@ -1,0 +1,98 @@
+"""openvino-genai's LLMPipeline: no torch at run time, and PagedAttention's prefix cache
+re-uses the KV cache of earlier turns, so turn 20 starts about as fast as turn 2."""
+
+from __future__ import annotations
+
+import random
+import threading
+
+from . import prompt as prompts
+from .engine import Emit, Engine
+from .settings import GenerationSettings, SettingsError
+
+# Prompt lookup guesses up to 4 tokens after a matching n-gram of up to 3: checking 4 guesses
+# costs a step about 1.2 times a plain one on the Phi-3 shape (bench/decode_profile.py
+# --tokens-per-step), so even one right guess in five pays.
+PROMPT_LOOKUP_TOKENS = 4
+PROMPT_LOOKUP_NGRAM = 3
+
+
+def tokenized(ids: list[int]):
+    """Prompt ids as genai's TokenizedInputs (one sequence, all attended)."""
+    import numpy as np
+    import openvino as ov
+    import openvino_genai as ov_genai
+
+    array = np.array([ids], dtype=np.int64)
+    return ov_genai.TokenizedInputs(ov.Tensor(array), ov.Tensor(np.ones_like(array)))
+
+
+class GenAIEngine(Engine):
+    """The default engine: openvino-genai's LLMPipeline and its own tokenizer."""
+
+    name = "genai"
+
+    def _load(self) -> None:
+        self.require_openvino_tokenizer()
+        self.pipeline = self.make_pipeline()
+        self.tokenizer = self.pipeline.get_tokenizer()
+        if not self.eos_ids:
+            self.eos_ids = [self.tokenizer.get_eos_token_id()]
+
+    def make_pipeline(self):
+        import openvino_genai as ov_genai
+
+        return ov_genai.LLMPipeline(str(self.folder), self.device, **self.pipeline_properties())
+
+    def require_openvino_tokenizer(self) -> None:
+        if not (self.folder / "openvino_tokenizer.xml").exists():
+            raise SettingsError(
+                f"{self.folder} has no openvino_tokenizer.xml, which the genai engine needs; "
+                "re-export the model or use --engine optimum."
+            )
+
+    def pipeline_properties(self) -> dict:
+        """The OpenVINO properties, and genai's own switch for prompt lookup."""
+        return {**self.properties, **({"prompt_lookup": True} if self.prompt_lookup else {})}
+
+    def render_text(self, messages: list[prompts.Message]) -> str:
+        return self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, chat_template=self.chat_template or ""
+        )
+
+    def encode(self, text: str) -> list[int]:
+        return [int(i) for i in self.tokenizer.encode(text, add_special_tokens=False).input_ids.data[0]]
+
+    def decode(self, ids: list[int], keep_special: bool = False) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=not keep_special) if ids else ""
+
+    def generation_config(self, settings: GenerationSettings, config):
+        """`settings` on top of the model's own generation config; shared with the batching
+        engine so both runtimes sample the same way."""
+        config.max_new_tokens = settings.max_new_tokens
+        config.min_new_tokens = settings.min_new_tokens
+        config.stop_token_ids = set(self.eos_ids)
+        config.repetition_penalty = settings.repetition_penalty
+        config.apply_chat_template = False
+        if self.prompt_lookup:
+            config.num_assistant_tokens, config.max_ngram_size = PROMPT_LOOKUP_TOKENS, PROMPT_LOOKUP_NGRAM
+        config.do_sample = not settings.greedy
+        if not settings.greedy:
+            config.temperature = settings.temperature
+            config.top_p = settings.top_p
+            config.top_k = settings.top_k
+            # genai's seed is fixed by default, so "retry" would repeat itself without this.
+            config.rng_seed = settings.seed if settings.seed is not None else random.getrandbits(31)
+        return config
+
+    def _generate(self, ids: list[int], settings: GenerationSettings, emit: Emit, stop: threading.Event) -> list[int]:
+        import openvino_genai as ov_genai
+
+        config = self.generation_config(settings, self.pipeline.get_generation_config())
+
+        def streamer(text: str) -> ov_genai.StreamingStatus:
+            emit(text)
+            return ov_genai.StreamingStatus.STOP if stop.is_set() else ov_genai.StreamingStatus.RUNNING
+
+        result = self.pipeline.generate(tokenized(ids), config, streamer)
+        return list(result.tokens[0])

@@ -1,0 +1,105 @@
+"""What the page remembers about each browser session between events, guarded by one lock.
+
+Gradio runs a session's events on several worker threads: Stop can arrive before the
+answer it means has started, and Clear can land while an answer is still streaming. This
+keeps each session's answer in flight, a Stop that came early, and which chat an answer
+belongs to, so those races have one well-defined outcome.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from .answer import Answer
+
+
+@dataclass
+class _Session:
+    chat: int = 0  # bumped each time the chat on screen is replaced (Clear, Load JSON)
+    replaced: bool = False
+    turn_chat: int | None = None  # the chat the latest answer was asked for in
+    answer: Answer | None = None  # the answer in flight
+    stop_early: bool = False  # Stop pressed before that answer existed
+
+
+class Sessions:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sessions: dict[str, _Session] = {}
+
+    def _get(self, session: str) -> _Session:
+        return self._sessions.setdefault(session, _Session())
+
+    def begin_turn(self, session: str) -> int:
+        """An answer is being asked for in the chat on screen; returns that chat's number."""
+        with self._lock:
+            state = self._get(session)
+            state.turn_chat = state.chat
+            return state.chat
+
+    def attach(self, session: str, answer: Answer) -> None:
+        """`answer` is the session's answer in flight; a Stop pressed before it existed
+        stops it now, before it starts."""
+        with self._lock:
+            state = self._get(session)
+            state.answer = answer
+            if state.stop_early:
+                state.stop_early = False
+                answer.stop()
+
+    def detach(self, session: str, answer: Answer) -> None:
+        with self._lock:
+            state = self._sessions.get(session)
+            if state is not None and state.answer is answer:
+                state.answer = None
+
+    def stop(self, session: str) -> bool:
+        """Stop the session's answer; with none in flight yet, the next one to be attached
+        never starts. True if an answer was running."""
+        with self._lock:
+            state = self._get(session)
+            if state.answer is not None:
+                state.answer.stop()
+                return True
+            state.stop_early = True
+            return False
+
+    def settle(self, session: str) -> None:
+        """The chat is at rest: a Stop that came too late to matter is forgotten."""
+        with self._lock:
+            if session in self._sessions:
+                self._sessions[session].stop_early = False
+
+    def replace_chat(self, session: str) -> None:
+        """The chat on screen is being replaced: its answer stops and writes nothing more."""
+        with self._lock:
+            state = self._get(session)
+            state.chat += 1
+            state.replaced = True
+            if state.answer is not None:
+                state.answer.stop()
+
+    def is_current(self, session: str, chat: int) -> bool:
+        """Whether chat number `chat` is still the one on screen."""
+        with self._lock:
+            return self._get(session).chat == chat
+
+    def turn_is_current(self, session: str) -> bool:
+        """Whether the chat the latest answer was asked for is still the one on screen."""
+        with self._lock:
+            state = self._get(session)
+            return state.turn_chat in (None, state.chat)
+
+    def ever_replaced(self, session: str) -> bool:
+        with self._lock:
+            return session in self._sessions and self._sessions[session].replaced
+
+    def forget(self, session: str) -> bool:
+        """The page closed: stop its answer and drop what was kept. True if one was running."""
+        with self._lock:
+            state = self._sessions.pop(session, None)
+        if state is not None and state.answer is not None:
+            state.answer.stop()
+            return True
+        return False
