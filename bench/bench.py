@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 RESULTS = ROOT / "bench" / "results"
 ENGINES = ("genai", "optimum")
-PHI3_SHAPED_VERSION = "1"  # bump when build_phi3_shaped changes what it builds
+PHI3_SHAPED_VERSION = "2"  # bump when build_phi3_shaped changes what it builds
 
 # Fixed user turns, each about 100 tokens, so a turn adds a paragraph to the history as a
 # real chat does. Answers are the model's own (greedy), so the history is what the app sends.
@@ -367,44 +367,31 @@ def bench_http(model: str, folder: Path, turns: int, tokens: int, engine_run: En
 
 # --- the Phi-3-mini-shaped model ----------------------------------------------------------
 def build_phi3_shaped(dest: Path) -> Path:
-    """Phi-3-mini-4k-instruct's sizes with random weights (bf16 on disk), and the bundled
-    model's tokenizer. Its vocabulary is 49152, not Phi-3's 32064: the embedding and head
-    must cover every id the tokenizer can produce (this adds ~105 M parameters, ~3%)."""
+    """Phi-3-mini-4k-instruct with random weights (bf16 on disk): its config, its tokenizer and
+    chat template (bench/phi3_tokenizer.py, checked against the original's ids) and its
+    generation config, so the weights have the real model's size and prompts its tokens."""
     if (dest / "config.json").exists():
         return dest
     import torch
-    from transformers import (
-        AutoTokenizer,
-        GenerationConfig,
-        Phi3Config,
-        Phi3ForCausalLM,
-    )
+    from transformers import GenerationConfig, Phi3ForCausalLM
 
-    from phi3ui.bundled import hf_folder, write_hf_folder
+    from bench.phi3_tokenizer import phi3_generation_config, phi3_mini_config, phi3_tokenizer_folder
 
-    source = write_hf_folder(hf_folder())
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    eos = tokenizer.eos_token_id  # <|im_end|>
-    config = Phi3Config(
-        vocab_size=len(tokenizer), hidden_size=3072, intermediate_size=8192, num_hidden_layers=32,
-        num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
-        original_max_position_embeddings=4096, rms_norm_eps=1e-5, tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=eos,
-    )
     print(f"Building a Phi-3-mini-shaped model with random weights in {dest}…", file=sys.stderr, flush=True)
-    torch.manual_seed(0)
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)  # 7.8 GB instead of 15.6 GB in fp32
-    try:
-        model = Phi3ForCausalLM(config)
-    finally:
-        torch.set_default_dtype(default)
-    with staged(dest) as staging:
+    with staged(dest, last="config.json") as staging:
+        staging.mkdir()
+        phi3_tokenizer_folder(staging)
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(torch.bfloat16)  # 7.6 GB instead of 15.3 GB in fp32
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                model = Phi3ForCausalLM(phi3_mini_config())
+        finally:
+            torch.set_default_dtype(default)
+        model.generation_config = GenerationConfig(**phi3_generation_config())
         model.save_pretrained(staging)
         del model
-        tokenizer.save_pretrained(staging)
-        GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=eos,
-                         pad_token_id=eos).save_pretrained(staging)
     return dest
 
 
@@ -481,7 +468,7 @@ def plot(report: Report, path: Path) -> None:
 def table(report: Report) -> str:
     last = report.turns
     lines = [
-        f"| run | load (s): cold / warm / no cache | + first token (s) | TTFT turn 1 (s) | turn 2 | turn {last} "
+        f"| run | start to ready (s): cold / warm / no cache | first answer's TTFT (s) | TTFT turn 1 (s) | turn 2 | turn {last} "
         f"| turn {last} ÷ turn 2 | decode tokens/s | of bandwidth limit | peak RSS (MB) | model cache (MB) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -547,9 +534,11 @@ def write_section(out: Path) -> Path:
              "Made by `python -m bench.bench` (see bench/bench.py); the JSON files beside this one hold "
              "every per-turn figure. Each start is a process of its own: \"cold\" loads with an "
              "empty OpenVINO `CACHE_DIR` (the OS file cache was warm), \"warm\" loads again with the "
-             "cache that wrote, \"no cache\" without `CACHE_DIR`; \"+ first token\" is the 1-token answer "
-             "to a short prompt right after loading (the first inference does one-off work). Turn 1 "
-             "follows that warm-up. Decode tokens/s and HTTP figures are medians over turns.", ""]
+             "cache that wrote, \"no cache\" without `CACHE_DIR`. \"Start to ready\" is loading plus the "
+             "warm-up the app does before it takes questions (the first inference's one-off work); "
+             "\"first answer's TTFT\" is a 1-token answer to a short prompt right after that. Over HTTP, "
+             "start is from launching `python app.py` to the page answering, and turn 1 is the first "
+             "answer. Decode tokens/s and HTTP figures are medians over turns.", ""]
     files = sorted(out.glob("*.json"), key=lambda p: (p.stem != "bundled", p.stem))
     for path in files:
         data = json.loads(path.read_text())
@@ -594,8 +583,8 @@ def notes_for(report: Report, args: argparse.Namespace) -> list[str]:
                      f"on {report.machine['cpus']} cores.")
     if args.phi3_shaped:
         notes.append("Phi-3-mini-4k-instruct sizes (hidden 3072, MLP 8192, 32 layers, 32 heads, 4096 "
-                     "positions), random weights, the bundled SmolLM2 tokenizer and ChatML template; "
-                     "vocabulary 49152 (the tokenizer's) instead of 32064, ~3% more weights; exported "
+                     "positions, vocabulary 32064), random weights, Phi-3's own tokenizer and chat template; "
+                     "exported "
                      f"with the sidebar preset \"{args.preset}\" ({Path(report.folder).name}).")
     if report.http and any(t.answer_tokens < report.answer_tokens for t in report.http.turns):
         notes.append("Over HTTP the answer length cannot be forced (the API has no min_new_tokens); "

@@ -3,6 +3,7 @@ window policy of issue 19 (phi3ui/window.py), in one process.
 
     python -m bench.long_chat                       # bundled model, 2048-token window, 40 turns
     python -m bench.long_chat --concurrency 2       # the same through the batching engine
+    python -m bench.long_chat --phi3-shaped --turns 36 --max-new-tokens 32 --suffix -phi3-shaped
 
 Two conversations run through the real backend (`ChatBackend.prepare` + `start`), turn by
 turn interleaved so the machine's drift hits both alike: "before" leaves out the fewest
@@ -152,6 +153,8 @@ def plot(runs: dict, window_size: int, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.long_chat", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=BUNDLED)
+    parser.add_argument("--phi3-shaped", action="store_true",
+                        help="Phi-3-mini-4k-instruct's shape and tokenizer, random weights (bench.bench builds it)")
     parser.add_argument("--engine", default="genai")
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--context-window", type=int, default=2048)
@@ -163,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
 
     backend = ChatBackend(limits=Limits(context_window=args.context_window), concurrency=args.concurrency)
+    if args.phi3_shaped:
+        from bench.bench import build_phi3_shaped, phi3_source
+
+        args.model = str(build_phi3_shaped(phi3_source()))
     load_start = time.perf_counter()
     loaded = backend.load(args.model, runtime=RuntimeSettings(engine=args.engine), progress=lambda _: None)
     load_s = time.perf_counter() - load_start

@@ -5,7 +5,8 @@ read exactly what Phi-3 reads. llama.cpp ships Phi-3's vocabulary (pieces, score
 46 strings and the ids Phi-3's own tokenizer gives them (`bench/phi3_vocab/`). From that,
 `phi3_tokenizer_folder` writes the Hugging Face files Microsoft publishes (tokenizer.json,
 tokenizer.model, tokenizer_config.json with Phi-3's added tokens and chat template) and refuses
-to return a folder that does not reproduce every reference id.
+to return a folder that does not reproduce every reference id. The same file's metadata gives
+the model's sizes (`phi3_mini_config`), for random-weight models of Phi-3's shape.
 
     from bench.phi3_tokenizer import phi3_tokenizer_folder
     tokenizer = AutoTokenizer.from_pretrained(phi3_tokenizer_folder(Path("phi3-tok")))
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -79,6 +81,18 @@ def phi3_sizes() -> Phi3Sizes:
 def phi3_generation_config() -> dict:
     """Phi-3's generation_config.json: generation stops at any of the three end tokens."""
     return {"bos_token_id": BOS_ID, "eos_token_id": list(GENERATION_EOS_IDS), "pad_token_id": ENDOFTEXT_ID}
+
+
+def phi3_mini_config(**overrides):
+    """`transformers.Phi3Config` of Phi-3-mini-4k-instruct (its published config.json: sizes from
+    the gguf metadata, sliding window 2047, untied embeddings, bos 1, eos/pad <|endoftext|>);
+    `overrides` shrink it for tests."""
+    from transformers import Phi3Config
+
+    fields = {**dataclasses.asdict(phi3_sizes()), "sliding_window": 2047, "hidden_act": "silu",
+              "tie_word_embeddings": False, "bos_token_id": BOS_ID, "eos_token_id": ENDOFTEXT_ID,
+              "pad_token_id": ENDOFTEXT_ID}
+    return Phi3Config(**{**fields, **overrides})
 
 
 def reference_vectors() -> list[tuple[str, list[int]]]:

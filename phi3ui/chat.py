@@ -142,7 +142,9 @@ class ChatBackend:
                  progress: Progress) -> None:
         """After a failed load, the server keeps answering with the model it had."""
         try:
-            self.loaded = Loaded(load_engine(exported.folder, runtime, self.concurrency), exported, runtime, notices)
+            engine = load_engine(exported.folder, runtime, self.concurrency)
+            engine.warm_up()
+            self.loaded = Loaded(engine, exported, runtime, notices, self.limits.window(engine.context_window))
         except Exception:  # noqa: BLE001 - the failed load's own error is the one to report
             log.exception("could not load the previous model again")
             return

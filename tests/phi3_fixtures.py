@@ -31,7 +31,7 @@ from bench.phi3_tokenizer import (
     BASE_VOCAB,
     GENERATION_EOS_IDS,
     phi3_generation_config,
-    phi3_sizes,
+    phi3_mini_config,
     phi3_tokenizer_folder,
 )
 from phi3ui.files import staged
@@ -71,29 +71,10 @@ def tiny_phi3_config() -> Phi3Config:
     """Phi-3-mini's architecture and vocabulary at toy width and depth.
 
     Every linear layer's input width (256 or 512) is a multiple of 128, so NNCF int4 with
-    group size 128 applies to all of them; head_dim is 64. Other fields follow the real
-    config.json (rope 10000, sliding window 2047, untied embeddings, bos 1, eos/pad
-    <|endoftext|>), read from the same gguf metadata the tokenizer comes from.
+    group size 128 applies to all of them; head_dim is 64.
     """
-    sizes = phi3_sizes()
-    return Phi3Config(
-        vocab_size=sizes.vocab_size,
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=sizes.max_position_embeddings,
-        original_max_position_embeddings=sizes.original_max_position_embeddings,
-        sliding_window=2047,
-        rms_norm_eps=sizes.rms_norm_eps,
-        rope_theta=sizes.rope_theta,
-        hidden_act="silu",
-        tie_word_embeddings=False,
-        bos_token_id=TOKEN_IDS[BOS],
-        eos_token_id=TOKEN_IDS[ENDOFTEXT],
-        pad_token_id=TOKEN_IDS[ENDOFTEXT],
-    )
+    return phi3_mini_config(hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=4)
 
 
 def make_tiny_phi3(dest: Path, seed: int = 0) -> Path:
