@@ -27,6 +27,9 @@ class Stats:
     total_s: float
     stopped: bool = False
     text: str = ""  # the answer decoded at once from its token ids: what the chunks add up to
+    # Why it ended: "stop" (the model finished, or wrote a stop string), "length" (it reached
+    # max new tokens) or "stopped" (`Answer.stop`); "" where an engine does not say.
+    finish: str = ""
 
     def summary(self) -> str:
         """Speed and size; whether the answer was stopped is the caller's to show."""

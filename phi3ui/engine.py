@@ -15,6 +15,7 @@ import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import ClassVar
@@ -253,15 +254,17 @@ class Engine(ABC):
         start = time.perf_counter()
         while not self.slots.acquire(timeout=0.05):  # waiting for a slot; a Stop ends the wait
             if stop.is_set():
-                return Stats(0, 0, 0.0, 0.0, time.perf_counter() - start, stopped=True)
+                return Stats(0, 0, 0.0, 0.0, time.perf_counter() - start, stopped=True, finish="stopped")
         try:
             prompt_ids = self.prompt_ids(prompt)
             if stop.is_set():  # stopped before it started: it never does
-                return Stats(len(prompt_ids), 0, 0.0, 0.0, time.perf_counter() - start, stopped=True)
+                return Stats(len(prompt_ids), 0, 0.0, 0.0, time.perf_counter() - start, stopped=True,
+                             finish="stopped")
             sent: list[tuple[str, float]] = []
+            cut = StopText(settings.stop)
             generation = pump(lambda emit: self._generate(prompt_ids, settings, emit, stop),
                               abandon=stop.set, name=f"{self.name}-generate")
-            ids = yield from _whole_characters(generation, sent)
+            ids = yield from _before_stop(_whole_characters(generation, sent), cut)
             first = sent[0][1] if sent else None
         finally:
             self.slots.release()
@@ -269,14 +272,18 @@ class Engine(ABC):
         ids = [i for i in ids if i not in self.eos_ids]
         # An answer cut by max_new_tokens can end inside a character: drop that half.
         decoded = self.decode(ids)
-        text = decoded.rstrip("\ufffd")
+        whole = decoded.rstrip("\ufffd")
+        text = cut.cut(whole)
         if decoded == text and self.decode(ids, keep_special=True) == text:  # the ids say just the text
             self.memory.remember((prompt if isinstance(prompt, str) else prompt.text) + text, prompt_ids + ids)
-        streamed = "".join(chunk for chunk, _ in sent)
+        streamed = cut.emitted
         if len(text) > len(streamed) and text.startswith(streamed):
             yield text[len(streamed):]  # what a streamer held back when it was told to stop
         first = first or end
         tokens = len(ids)
+        at_stop_string = cut.matched or text != whole
+        finish = ("stopped" if stop.is_set() else
+                  "length" if tokens >= settings.max_new_tokens and not at_stop_string else "stop")
         return Stats(
             prompt_tokens=len(prompt_ids),
             answer_tokens=tokens,
@@ -285,6 +292,7 @@ class Engine(ABC):
             total_s=end - start,
             stopped=stop.is_set(),
             text=text,
+            finish=finish,
         )
 
 
@@ -306,3 +314,64 @@ def _whole_characters(pieces: Generator[str, None, list[int]],
                 held = ""
     finally:
         pieces.close()  # a reader that left: generation is told to stop and waited for
+
+
+@dataclass
+class StopText:
+    """Generated text up to the first stop string, which is left out. Text that may be the
+    start of a stop string is held back until the next text shows whether it is one, so a
+    stream never shows part of a stop string. (The engines stop generating at a stop string
+    themselves; this is what makes every engine's text and stream end the same way.)"""
+
+    stops: tuple[str, ...] = ()
+    held: str = ""
+    emitted: str = ""  # all text passed on so far
+    matched: bool = False
+
+    def cut(self, text: str) -> str:
+        """`text` up to its first stop string."""
+        found = [i for i in (text.find(s) for s in self.stops) if i >= 0]
+        return text[:min(found)] if found else text
+
+    def feed(self, text: str) -> str:
+        """What of `text` (after what came before) may be shown now."""
+        if self.matched or not self.stops:
+            return self._pass("" if self.matched else text)
+        self.held += text
+        before = self.cut(self.held)
+        if before != self.held:
+            self.matched, self.held = True, ""
+            return self._pass(before)
+        keep = self._partial(self.held)
+        shown, self.held = self.held[:len(self.held) - keep], self.held[len(self.held) - keep:]
+        return self._pass(shown)
+
+    def flush(self) -> str:
+        """What is still held back once the answer has ended without a stop string."""
+        shown, self.held = self.held, ""
+        return self._pass(shown)
+
+    def _partial(self, text: str) -> int:
+        """Length of the longest end of `text` that begins a stop string."""
+        return max((n for s in self.stops for n in range(min(len(s) - 1, len(text)), 0, -1)
+                    if text.endswith(s[:n])), default=0)
+
+    def _pass(self, text: str) -> str:
+        self.emitted += text
+        return text
+
+
+def _before_stop(pieces: Generator[str, None, list[int]], cut: StopText) -> Generator[str, None, list[int]]:
+    """Pass text on up to the first stop string (`StopText`). Returns what `pieces` returns."""
+    try:
+        while True:
+            try:
+                piece = next(pieces)
+            except StopIteration as end:
+                if rest := cut.flush():
+                    yield rest
+                return end.value
+            if shown := cut.feed(piece):
+                yield shown
+    finally:
+        pieces.close()

@@ -74,6 +74,10 @@ class GenAIEngine(Engine):
         config.stop_token_ids = set(self.eos_ids)
         config.repetition_penalty = settings.repetition_penalty
         config.apply_chat_template = False
+        # Generation ends at a stop string; it stays in the output, where the engine's StopText
+        # cuts it off the same way for every engine (and counts its tokens, as generated).
+        config.stop_strings = set(settings.stop)
+        config.include_stop_str_in_output = True
         if self.prompt_lookup:
             config.num_assistant_tokens, config.max_ngram_size = PROMPT_LOOKUP_TOKENS, PROMPT_LOOKUP_NGRAM
         config.do_sample = not settings.greedy

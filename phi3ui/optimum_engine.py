@@ -52,6 +52,8 @@ class OptimumEngine(Engine):
                 return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool)
 
         input_ids = torch.tensor([ids])
+        # transformers matches stop strings on token ids, which it works out with the tokenizer.
+        stops = dict(stop_strings=list(settings.stop), tokenizer=self.tokenizer) if settings.stop else {}
         sampling = {}
         if not settings.greedy:
             if settings.seed is not None:
@@ -68,6 +70,7 @@ class OptimumEngine(Engine):
             pad_token_id=self.eos_ids[0] if self.tokenizer.pad_token_id is None else self.tokenizer.pad_token_id,
             streamer=Streamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True),
             stopping_criteria=StoppingCriteriaList([Stopped()]),
+            **stops,
             **sampling,
         )
         return output[0, input_ids.shape[1]:].tolist()

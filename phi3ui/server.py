@@ -86,6 +86,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="most new tokens a request may ask for; more is refused. Default "
                              f"{LOCKED_MAX_NEW_TOKENS} with --lock-settings, otherwise {Limits.max_new_tokens} "
                              "[PHI3UI_MAX_NEW_TOKENS_CAP]")
+    parser.add_argument("--api-key", default=_env("PHI3UI_API_KEY", None),
+                        help="the key OpenAI API clients send as a bearer token to /v1. Without one, /v1 is "
+                             "served only by a server on loopback with no --share, --auth or --trust-proxy, not "
+                             "on Spaces. Prefer the environment variable: a flag shows in the process list "
+                             "[PHI3UI_API_KEY]")
     parser.add_argument("--trust-proxy", action=argparse.BooleanOptionalAction,
                         default=_env("PHI3UI_TRUST_PROXY", on_spaces()),
                         help="behind a reverse proxy: a client is the first X-Forwarded-For address, not "
@@ -152,18 +157,27 @@ def main(argv: list[str] | None = None) -> int:
         log.info("The %s engine answers one message at a time; --concurrency %d lets the others wait "
                  "in line. The genai engine answers them together.", backend.engine.name, args.concurrency)
 
+    from .openai_api import Access, OpenAIApi  # FastAPI, which comes with Gradio
     from .ui import Page  # Gradio loads only when serving
 
+    gate = Gate(FairUse(rate_per_minute=args.rate_limit))  # one for the page and /v1: the same limits
     page = Page(backend, lock_settings=args.lock_settings, concurrency_limit=args.concurrency,
-                gate=Gate(FairUse(rate_per_minute=args.rate_limit)), trust_proxy=args.trust_proxy)
+                gate=gate, trust_proxy=args.trust_proxy)
+    access = Access.decide(args.api_key, host=args.host, share=args.share, spaces=on_spaces(),
+                           page_login=bool(auth), behind_proxy=args.trust_proxy)
+    api = OpenAIApi(backend, gate, access, lock_settings=args.lock_settings, trust_proxy=args.trust_proxy,
+                    waiting=args.queue_size)
     log.info("Fair use: %s; at most %d new tokens a request; clients told apart by %s.",
              f"{args.rate_limit} requests a minute and one answer at a time per client address"
              if args.rate_limit else "no per-client limits (one answer at a time per browser session)",
              args.max_new_tokens_cap, "the first X-Forwarded-For address" if args.trust_proxy else "peer address")
     demo = page.build()
     demo.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
+    # /v1 is mounted ahead of the page's routes, outside Gradio's login (it checks its own key).
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
-                show_error=not args.lock_settings, max_file_size="5mb", footer_links=["api"], prevent_thread_lock=True)
+                show_error=not args.lock_settings, max_file_size="5mb", footer_links=["api"], prevent_thread_lock=True,
+                app_kwargs={"routes": [api.mount()]})
+    log.info("%s", access.describe(f"{demo.local_url.rstrip('/')}/v1"))
     if problem := report_share(args.share, demo.share_url, demo.local_url):
         log.warning(problem)
     demo.block_thread()

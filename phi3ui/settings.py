@@ -192,6 +192,11 @@ class GenerationSettings:
     repetition_penalty: float = 1.0
     seed: int | None = None
     system_prompt: str = ""
+    # The answer ends before the first of these strings (which it leaves out); the API's `stop`.
+    stop: tuple[str, ...] = ()
+
+    MAX_STOP_STRINGS: ClassVar[int] = 4  # as many as OpenAI's API takes
+    MAX_STOP_CHARS: ClassVar[int] = 200  # the engines match each one on every new token
 
     @property
     def greedy(self) -> bool:
@@ -215,6 +220,10 @@ class GenerationSettings:
             (len(self.system_prompt) <= limits.max_message_chars,
              f"The system prompt is {len(self.system_prompt)} characters; the limit is "
              f"{limits.max_message_chars}."),
+            (len(self.stop) <= self.MAX_STOP_STRINGS,
+             f"At most {self.MAX_STOP_STRINGS} stop strings, not {len(self.stop)}."),
+            (all(isinstance(s, str) and 0 < len(s) <= self.MAX_STOP_CHARS for s in self.stop),
+             f"Each stop string must be text of 1 to {self.MAX_STOP_CHARS} characters."),
         ]
         for ok, message in checks:
             if not ok:
@@ -229,6 +238,9 @@ class GenerationSettings:
             if f.name not in values or values[f.name] is None:
                 continue
             value = values[f.name]
+            if f.name == "stop":
+                converted["stop"] = stop_strings(value)
+                continue
             kind = {"max_new_tokens": int, "min_new_tokens": int, "top_k": int, "seed": int, "system_prompt": str}.get(
                 f.name, float
             )
@@ -242,3 +254,12 @@ class GenerationSettings:
                 described = {int: "a whole number", float: "a number", str: "text"}[kind]
                 raise SettingsError(f"{f.name} must be {described}, not {value!r}.") from None
         return cls(**converted)
+
+
+def stop_strings(value: object) -> tuple[str, ...]:
+    """Stop strings as a tuple: one string or a list of them (OpenAI's `stop` takes both)."""
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, (list, tuple)) and all(isinstance(s, str) for s in value):
+        return tuple(value)
+    raise SettingsError(f"stop must be text or a list of texts, not {value!r}.")

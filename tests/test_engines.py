@@ -31,6 +31,26 @@ def test_greedy_answer_knows_paris(bundled_engine):
     assert stats.ttft_s > 0 and stats.tokens_per_s > 0
 
 
+def test_stop_strings_end_the_answer_before_them(bundled_engine):
+    """The engine stops generating at a stop string; its text and stream leave it out."""
+    full = ask(bundled_engine, "What is the capital of France?", max_new_tokens=32)[1]
+    assert " Paris" in full.text and full.finish == "stop"
+    for stop in ((" Paris", "zzz"), ("s Par",)):  # the second ends inside a token
+        chunks, stats = ask(bundled_engine, "What is the capital of France?", max_new_tokens=32, stop=stop)
+        assert "".join(chunks) == stats.text == full.text[:full.text.index(stop[0])]
+        assert stats.finish == "stop" and stats.answer_tokens < full.answer_tokens
+
+
+def test_finish_says_why_the_answer_ended(bundled_engine):
+    assert ask(bundled_engine, "What is the capital of France?", max_new_tokens=5)[1].finish == "length"
+    answer = bundled_engine.answer(bundled_engine.render([{"role": "user", "content": "Count to 500."}]),
+                                   GenerationSettings(max_new_tokens=400))
+    for i, _ in enumerate(answer):
+        if i == 3:
+            answer.stop()
+    assert answer.stats.finish == "stopped"
+
+
 @pytest.mark.parametrize("message", [
     "Translate 'good morning, my friend' into Chinese.",
     "Write 'thank you very much' in Japanese.",

@@ -1,0 +1,617 @@
+"""OpenAI's chat API on the page's own server: `GET /v1/models`, `POST /v1/chat/completions`.
+
+An API client shares everything with the page's visitors: the loaded model, its limits and
+the host's system prompt (`ChatBackend.prepare`), the engine's generation slots, and the
+fair-use `Gate`, so a script cannot take the model away from the page. Every field of a
+request is checked; one this server cannot honour (`n` > 1, tools, ...) is refused in
+OpenAI's error shape, naming the field, never ignored.
+
+Who may call: anyone who can reach a server that listens on loopback only; holders of the
+`--api-key` otherwise. A server reachable beyond its machine without a key serves no /v1
+(`Access`). The page's login and the API key are separate: /v1 reads no cookie, and the
+page knows nothing of the key.
+
+Nothing here imports Gradio; `server.py` mounts `OpenAIApi.mount()` on the page's app.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import math
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException
+from starlette.routing import Mount
+from starlette.types import Receive
+
+from . import prompt as prompts
+from .answer import Answer, Stats
+from .chat import ChatBackend, Loaded
+from .fairness import Gate, LimitReached, Ticket, client_address
+from .pump import pump
+from .settings import GenerationSettings, Limits, SettingsError, stop_strings
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/v1"
+MAX_BODY_BYTES = 16 * 2**20  # a full history (Limits.max_history_chars) as JSON, with room to spare
+# What a locked server's clients read when the model fails (the log has the details).
+MODEL_FAILED = "The model could not finish this answer. The details are in the server's log."
+KEY_HINT = "The host can turn it on with --api-key (or PHI3UI_API_KEY)."
+SYSTEM_ROLES = ("system", "developer")  # "developer" is OpenAI's newer name for the system role
+# OpenAI fields that change nothing at these values: accepted at them, refused at any other.
+NEUTRAL: dict[str, object] = {
+    "n": 1, "frequency_penalty": 0, "presence_penalty": 0, "logprobs": False, "store": False,
+    "tool_choice": "none", "response_format": {"type": "text"},
+}
+# Sampling as OpenAI's API samples when a request does not say: temperature 1, top-p 1, no top-k.
+OPENAI_TEMPERATURE = 1.0
+
+
+# --- errors ----------------------------------------------------------------------------
+class ApiError(Exception):
+    """A refusal in OpenAI's shape: `{"error": {message, type, param, code}}`."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error", retry_after_s: float | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.kind, self.retry_after_s = kind, retry_after_s
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        headers = {}
+        if self.retry_after_s is not None:
+            headers["Retry-After"] = str(max(1, math.ceil(self.retry_after_s)))
+        if self.status == 401:
+            headers["WWW-Authenticate"] = "Bearer"
+        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+
+
+def _param(loc: tuple) -> str:
+    """pydantic's error location as OpenAI names a field: `messages[0].content`."""
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
+
+
+def invalid(exc: ValidationError) -> ApiError:
+    """The first problem pydantic found, naming its field."""
+    error = exc.errors()[0]
+    param = _param(error["loc"]) or None
+    if error["type"] == "extra_forbidden":
+        message = f"`{param}` is not supported by this server."
+    elif error["type"] == "value_error":
+        message = str(error["ctx"]["error"])
+    else:
+        message = f"`{param}`: {error['msg']}." if param else f"{error['msg']}."
+    return ApiError(400, message, param)
+
+
+# --- who may call -------------------------------------------------------------------------
+def is_loopback(host: str) -> bool:
+    """Whether an address to listen on is reachable from this machine only."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may use /v1: with a `key`, holders of it; without one, anyone who can reach the
+    server, unless it can be reached beyond its machine (`off_because` says how), when
+    nobody may: a model open to the network without a key is anyone's."""
+
+    key: str | None = None
+    off_because: str = ""
+
+    @classmethod
+    def decide(cls, key: str | None, *, host: str, share: bool = False, spaces: bool = False,
+               page_login: bool = False, behind_proxy: bool = False) -> Access:
+        key = (key or "").strip() or None
+        if key:
+            return cls(key)
+        reasons = [why for exposed, why in (
+            (not is_loopback(host), f"it listens on {host}, beyond this machine"),
+            (share, "it shares a public link"),
+            (spaces, "it runs on Spaces"),
+            (behind_proxy, "it is behind a reverse proxy (--trust-proxy)"),
+            (page_login, "its page needs a login (--auth), which /v1 would get around"),
+        ) if exposed]
+        return cls(None, "; ".join(reasons))
+
+    def describe(self, url: str) -> str:
+        """What the log says at start."""
+        if self.off_because:
+            return (f"OpenAI API: not served, because {self.off_because}, and there is no API key. "
+                    f"Give one with --api-key (or PHI3UI_API_KEY) to serve {url}.")
+        who = "for clients that send the API key as a bearer token" if self.key else \
+            "open to this machine without a key"
+        return f"OpenAI API: {url}, {who}."
+
+    def check(self, authorization: str | None) -> None:
+        """Refuse a request this server may not answer: 403 when /v1 is off, 401 without the key."""
+        if self.off_because:
+            raise ApiError(403, "The OpenAI API is off on this server: it can be reached beyond its own machine "
+                                f"and has no API key. {KEY_HINT}", code="api_disabled", kind="permission_error")
+        if self.key is None:
+            return
+        scheme, _, token = (authorization or "").strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(401, "No API key: send it as a bearer token (Authorization: Bearer <key>).",
+                           code="missing_api_key")
+        if not secrets.compare_digest(token.strip().encode(), self.key.encode()):
+            raise ApiError(401, "Incorrect API key.", code="invalid_api_key")
+
+
+# --- requests ----------------------------------------------------------------------------
+class _Strict(BaseModel):
+    """No coercion ("1" is not 1) and no unknown fields."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text(cls, value: Any) -> str:
+        """A string or text parts; an image or audio part is refused, not dropped."""
+        try:
+            return prompts.message_text(value)
+        except prompts.PromptError as exc:
+            raise ValueError(str(exc)) from None
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class ChatRequest(_Strict):
+    """The fields of a chat completion this server honours."""
+
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stops(cls, value: Any) -> tuple[str, ...]:
+        return () if value is None else stop_strings(value)
+
+
+@dataclass(frozen=True)
+class ChatCall:
+    """A checked request: the conversation as the backend takes it, and how to answer."""
+
+    model: str
+    system: str
+    history: list[prompts.Message]
+    message: str
+    settings: GenerationSettings
+    stream: bool = False
+    include_usage: bool = False
+
+
+def refuse_unsupported(body: dict) -> dict:
+    """The body without neutral fields at their neutral value; any other field this server
+    does not honour is refused by name."""
+    known = set(ChatRequest.model_fields)
+    kept = {}
+    for name, value in body.items():
+        if name in known:
+            kept[name] = value
+        elif name in NEUTRAL:
+            if value is not None and value != NEUTRAL[name]:
+                raise ApiError(400, f"`{name}` = {json.dumps(value)} is not supported by this server; leave it "
+                                    f"out or send {json.dumps(NEUTRAL[name])}.", name)
+        elif value is not None:
+            raise ApiError(400, f"`{name}` is not supported by this server.", name)
+    return kept
+
+
+def conversation(messages: list[ChatMessage]) -> tuple[str, list[prompts.Message], str]:
+    """System prompt, history and the message to answer. System messages lead (the chat
+    templates have one system prompt, at the start); the last message is the user's."""
+    lead = next((i for i, m in enumerate(messages) if m.role not in SYSTEM_ROLES), len(messages))
+    for i, message in enumerate(messages[lead:], start=lead):
+        if message.role in SYSTEM_ROLES:
+            raise ApiError(400, "System messages must come first, before the conversation.", f"messages[{i}].role")
+    rest = messages[lead:]
+    if not rest or rest[-1].role != "user":
+        raise ApiError(400, "The last message must be the user's: it is the one answered.", "messages")
+    system = "\n\n".join(m.content for m in messages[:lead] if m.content)
+    return system, [{"role": m.role, "content": m.content} for m in rest[:-1]], rest[-1].content
+
+
+def generation_settings(request: ChatRequest, system: str, limits: Limits) -> GenerationSettings:
+    """The request's sampling, checked field by field with the page's own words."""
+    if None not in (request.max_tokens, request.max_completion_tokens) and \
+            request.max_tokens != request.max_completion_tokens:
+        raise ApiError(400, "`max_tokens` and `max_completion_tokens` disagree; send one of them.", "max_tokens")
+    max_param = "max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens"
+    asked = request.max_completion_tokens if request.max_completion_tokens is not None else request.max_tokens
+    settings = GenerationSettings(
+        max_new_tokens=asked if asked is not None else min(GenerationSettings.max_new_tokens, limits.max_new_tokens),
+        temperature=OPENAI_TEMPERATURE if request.temperature is None else request.temperature,
+        top_p=1.0 if request.top_p is None else request.top_p,
+        top_k=0, seed=request.seed, stop=request.stop, system_prompt=system,
+    )
+    probe = GenerationSettings(max_new_tokens=1)  # valid whatever the limits: one field checked at a time
+    for name, param in (("max_new_tokens", max_param), ("temperature", "temperature"), ("top_p", "top_p"),
+                        ("seed", "seed"), ("stop", "stop"), ("system_prompt", "messages")):
+        try:
+            replace(probe, **{name: getattr(settings, name)}).validate(limits)
+        except SettingsError as exc:
+            raise ApiError(400, str(exc), param) from None
+    return settings
+
+
+def parse_chat(body: object, limits: Limits) -> ChatCall:
+    """A chat completion request checked against this server's limits, or `ApiError`."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "The request body must be a JSON object.")
+    try:
+        request = ChatRequest.model_validate(refuse_unsupported(body))
+    except ValidationError as exc:
+        raise invalid(exc) from None
+    if request.stream_options is not None and not request.stream:
+        raise ApiError(400, "`stream_options` applies only with `stream` true.", "stream_options")
+    system, history, message = conversation(request.messages)
+    return ChatCall(request.model, system, history, message, generation_settings(request, system, limits),
+                    stream=request.stream,
+                    include_usage=bool(request.stream_options and request.stream_options.include_usage))
+
+
+# --- responses ---------------------------------------------------------------------------
+def usage(stats: Stats | None, prompt_tokens: int) -> dict:
+    prompt = stats.prompt_tokens if stats and stats.prompt_tokens else prompt_tokens
+    answer = stats.answer_tokens if stats else 0
+    return {"prompt_tokens": prompt, "completion_tokens": answer, "total_tokens": prompt + answer}
+
+
+def finish_reason(stats: Stats | None) -> str:
+    """OpenAI's reasons: "length" when max tokens cut the answer, "stop" otherwise."""
+    return "length" if stats is not None and stats.finish == "length" else "stop"
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What every object of one answer carries, and those objects in OpenAI's shapes."""
+
+    model: str
+    id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def _head(self, kind: str) -> dict:
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.model,
+                "system_fingerprint": None}
+
+    def whole(self, text: str, finish: str, counts: dict) -> dict:
+        """The non-streamed answer."""
+        message = {"role": "assistant", "content": text, "refusal": None}
+        return {**self._head("chat.completion"), "usage": counts,
+                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}]}
+
+    def chunk(self, delta: dict, finish: str | None = None, with_usage: bool = False) -> dict:
+        """One streamed piece; with `with_usage` it says `usage: null` as OpenAI's do then."""
+        chunk = {**self._head("chat.completion.chunk"),
+                 "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        return {**chunk, "usage": None} if with_usage else chunk
+
+    def usage_chunk(self, counts: dict) -> dict:
+        """The last chunk when `stream_options.include_usage`: no choices, the usage."""
+        return {**self._head("chat.completion.chunk"), "choices": [], "usage": counts}
+
+
+def sse(data: dict | str) -> str:
+    """One server-sent event."""
+    text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return f"data: {text}\n\n"
+
+
+DONE = sse("[DONE]")
+
+
+def model_id(loaded: Loaded) -> str:
+    """The loaded model's name: what `--model` named, a local folder by its name only."""
+    source = loaded.exported.source
+    return Path(source).expanduser().resolve().name if Path(source).expanduser().exists() else source
+
+
+# --- answering --------------------------------------------------------------------------
+@dataclass
+class Place:
+    """An admitted request's fair-use ticket and place in line; both go back once."""
+
+    ticket: Ticket
+    line: threading.BoundedSemaphore
+    released: bool = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.ticket.release()
+            self.line.release()
+
+
+class Reading:
+    """One answer, read in a thread of its own (`pump`) and handed out chunk by chunk.
+    `close` stops it, waits until its generation has ended (the engine slot is free
+    again) and gives the request's place back; it is safe to call more than once."""
+
+    def __init__(self, answer: Answer, place: Place, limiter: anyio.CapacityLimiter):
+        self.answer = answer
+        self._place = place
+        self._limiter = limiter
+        self._chunks = pump(self._read, abandon=answer.stop, name="openai-answer")
+        self._lock = threading.Lock()  # one call into the pump at a time
+        self._closed = False
+
+    def _read(self, emit: Callable[[str], None]) -> Stats | None:
+        with self.answer:
+            for chunk in self.answer:
+                emit(chunk)
+        return self.answer.stats
+
+    def next(self) -> str | None:
+        """The next chunk, None at the end; blocks until it comes."""
+        with self._lock:
+            return None if self._closed else next(self._chunks, None)
+
+    def close(self) -> None:
+        """Blocks until the generation has ended; logs how the answer ended."""
+        self.stop()  # first: a `next` waiting for a token returns at once
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._chunks.close()
+        self._place.release()
+        stats = self.answer.stats
+        log.info("/v1 answer %s after %d tokens",
+                 "stopped (the client went away)" if stats is None or stats.stopped else "done",
+                 stats.answer_tokens if stats else 0)
+
+    def stop(self) -> None:
+        """End the answer within about a token, unless it has already ended."""
+        if not self.answer.done:
+            self.answer.stop()
+
+    async def texts(self) -> AsyncIterator[str]:
+        """The chunks, to async code; leaving early (a client gone) closes the answer."""
+        try:
+            while (chunk := await anyio.to_thread.run_sync(self.next, abandon_on_cancel=True,
+                                                           limiter=self._limiter)) is not None:
+                yield chunk
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        self.stop()
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self.close, limiter=self._limiter)
+
+
+async def until_disconnected(receive: Receive) -> None:
+    """Return once the client has gone (the request body is read by then)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+@dataclass
+class OpenAIApi:
+    """The /v1 app around the page's backend and fair-use gate."""
+
+    backend: ChatBackend
+    gate: Gate = field(default_factory=Gate)
+    access: Access = field(default_factory=Access)
+    lock_settings: bool = False  # visitors read no exception text (the log has it)
+    trust_proxy: bool = False  # the client is the first X-Forwarded-For entry
+    waiting: int = 64  # answers that may wait for a generation slot beyond those generating (--queue-size)
+    created: int = field(default_factory=lambda: int(time.time()))
+    _line: threading.BoundedSemaphore = field(init=False)
+    _limiter: anyio.CapacityLimiter = field(init=False)
+
+    def __post_init__(self) -> None:
+        places = self.backend.concurrency + self.waiting
+        self._line = threading.BoundedSemaphore(places)
+        # Each answer's reader waits for its next chunk in a worker thread, and its close may
+        # need one more: threads of their own, so the page's are never taken.
+        self._limiter = anyio.CapacityLimiter(2 * places)
+
+    def mount(self) -> Mount:
+        return Mount(PREFIX, app=self.app())
+
+    def app(self) -> FastAPI:
+        api = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, dependencies=[Depends(self.authorize)])
+        api.add_exception_handler(ApiError, self._refused)
+        api.add_exception_handler(HTTPException, self._unknown)
+        api.add_api_route("/models", self.models, methods=["GET"])
+        api.add_api_route("/models/{name:path}", self.model, methods=["GET"])
+        api.add_api_route("/chat/completions", self.chat_completions, methods=["POST"])
+        return api
+
+    # --- plumbing -------------------------------------------------------------------------
+    async def authorize(self, request: Request) -> None:
+        """Every /v1 route's first check (async: no worker thread for it)."""
+        self.access.check(request.headers.get("authorization"))
+
+    @staticmethod
+    async def _refused(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return exc.response()
+
+    @staticmethod
+    async def _unknown(request: Request, exc: Exception) -> Response:
+        status = getattr(exc, "status_code", 404)
+        return ApiError(status, f"{request.method} {request.url.path} is not part of this API: it has GET "
+                                f"{PREFIX}/models and POST {PREFIX}/chat/completions.",
+                        code="unknown_url").response()
+
+    def public(self, exc: BaseException) -> str:
+        """An unexpected error as a client may read it: a plain sentence when locked."""
+        return MODEL_FAILED if self.lock_settings else str(exc)
+
+    def loaded(self) -> Loaded:
+        loaded = self.backend.loaded
+        if loaded is None:
+            raise ApiError(503, "No model is loaded yet; try again in a moment.", code="model_not_loaded",
+                           kind="server_error", retry_after_s=5)
+        return loaded
+
+    def card(self, loaded: Loaded) -> dict:
+        return {"id": model_id(loaded), "object": "model", "created": self.created, "owned_by": "phi3ui"}
+
+    def admit(self, request: Request) -> Place:
+        """A place in line, then the fair-use gate's ticket, or a 503 / 429 saying when to retry."""
+        if not self._line.acquire(blocking=False):
+            raise ApiError(503, "The server has as many requests waiting as it takes; try again shortly.",
+                           code="server_busy", kind="server_error", retry_after_s=5)
+        client = client_address(request.client.host if request.client else None,
+                                request.headers.get("x-forwarded-for"), self.trust_proxy)
+        try:
+            ticket = self.gate.admit(client, None)
+        except LimitReached as exc:
+            self._line.release()
+            log.info("/v1 refused (%s limit): retry in %s s", exc.limit, exc.retry_after_s)
+            raise ApiError(429, str(exc), code="rate_limit_exceeded" if exc.limit == "rate" else "one_at_a_time",
+                           kind="rate_limit_error", retry_after_s=exc.retry_after_s) from None
+        return Place(ticket, self._line)
+
+    # --- routes ---------------------------------------------------------------------------
+    async def models(self) -> JSONResponse:
+        loaded = self.backend.loaded
+        return JSONResponse({"object": "list", "data": [self.card(loaded)] if loaded else []})
+
+    async def model(self, name: str) -> JSONResponse:
+        card = self.card(self.loaded())
+        if name != card["id"]:
+            raise ApiError(404, f"The model `{name}` does not exist here; this server serves `{card['id']}`.",
+                           "model", code="model_not_found")
+        return JSONResponse(card)
+
+    async def chat_completions(self, request: Request) -> Response:
+        call = parse_chat(await read_json(request), self.backend.limits)
+        current = model_id(self.loaded())
+        if call.model != current:
+            raise ApiError(404, f"The model `{call.model}` does not exist here; this server serves `{current}` "
+                                f"(see {PREFIX}/models).", "model", code="model_not_found")
+        try:
+            self.backend.host_prompt.system_for(call.system)
+        except SettingsError as exc:
+            raise ApiError(400, str(exc), "messages", code="system_prompt_locked") from None
+        place = self.admit(request)
+        try:
+            fitted = await anyio.to_thread.run_sync(self.backend.prepare, call.history, call.message, call.settings,
+                                                    limiter=self._limiter)
+            answer = self.backend.start(fitted, call.settings)
+        except BaseException as exc:
+            place.release()
+            raise self.refusal(exc) from None
+        reading = Reading(answer, place, self._limiter)
+        completion = Completion(current)
+        if call.stream:
+            return StreamingResponse(self.events(reading, completion, call, fitted.prompt_tokens),
+                                     media_type="text/event-stream", background=BackgroundTask(reading.aclose),
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        try:
+            text = await self.collect(reading, request)
+        except Exception as exc:  # noqa: BLE001 - the client gets a sentence, the log the details
+            log.exception("/v1 answer failed")
+            raise ApiError(500, self.public(exc), code="model_failed", kind="server_error") from None
+        stats = answer.stats
+        return JSONResponse(completion.whole(text, finish_reason(stats), usage(stats, fitted.prompt_tokens)))
+
+    def refusal(self, exc: BaseException) -> BaseException:
+        """What a failure to start an answer tells the client."""
+        if isinstance(exc, prompts.MessageTooLong):
+            return ApiError(400, str(exc), "messages", code="context_length_exceeded")
+        if isinstance(exc, prompts.PromptError):
+            return ApiError(400, str(exc), "messages")
+        if isinstance(exc, SettingsError) and self.backend.loaded is None:
+            return ApiError(503, str(exc), code="model_not_loaded", kind="server_error", retry_after_s=5)
+        if isinstance(exc, SettingsError):
+            return ApiError(400, str(exc))
+        if not isinstance(exc, Exception):
+            return exc  # cancelled: nothing to tell
+        log.error("/v1 could not start an answer", exc_info=exc)
+        return ApiError(500, self.public(exc), code="model_failed", kind="server_error")
+
+    async def collect(self, reading: Reading, request: Request) -> str:
+        """The whole answer; a client that leaves meanwhile stops it."""
+        parts: list[str] = []
+        failed: Exception | None = None
+
+        async def watch() -> None:
+            await until_disconnected(request.receive)
+            reading.stop()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(watch)
+            try:
+                async for text in reading.texts():
+                    parts.append(text)
+            except Exception as exc:  # noqa: BLE001 - raised below, outside the task group
+                failed = exc
+            group.cancel_scope.cancel()
+        if failed is not None:
+            raise failed
+        return "".join(parts)
+
+    async def events(self, reading: Reading, completion: Completion, call: ChatCall,
+                     prompt_tokens: int) -> AsyncIterator[str]:
+        """The answer as server-sent events: the role, text deltas, the finish reason, usage
+        if asked for, then [DONE]. A model failure midway is an error event instead."""
+        yield sse(completion.chunk({"role": "assistant", "content": ""}, with_usage=call.include_usage))
+        try:
+            async for text in reading.texts():
+                yield sse(completion.chunk({"content": text}, with_usage=call.include_usage))
+        except Exception as exc:  # noqa: BLE001 - the client gets a sentence, the log the details
+            log.exception("/v1 answer failed")
+            yield sse(ApiError(500, self.public(exc), code="model_failed", kind="server_error").body())
+            return
+        stats = reading.answer.stats
+        yield sse(completion.chunk({}, finish_reason(stats), with_usage=call.include_usage))
+        if call.include_usage:
+            yield sse(completion.usage_chunk(usage(stats, prompt_tokens)))
+        yield DONE
+
+
+async def read_json(request: Request) -> object:
+    """The body as JSON, refused beyond MAX_BODY_BYTES before it is all in memory."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise ApiError(413, f"The request body is over {MAX_BODY_BYTES // 2**20} MB.", code="request_too_large")
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise ApiError(400, "The request body is not valid JSON.", code="invalid_json") from None
