@@ -3,7 +3,7 @@ window policy of issue 19 (phi3ui/window.py), in one process.
 
     python -m bench.long_chat                       # bundled model, 2048-token window, 40 turns
     python -m bench.long_chat --concurrency 2       # the same through the batching engine
-    python -m bench.long_chat --phi3-shaped --turns 36 --max-new-tokens 32 --suffix -phi3-shaped
+    python -m bench.long_chat --phi3-shaped --context-window 1024 --turns 30 --max-new-tokens 16 --suffix=-phi3-shaped
 
 Two conversations run through the real backend (`ChatBackend.prepare` + `start`), turn by
 turn interleaved so the machine's drift hits both alike: "before" leaves out the fewest

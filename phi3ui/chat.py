@@ -48,6 +48,8 @@ class Loaded:
     def describe(self, folder: bool = True) -> str:
         """The model, its export, engine, device and window; with `folder`, where it lies on
         disk too (the host's to see: a locked server shows visitors no server paths)."""
+        if getattr(self.engine, "remote", False):  # no model here: the remote's name, window and URL
+            return self.engine.describe(where=folder)
         own = self.engine.context_window
         window = (f"{self.window}-token window (capped; the model's is {own})" if 0 < self.window < own
                   else f"{own}-token window")
@@ -100,6 +102,11 @@ class ChatBackend:
         """Export if needed, then load; with `fallback`, an unavailable model gives way to
         the bundled one (the page says so) instead of failing the start."""
         runtime.validate()
+        if self.loaded is not None and getattr(self.loaded.engine, "remote", False):
+            raise SettingsError("This server is a front end to a remote engine (--engine openai): the model is the "
+                                "remote's, and nothing is exported or loaded here.")
+        if runtime.is_remote:
+            return self._connect(runtime, progress)
         notices: list[str] = []
         with self._load_lock:
             try:
@@ -134,6 +141,27 @@ class ChatBackend:
                 log.warning(engine.device_warning)
                 notices.append(engine.device_warning)
             self.loaded = Loaded(engine, exported, runtime, tuple(notices),
+                                 self.limits.window(engine.context_window))
+            progress(f"Loaded: {self.loaded.describe()}")
+            return self.loaded
+
+    def _connect(self, runtime: RuntimeSettings, progress: Progress) -> Loaded:
+        """`--engine openai`: no export and no model here; the remote answers. A remote that
+        is down now is no failure: each message tries it again."""
+        from .remote_engine import RemoteEngine
+
+        assert runtime.remote is not None
+        with self._load_lock:
+            progress(f"Connecting to the remote engine at {runtime.remote.base}…")
+            engine = RemoteEngine(runtime.remote, self.concurrency, self.limits.context_window)
+            try:
+                self.limits.check_window(engine.context_window)
+            except SettingsError:
+                engine.close()
+                raise
+            source = engine.model_name or runtime.remote.model or "remote"
+            exported = Exported(folder=Path(), source=source, settings=None, cached=True)
+            self.loaded = Loaded(engine, exported, runtime, tuple(engine.notices),  # type: ignore[arg-type]
                                  self.limits.window(engine.context_window))
             progress(f"Loaded: {self.loaded.describe()}")
             return self.loaded

@@ -1,7 +1,9 @@
 """The engines by name, and loading one.
 
 `genai` (openvino-genai) is the default; with a concurrency above one it batches answers
-(`phi3ui.batching`). `optimum` is optimum-intel's OVModelForCausalLM.
+(`phi3ui.batching`). `optimum` is optimum-intel's OVModelForCausalLM. The third engine name,
+`openai` (`phi3ui.remote_engine`), has no model here: `ChatBackend` connects it to a remote
+server instead of loading anything, so it is not in this registry.
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ from .answer import Answer, Stats
 from .chat import ChatBackend, Loaded
 from .fairness import Gate, LimitReached, Ticket, client_address
 from .pump import pump
+from .remote_engine import RemoteError
 from .settings import GenerationSettings, Limits, SettingsError, stop_strings
 
 log = logging.getLogger(__name__)
@@ -340,7 +341,10 @@ DONE = sse("[DONE]")
 
 
 def model_id(loaded: Loaded) -> str:
-    """The loaded model's name: what `--model` named, a local folder by its name only."""
+    """The loaded model's name: what `--model` named, a local folder by its name only; on a
+    remote engine, the remote's model name ("" while the remote has not said it yet)."""
+    if getattr(loaded.engine, "remote", False):
+        return loaded.engine.model_name
     source = loaded.exported.source
     return Path(source).expanduser().resolve().name if Path(source).expanduser().exists() else source
 
@@ -487,7 +491,10 @@ class OpenAIApi:
         return loaded
 
     def card(self, loaded: Loaded) -> dict:
-        return {"id": model_id(loaded), "object": "model", "created": self.created, "owned_by": "phi3ui"}
+        """The model, with the context window prompts are fitted to (a front end with
+        `--engine openai` reads it; OpenAI's own cards have no such field)."""
+        return {"id": model_id(loaded), "object": "model", "created": self.created, "owned_by": "phi3ui",
+                "context_window": self.backend.limits.window(loaded.engine.context_window)}
 
     def admit(self, request: Request) -> Place:
         """A place in line, then the fair-use gate's ticket, or a 503 / 429 saying when to retry."""
@@ -520,7 +527,7 @@ class OpenAIApi:
     async def chat_completions(self, request: Request) -> Response:
         call = parse_chat(await read_json(request), self.backend.limits)
         current = model_id(self.loaded())
-        if call.model != current:
+        if current and call.model != current:
             raise ApiError(404, f"The model `{call.model}` does not exist here; this server serves `{current}` "
                                 f"(see {PREFIX}/models).", "model", code="model_not_found")
         try:
@@ -536,18 +543,40 @@ class OpenAIApi:
             place.release()
             raise self.refusal(exc) from None
         reading = Reading(answer, place, self._limiter)
-        completion = Completion(current)
+        completion = Completion(current or call.model)
         if call.stream:
-            return StreamingResponse(self.events(reading, completion, call, fitted.prompt_tokens),
+            first = None
+            if getattr(self.backend.engine, "remote", False):
+                # A remote that is down or refuses fails here, before the 200: the client gets
+                # the error's own status (502/503/504) rather than an error event.
+                try:
+                    first = await anyio.to_thread.run_sync(reading.next, abandon_on_cancel=True, limiter=self._limiter)
+                except RemoteError as exc:
+                    await reading.aclose()
+                    raise self.remote_refusal(exc) from None
+                except Exception as exc:  # noqa: BLE001 - the client gets a sentence, the log the details
+                    log.exception("/v1 answer failed")
+                    await reading.aclose()
+                    raise ApiError(500, self.public(exc), code="model_failed", kind="server_error") from None
+            return StreamingResponse(self.events(reading, completion, call, fitted.prompt_tokens, first),
                                      media_type="text/event-stream", background=BackgroundTask(reading.aclose),
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         try:
             text = await self.collect(reading, request)
+        except RemoteError as exc:
+            raise self.remote_refusal(exc) from None
         except Exception as exc:  # noqa: BLE001 - the client gets a sentence, the log the details
             log.exception("/v1 answer failed")
             raise ApiError(500, self.public(exc), code="model_failed", kind="server_error") from None
         stats = answer.stats
         return JSONResponse(completion.whole(text, finish_reason(stats), usage(stats, fitted.prompt_tokens)))
+
+    @staticmethod
+    def remote_refusal(exc: RemoteError) -> ApiError:
+        """A remote engine's failure, in OpenAI's shape with the front end's status."""
+        log.warning("/v1 answer failed on the remote engine: %s", exc)
+        kind = "invalid_request_error" if exc.status == 400 else "server_error"
+        return ApiError(exc.status, str(exc), code=exc.code, kind=kind, retry_after_s=exc.retry_after_s)
 
     def refusal(self, exc: BaseException) -> BaseException:
         """What a failure to start an answer tells the client."""
@@ -586,13 +615,20 @@ class OpenAIApi:
         return "".join(parts)
 
     async def events(self, reading: Reading, completion: Completion, call: ChatCall,
-                     prompt_tokens: int) -> AsyncIterator[str]:
+                     prompt_tokens: int, first: str | None = None) -> AsyncIterator[str]:
         """The answer as server-sent events: the role, text deltas, the finish reason, usage
-        if asked for, then [DONE]. A model failure midway is an error event instead."""
+        if asked for, then [DONE]. A model failure midway is an error event instead.
+        `first` is a chunk already read (a remote engine's, read before the 200)."""
         yield sse(completion.chunk({"role": "assistant", "content": ""}, with_usage=call.include_usage))
         try:
+            if first:
+                yield sse(completion.chunk({"content": first}, with_usage=call.include_usage))
             async for text in reading.texts():
                 yield sse(completion.chunk({"content": text}, with_usage=call.include_usage))
+        except RemoteError as exc:
+            log.warning("/v1 answer failed on the remote engine: %s", exc)
+            yield sse(ApiError(exc.status, str(exc), code=exc.code, kind="server_error").body())
+            return
         except Exception as exc:  # noqa: BLE001 - the client gets a sentence, the log the details
             log.exception("/v1 answer failed")
             yield sse(ApiError(500, self.public(exc), code="model_failed", kind="server_error").body())

@@ -21,7 +21,7 @@ from .fairness import (
     default_rate_limit,
 )
 from .export import ExportError, add_export_arguments, settings_from_args
-from .settings import DEFAULT_MODEL, ENGINES, Limits, RuntimeSettings, SettingsError
+from .settings import DEFAULT_MODEL, ENGINES, REMOTE_ENGINE, Limits, RemoteSettings, RuntimeSettings, SettingsError
 
 log = logging.getLogger("phi3ui")
 
@@ -44,7 +44,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default=_env("PHI3UI_MODEL", DEFAULT_MODEL),
                         help="hub id, local folder, OpenVINO folder or 'bundled' [PHI3UI_MODEL]")
     parser.add_argument("--engine", choices=list(ENGINES), default=_env("PHI3UI_ENGINE", "genai"),
-                        help="runtime [PHI3UI_ENGINE]")
+                        help="runtime; 'openai' = a front end to the OpenAI-compatible server at --api-base, "
+                             "with no model here [PHI3UI_ENGINE]")
+    parser.add_argument("--api-base", default=_env("PHI3UI_API_BASE", None),
+                        help="with --engine openai: the remote server's API URL up to its version, e.g. "
+                             "http://127.0.0.1:8000/v3 (OVMS) or http://127.0.0.1:7860/v1 (phi3ui, vLLM, "
+                             "llama.cpp) [PHI3UI_API_BASE]")
+    parser.add_argument("--remote-api-key", default=_env("PHI3UI_REMOTE_API_KEY", None),
+                        help="with --engine openai: the bearer key the remote server asks for (not --api-key, "
+                             "which is this server's own). Prefer the environment variable [PHI3UI_REMOTE_API_KEY]")
+    parser.add_argument("--remote-model", default=_env("PHI3UI_REMOTE_MODEL", ""),
+                        help="with --engine openai: the remote's model name; default: the only one it serves "
+                             "[PHI3UI_REMOTE_MODEL]")
+    parser.add_argument("--remote-timeout", type=float, default=_env("PHI3UI_REMOTE_TIMEOUT", 60.0),
+                        help="with --engine openai: seconds to wait for the remote's next byte (its queue and "
+                             "prompt reading count) before giving an answer up [PHI3UI_REMOTE_TIMEOUT]")
     parser.add_argument("--device", default=_env("PHI3UI_DEVICE", "CPU"), help="OpenVINO device [PHI3UI_DEVICE]")
     parser.add_argument("--prompt-lookup", action=argparse.BooleanOptionalAction,
                         default=_env("PHI3UI_PROMPT_LOOKUP", False),
@@ -109,6 +123,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         ("--max-message-chars", args.max_message_chars)):
         if value < 1:
             parser.error(f"{flag} must be at least 1, not {value}.")
+    if args.engine == REMOTE_ENGINE and not args.api_base:
+        parser.error("--engine openai needs --api-base, the remote server's URL (e.g. http://127.0.0.1:8000/v3).")
+    if args.engine != REMOTE_ENGINE and args.api_base:
+        parser.error("--api-base applies to --engine openai only.")
+    if args.remote_timeout <= 0:
+        parser.error(f"--remote-timeout must be above 0 seconds, not {args.remote_timeout:g}.")
     if args.context_window is not None and args.context_window < Limits.MIN_CONTEXT_WINDOW:
         parser.error(f"--context-window must be at least {Limits.MIN_CONTEXT_WINDOW}, not {args.context_window}.")
     return args
@@ -146,14 +166,17 @@ def main(argv: list[str] | None = None) -> int:
                               concurrency=args.concurrency,
                               host_prompt=HostPrompt(args.system_prompt, locked=args.lock_settings,
                                                      shown=args.show_system_prompt or not args.lock_settings))
-        runtime = RuntimeSettings(engine=args.engine, device=args.device, prompt_lookup=args.prompt_lookup)
+        remote = RemoteSettings(args.api_base, args.remote_api_key, args.remote_model, args.remote_timeout) \
+            if args.engine == REMOTE_ENGINE else None
+        runtime = RuntimeSettings(engine=args.engine, device=args.device, prompt_lookup=args.prompt_lookup,
+                                  remote=remote)
         backend.load(args.model, settings_from_args(args), runtime, fallback=True)
     except (SettingsError, ExportError) as exc:
         log.error("%s", exc)
         return 1
     if args.share and not auth:
         log.warning("Sharing a public link without --auth: anyone with the link can use this machine's model.")
-    if args.concurrency > 1 and backend.engine.name != "genai":
+    if args.concurrency > 1 and backend.engine.name not in ("genai", REMOTE_ENGINE):
         log.info("The %s engine answers one message at a time; --concurrency %d lets the others wait "
                  "in line. The genai engine answers them together.", backend.engine.name, args.concurrency)
 

@@ -80,6 +80,11 @@ class Sessions:
             if state.answer is not None:
                 state.answer.stop()
 
+    def chat_number(self, session: str) -> int:
+        """The number of the chat on screen, for `is_current` later."""
+        with self._lock:
+            return self._get(session).chat
+
     def is_current(self, session: str, chat: int) -> bool:
         """Whether chat number `chat` is still the one on screen."""
         with self._lock:

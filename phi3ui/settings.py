@@ -15,7 +15,10 @@ from typing import ClassVar, Literal
 DEFAULT_MODEL = "microsoft/Phi-3-mini-4k-instruct"
 BUNDLED = "bundled"
 WEIGHT_FORMATS = ("int4", "int8", "fp16")
-ENGINES = ("genai", "optimum")
+LOCAL_ENGINES = ("genai", "optimum")
+# `openai`: no model here; answers come from an OpenAI-compatible server (phi3ui/remote_engine.py).
+REMOTE_ENGINE = "openai"
+ENGINES = (*LOCAL_ENGINES, REMOTE_ENGINE)
 DEFAULT_ENGINE = "genai"
 
 WeightFormat = Literal["int4", "int8", "fp16"]
@@ -125,6 +128,30 @@ def export_preset(name: str, model: str = "") -> ExportSettings:
 
 
 @dataclass(frozen=True)
+class RemoteSettings:
+    """The OpenAI-compatible server that answers for `--engine openai`."""
+
+    api_base: str  # up to and with the version: http://host:8000/v3 (OVMS), http://host:7860/v1 (phi3ui)
+    api_key: str | None = None  # the remote's bearer key (--remote-api-key), not this server's --api-key
+    model: str = ""  # the remote's model name; "" = the only one it serves
+    timeout_s: float = 60.0  # longest wait for the remote's next byte: its queue and prefill count
+    connect_timeout_s: float = 5.0
+
+    def validate(self) -> RemoteSettings:
+        base = self.api_base.strip()
+        if not base.startswith(("http://", "https://")):
+            raise SettingsError(f"--api-base must be an http:// or https:// URL such as http://127.0.0.1:8000/v3, "
+                                f"not {self.api_base!r}.")
+        if not self.timeout_s > 0:
+            raise SettingsError(f"--remote-timeout must be above 0 seconds, not {self.timeout_s:g}.")
+        return self
+
+    @property
+    def base(self) -> str:
+        return self.api_base.strip().rstrip("/")
+
+
+@dataclass(frozen=True)
 class RuntimeSettings:
     """Which engine runs the model, where, and with which OpenVINO properties."""
 
@@ -135,10 +162,24 @@ class RuntimeSettings:
     # one step: an answer that repeats the prompt (editing, quoting, code) comes out several
     # times faster, others at about the same speed (README, "Prompt lookup").
     prompt_lookup: bool = False
+    remote: RemoteSettings | None = None  # with engine "openai" only
+
+    @property
+    def is_remote(self) -> bool:
+        return self.engine == REMOTE_ENGINE
 
     def validate(self) -> RuntimeSettings:
         if self.engine not in ENGINES:
             raise SettingsError(f"Engine {self.engine!r} is not one of {', '.join(ENGINES)}.")
+        if self.is_remote:
+            if self.remote is None:
+                raise SettingsError("The openai engine needs the remote server's URL: --api-base.")
+            self.remote.validate()
+            if self.prompt_lookup:
+                raise SettingsError("Prompt lookup runs in a local engine; the remote server decodes by itself.")
+            return self
+        if self.remote is not None:
+            raise SettingsError(f"--api-base applies to --engine {REMOTE_ENGINE} only, not {self.engine}.")
         if self.prompt_lookup and self.engine != "genai":
             raise SettingsError("Prompt lookup needs the genai engine: the optimum engine's model keeps "
                                 "its KV cache inside and cannot take back guessed tokens that were wrong.")

@@ -1,0 +1,444 @@
+"""Many conversations in the real page, in headless Chromium against the app on the bundled
+model: kept in the browser across reloads and app restarts, renamed, searched, deleted and
+restored, exported and imported, switched mid-answer, a full storage, two tabs, a phone-sized
+screen and dark mode. Answers are a few tokens long, except where one has to be streaming.
+
+These tests run on the default engine only: what they check is the page, not the engine.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect
+
+from bench.app_process import AppProcess
+from phi3ui.settings import BUNDLED, DEFAULT_ENGINE
+from tests.test_browser import (  # noqa: F401 - fixtures
+    ANSWER,
+    LONG_PROMPT,
+    NOTE,
+    ROOT,
+    SHOTS,
+    USER,
+    answer_text,
+    browser,
+    ended_answers,
+    ready,
+    send,
+    set_max_new_tokens,
+    wait_growing,
+    wait_idle,
+)
+
+pytestmark = [pytest.mark.browser, pytest.mark.parametrize("engine_name", [DEFAULT_ENGINE], indirect=True)]
+
+LIST = "#conv-list label"
+PHONE = {"width": 390, "height": 844}
+
+
+@pytest.fixture
+def new_page(browser: Browser, browser_app, request) -> Iterator:
+    """Opens the app in a page of a given (or a fresh) browser context: contexts are browser
+    profiles, pages of one context are tabs sharing its storage. Any dialog fails the test."""
+    dialogs: list[str] = []
+    contexts = []
+
+    def open_(context=None, url: str | None = None, **options) -> Page:
+        if context is None:
+            context = browser.new_context(**{"viewport": {"width": 1400, "height": 900}, "accept_downloads": True,
+                                             **options})
+            contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.goto(url or browser_app.url)
+        ready(page)
+        return page
+
+    yield open_
+    SHOTS.mkdir(exist_ok=True)
+    for i, context in enumerate(contexts):
+        for j, page in enumerate(context.pages):
+            page.screenshot(path=str(SHOTS / f"{request.node.name}-{i}-{j}.png"))
+        context.close()
+    assert dialogs == [], f"a dialog opened: {dialogs}"
+
+
+def titles(page: Page) -> list[str]:
+    """The list's titles, top first, without "· when"."""
+    return [re.sub(r" · [^·]+$", "", t.strip()) for t in page.locator(LIST).all_inner_texts()]
+
+
+def expect_titles(page: Page, expected: list[str], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while titles(page) != expected:
+        assert time.monotonic() < deadline, f"listed {titles(page)}, expected {expected}"
+        time.sleep(0.1)
+
+
+def open_conversation(page: Page, title: str) -> None:
+    """Click the conversation whose title starts with `title`; it is on screen."""
+    page.locator(LIST, has_text=title).click()
+    expect(page.locator("#conv-title input")).to_have_value(re.compile("^" + re.escape(title)))
+    expect(page.locator(USER).first).to_be_visible()
+
+
+def chat(page: Page) -> list[str]:
+    return page.locator(USER).all_inner_texts()
+
+
+def new_chat(page: Page) -> None:
+    page.locator("#new-chat").click()
+    expect(page.locator(USER)).to_have_count(0)
+    expect(page.locator("#conv-title input")).to_have_value("")
+
+
+def ask(page: Page, text: str) -> None:
+    """Send, and wait until the answer is in and kept in the browser."""
+    send(page, text)
+    wait_idle(page)
+    deadline = time.monotonic() + 20
+    while not any(answered(r, text) for r in stored(page)):
+        assert time.monotonic() < deadline, f"{text!r} and its answer were not kept"
+        time.sleep(0.1)
+
+
+def answered(record: dict, text: str) -> bool:
+    """Whether a kept conversation ends with `text` and an answer to it."""
+    users = [i for i, m in enumerate(record["messages"]) if m["role"] == "user"]
+    return bool(users) and record["messages"][users[-1]]["content"] == text and users[-1] < len(record["messages"]) - 1
+
+
+def three_conversations(page: Page) -> list[str]:
+    set_max_new_tokens(page, 8)
+    questions = ["What is the capital of France?", "Name a color.", "Say hello."]
+    for i, question in enumerate(questions):
+        if i:
+            new_chat(page)
+        ask(page, question)
+    expect_titles(page, questions[::-1])
+    return questions
+
+
+def stored(page: Page) -> list[dict]:
+    return page.evaluate("""() => Object.keys(localStorage).filter((k) => k.startsWith("phi3ui:conversation:"))
+                                 .map((k) => JSON.parse(localStorage.getItem(k)))""")
+
+
+def fill_storage(page: Page) -> None:
+    """Fill the browser's storage for this site to the last byte."""
+    page.evaluate("""() => { let n = 0;
+        for (const size of [1 << 19, 1 << 16, 1 << 12, 256, 16, 1]) {
+          const filler = "x".repeat(size);
+          try { for (;;) localStorage.setItem("filler" + n++, filler); } catch (e) {}
+        } }""")
+
+
+def test_three_conversations_are_kept_across_a_reload(new_page) -> None:
+    page = new_page()
+    questions = three_conversations(page)
+    assert page.locator(LIST).first.inner_text().endswith("· just now")
+    page.reload()
+    ready(page)
+    expect_titles(page, questions[::-1])
+    assert chat(page) == ["Say hello."], "the one in use comes back"
+    expect(page.locator("#conv-list label.selected")).to_have_text(re.compile(r"^\s*Say hello"))
+    for question in questions:
+        open_conversation(page, question)
+        assert chat(page) == [question]
+        expect(page.locator(ANSWER)).to_have_count(1)
+        expect(page.locator(NOTE)).to_have_count(1)  # its stats came back with it
+    assert all(r["settings"]["max_new_tokens"] == 8 for r in stored(page))
+
+
+def test_a_conversation_keeps_its_own_settings(new_page) -> None:
+    page = new_page()
+    set_max_new_tokens(page, 8)
+    ask(page, "Name a color.")
+    new_chat(page)
+    set_max_new_tokens(page, 5)  # a new chat starts with the settings on screen; this one changes them
+    ask(page, "Name a fruit.")
+    open_conversation(page, "Name a color.")
+    expect(page.locator("#max-new-tokens input[type=number]")).to_have_value("8")
+    open_conversation(page, "Name a fruit.")
+    expect(page.locator("#max-new-tokens input[type=number]")).to_have_value("5")
+
+
+def test_rename_search_delete_and_restore(new_page) -> None:
+    page = new_page()
+    three_conversations(page)
+    open_conversation(page, "Name a color.")
+    title = page.locator("#conv-title input")
+    title.fill("<img src=x onerror=alert(1)> Colours")
+    title.press("Enter")
+    expect_titles(page, ["Say hello.", "<img src=x onerror=alert(1)> Colours", "What is the capital of France?"])
+    assert page.locator("#conv-list img").count() == 0, "a title is text"
+    page.reload()
+    ready(page)
+    expect_titles(page, ["Say hello.", "<img src=x onerror=alert(1)> Colours", "What is the capital of France?"])
+
+    search = page.locator("#conv-search textarea, #conv-search input").first
+    search.fill("COLOURS")
+    expect_titles(page, ["<img src=x onerror=alert(1)> Colours"])
+    search.fill("capital france")  # words of the messages, in any order and case
+    expect_titles(page, ["What is the capital of France?"])
+    search.fill("no such words")
+    expect_titles(page, [])
+    search.fill("")
+    expect_titles(page, ["Say hello.", "<img src=x onerror=alert(1)> Colours", "What is the capital of France?"])
+
+    open_conversation(page, "What is the capital of France?")
+    page.locator("#conv-delete").click()
+    expect_titles(page, ["Say hello.", "<img src=x onerror=alert(1)> Colours"])
+    expect(page.locator(USER)).to_have_count(0)
+    restore = page.locator("#conv-restore")
+    expect(restore).to_have_text("Restore “What is the capital of France?”")
+    page.reload()  # a deleted conversation stays deleted
+    ready(page)
+    expect_titles(page, ["Say hello.", "<img src=x onerror=alert(1)> Colours"])
+    open_conversation(page, "Say hello.")
+    page.locator("#conv-delete").click()
+    expect_titles(page, ["<img src=x onerror=alert(1)> Colours"])
+    page.locator("#conv-restore").click()
+    expect_titles(page, ["Say hello.", "<img src=x onerror=alert(1)> Colours"])
+    assert chat(page) == ["Say hello."]
+    expect(page.locator("#conv-restore")).to_be_hidden()
+
+
+def test_switching_while_an_answer_streams_stops_it_in_its_own_conversation(new_page, browser_app) -> None:
+    page = new_page()
+    set_max_new_tokens(page, 8)
+    ask(page, "Name a color.")
+    color_answer = answer_text(page)
+    new_chat(page)
+    set_max_new_tokens(page, 1000)
+    send(page, LONG_PROMPT)
+    wait_growing(page)
+    before = len(ended_answers(browser_app))
+    page.locator(LIST, has_text="Name a color.").click()
+    wait_idle(page, timeout=10)
+    assert chat(page) == ["Name a color."]
+    time.sleep(1.5)  # nothing of the stopped answer may come after
+    assert chat(page) == ["Name a color."] and answer_text(page) == color_answer
+    expect(page.locator(ANSWER)).to_have_count(1)
+    deadline = time.monotonic() + 10
+    while len(ended_answers(browser_app)) == before:
+        assert time.monotonic() < deadline, "the answer went on after the switch"
+        time.sleep(0.2)
+    assert ended_answers(browser_app)[-1] != "done"
+
+    open_conversation(page, "Write a long story")
+    assert chat(page) == [LONG_PROMPT]
+    assert len(answer_text(page)) >= 20, "the answer so far is kept in its own conversation"
+    expect(page.locator(NOTE).last).to_have_text(re.compile(r"^\s*⏹ Stopped"))
+    set_max_new_tokens(page, 8)  # and the conversation goes on
+    send(page, "Thanks.")
+    wait_idle(page)
+    assert chat(page) == [LONG_PROMPT, "Thanks."]
+
+
+def test_export_all_and_import_into_a_fresh_profile(new_page, tmp_path: Path) -> None:
+    page = new_page()
+    questions = three_conversations(page)
+    with page.expect_download() as download:
+        page.locator("#export-all").click()
+    assert download.value.suggested_filename == "phi3ui-conversations.json"
+    data = json.loads(Path(download.value.path()).read_text())
+    assert data["format"] == "phi3ui-conversations" and data["version"] == 1
+    assert [c["title"] for c in data["conversations"]] == questions[::-1]
+    assert data["conversations"][0]["messages"][0] == {"role": "user", "content": "Say hello."}
+    everything = tmp_path / "all.json"
+    everything.write_text(json.dumps(data))
+
+    fresh = new_page()  # another browser profile: nothing kept
+    expect_titles(fresh, [])
+    fresh.locator("#message textarea").fill("unsent")  # importing leaves the page as it is
+    for name in ("all.json", "again.json"):  # the second time, nothing is added
+        file = tmp_path / name
+        file.write_text(everything.read_text())
+        with fresh.expect_file_chooser() as chooser:
+            fresh.locator("#import-all").click()
+        chooser.value.set_files(str(file))
+        expect(fresh.locator("#conv-note")).to_contain_text("3 already here" if name == "again.json" else "3 added")
+        expect_titles(fresh, questions[::-1])
+    expect(fresh.locator("#message textarea")).to_have_value("unsent")
+    for question in questions:
+        open_conversation(fresh, question)
+        assert chat(fresh) == [question]
+        expect(fresh.locator(NOTE)).to_have_count(1)
+
+    # a single chat's download loads as a conversation, once
+    with fresh.expect_download() as download:
+        fresh.locator("#download-json").click()
+    one = Path(download.value.path())
+    with fresh.expect_file_chooser() as chooser:
+        fresh.locator("#load-json").click()
+    chooser.value.set_files(str(one))
+    expect_titles(fresh, questions[::-1])
+
+    bad = tmp_path / "bad.json"  # a file that is neither is refused, in a note under the chat
+    bad.write_text('{"format": "<b>something</b> else"}')
+    with fresh.expect_file_chooser() as chooser:
+        fresh.locator("#import-all").click()
+    chooser.value.set_files(str(bad))
+    expect(fresh.locator("#conv-note")).to_contain_text("neither a chat nor the conversations saved by phi3ui")
+    expect_titles(fresh, questions[::-1])
+
+
+def test_a_full_storage_is_reported_and_the_chat_stays(new_page) -> None:
+    page = new_page()
+    set_max_new_tokens(page, 8)
+    ask(page, "Name a color.")
+    new_chat(page)
+    ask(page, "Name a fruit.")
+    fill_storage(page)
+    send(page, "Name a tree.")
+    wait_idle(page)
+    note = page.locator("#conv-note")
+    expect(note).to_contain_text("Browser storage is full")
+    assert chat(page) == ["Name a fruit.", "Name a tree."], "the chat on screen stays"
+    page.locator(LIST, has_text="Name a color.").click()  # leaving it would lose it: the page stays
+    time.sleep(1.5)
+    assert chat(page) == ["Name a fruit.", "Name a tree."]
+    expect(note).to_contain_text("Browser storage is full")
+    assert [r["title"] for r in stored(page)].count("Name a fruit.") == 1, "what was kept is still there"
+
+    page.evaluate("() => Object.keys(localStorage).filter((k) => k.startsWith('filler'))"
+                  ".forEach((k) => localStorage.removeItem(k))")
+    send(page, "Name a bird.")
+    wait_idle(page)
+    expect(note).to_have_text("")
+    page.reload()
+    ready(page)
+    assert chat(page) == ["Name a fruit.", "Name a tree.", "Name a bird."]
+
+
+def test_two_tabs_never_overwrite_each_other(new_page) -> None:
+    first = new_page()
+    second = new_page(first.context)  # a tab of the same browser
+    for tab in (first, second):
+        set_max_new_tokens(tab, 8)
+    ask(first, "Name a color.")
+    expect_titles(second, ["Name a color."])  # the other tab's list follows
+    ask(second, "Name a fruit.")
+    expect_titles(first, ["Name a fruit.", "Name a color."])
+    assert chat(first) == ["Name a color."] and chat(second) == ["Name a fruit."]
+
+    open_conversation(second, "Name a color.")
+    ask(first, "Name another color.")
+    expect(second.locator(USER)).to_have_count(2)  # an idle tab shows the other's change
+    assert chat(second) == ["Name a color.", "Name another color."]
+
+    # both answer in the same conversation at once: neither overwrites the other
+    send(first, "Tell me about red.")
+    send(second, "Tell me about blue.")
+    wait_idle(first)
+    wait_idle(second)
+    for tab in (first, second):
+        expect_titles(tab, ["Name a color. (copy)", "Name a color.", "Name a fruit."])
+    versions = {tuple(m["content"] for m in r["messages"] if m["role"] == "user") for r in stored(first)}
+    common = ("Name a color.", "Name another color.")
+    assert {(*common, "Tell me about red."), (*common, "Tell me about blue.")} <= versions
+    copied = second if "(copy)" in second.locator("#conv-title input").input_value() else first
+    expect(copied.locator("#conv-note")).to_contain_text("changed in another tab")
+
+
+def test_a_phone_sized_screen(new_page) -> None:
+    page = new_page(viewport=PHONE, is_mobile=True, has_touch=True)
+    sidebar, toggle = page.locator(".sidebar").first, page.locator(".sidebar .toggle-button").first
+    expect(sidebar).not_to_have_class(re.compile(r"\bopen\b"))  # the chat first
+    toggle.click()
+    set_max_new_tokens(page, 8)
+    toggle.click()
+    expect(sidebar).not_to_have_class(re.compile(r"\bopen\b"))
+    send(page, "Name a color.")
+    wait_idle(page)
+    expect(page.locator(ANSWER)).to_have_count(1)
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"], "nothing wider than the screen"
+    box = page.locator("#message textarea").bounding_box()
+    assert box and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
+    page.locator("#clear").click()  # New chat, in the chat row
+    expect(page.locator(USER)).to_have_count(0)
+    toggle.click()
+    expect(sidebar).to_have_class(re.compile(r"\bopen\b"))
+    page.locator(LIST, has_text="Name a color.").click()
+    expect(page.locator(USER)).to_have_text(["Name a color."])
+    expect(sidebar).not_to_have_class(re.compile(r"\bopen\b"))  # choosing one shows it
+
+
+def test_dark_mode(new_page, request) -> None:
+    """The page in dark mode, wide and phone-sized. With `--screenshots` these are saved for
+    the README, otherwise to /tmp, so a plain run changes no file of the repository."""
+    folder = ROOT / "assets" if request.config.getoption("--screenshots") else SHOTS
+    folder.mkdir(exist_ok=True)
+    wide = new_page(color_scheme="dark", viewport={"width": 1400, "height": 900})
+    set_max_new_tokens(wide, 24)
+    for i, question in enumerate(["What is the capital of France?", "Name three colors.",
+                                  "Write a Python function that adds two numbers."]):
+        if i:
+            new_chat(wide)
+        ask(wide, question)
+    wide.locator("#message textarea").fill("And one that multiplies them?")
+
+    def brightness(page: Page, selector: str, prop: str) -> int:
+        rgb = page.evaluate(f"getComputedStyle(document.querySelector('{selector}')).{prop}")
+        return sum(map(int, re.findall(r"\d+", rgb)[:3]))
+
+    assert brightness(wide, "body", "backgroundColor") < 3 * 80, "a dark page"
+    assert brightness(wide, f"{LIST} span", "color") > 3 * 150, "light titles on it"
+    time.sleep(0.5)
+    wide.screenshot(path=str(folder / "conversations-dark.png"))
+
+    phone = new_page(wide.context)
+    phone.set_viewport_size(PHONE)
+    phone.reload()
+    ready(phone)
+    phone.locator(".sidebar .toggle-button").first.click()
+    expect(phone.locator(".sidebar.open")).to_be_visible()
+    assert brightness(phone, f"{LIST} span", "color") > 3 * 150
+    time.sleep(0.5)
+    phone.screenshot(path=str(folder / "conversations-phone-dark.png"))
+
+
+def test_kept_across_an_app_restart(browser: Browser, bundled, engine_name: str) -> None:
+    """The server keeps nothing: a restarted app (same address, so the same browser storage)
+    lists what the browser kept."""
+    first = AppProcess("--model", BUNDLED, "--engine", engine_name).wait_ready()
+    port = first.port
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    try:
+        page = context.new_page()
+        page.goto(first.url)
+        ready(page)
+        set_max_new_tokens(page, 8)
+        ask(page, "Name a color.")
+        first.stop()
+        again = AppProcess("--model", BUNDLED, "--engine", engine_name, "--port", str(port))  # the last --port wins
+        again.url = first.url
+        try:
+            again.wait_ready()
+            page.reload()
+            ready(page)
+            expect_titles(page, ["Name a color."])
+            assert chat(page) == ["Name a color."]
+        finally:
+            again.stop()
+    finally:
+        context.close()
+        if first.process.poll() is None:
+            first.stop()
+
+
+def test_the_api_is_unchanged(browser_app) -> None:
+    from gradio_client import Client
+
+    api = Client(browser_app.url, verbose=False).view_api(return_format="dict", print_info=False)
+    assert list(api["named_endpoints"]) == ["/chat"]
+    names = [p["parameter_name"] for p in api["named_endpoints"]["/chat"]["parameters"]]
+    assert names[:2] == ["message", "history"]
