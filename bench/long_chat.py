@@ -1,5 +1,5 @@
-"""Long chats past the context window: time to first token per turn, before and after the
-window policy of issue 19 (phi3ui/window.py), in one process.
+"""Long chats past the context window: time to first token per turn with the app's window
+policy (phi3ui/window.py) and with the old leave-out-the-fewest one, in one process.
 
     python -m bench.long_chat                       # bundled model, 2048-token window, 40 turns
     python -m bench.long_chat --concurrency 2       # the same through the batching engine

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import functools
 import json
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from phi3ui.files import staged
 from phi3ui.prompt import PHI3_CHAT_TEMPLATE
+
+if TYPE_CHECKING:
+    from transformers import Phi3Config
 
 VOCAB_DIR: Final = Path(__file__).resolve().parent / "phi3_vocab"
 GGUF: Final = VOCAB_DIR / "ggml-vocab-phi-3.gguf"
@@ -83,13 +85,13 @@ def phi3_generation_config() -> dict:
     return {"bos_token_id": BOS_ID, "eos_token_id": list(GENERATION_EOS_IDS), "pad_token_id": ENDOFTEXT_ID}
 
 
-def phi3_mini_config(**overrides):
+def phi3_mini_config(**overrides) -> Phi3Config:
     """`transformers.Phi3Config` of Phi-3-mini-4k-instruct (its published config.json: sizes from
     the gguf metadata, sliding window 2047, untied embeddings, bos 1, eos/pad <|endoftext|>);
     `overrides` shrink it for tests."""
     from transformers import Phi3Config
 
-    fields = {**dataclasses.asdict(phi3_sizes()), "sliding_window": 2047, "hidden_act": "silu",
+    fields = {**asdict(phi3_sizes()), "sliding_window": 2047, "hidden_act": "silu",
               "tie_word_embeddings": False, "bos_token_id": BOS_ID, "eos_token_id": ENDOFTEXT_ID,
               "pad_token_id": ENDOFTEXT_ID}
     return Phi3Config(**{**fields, **overrides})

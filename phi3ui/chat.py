@@ -15,7 +15,8 @@ from pathlib import Path
 from . import prompt as prompts
 from . import window as window_policy
 from .answer import Answer
-from .engines import Engine, load_engine
+from .engine import ChatEngine
+from .engines import load_engine
 from .export import (
     Exported,
     ModelUnavailable,
@@ -23,6 +24,7 @@ from .export import (
     default_settings,
     ensure_exported,
 )
+from .remote_engine import RemoteEngine
 from .settings import (
     BUNDLED,
     ExportSettings,
@@ -39,20 +41,38 @@ log = logging.getLogger(__name__)
 class Loaded:
     """The model in memory, how it got there, and anything the user should be told."""
 
-    engine: Engine
+    engine: ChatEngine
     exported: Exported
     runtime: RuntimeSettings
-    notices: tuple[str, ...] = ()
+    start_notices: tuple[str, ...] = ()  # from loading (a fallback, the device)
     window: int = 0  # the context window prompts are fitted to, when capped below the model's
+
+    @property
+    def notices(self) -> tuple[str, ...]:
+        """What the page tells: the load's notices, and the engine's as they are now."""
+        return (*self.start_notices, *self.engine.notices)
+
+    def window_text(self) -> str:
+        """The window prompts are fitted to, and where it comes from."""
+        engine = self.engine
+        own = engine.context_window
+        fitted = min(self.window, own) if self.window else own
+        if isinstance(engine, RemoteEngine):  # the window may be learnt after start: fitted is the current one
+            fitted, own = own, engine.reported_window
+            source = engine.window_source
+            if source == "assumed":
+                return f"{fitted}-token window (assumed)"
+            if source == "--context-window":
+                return f"{fitted}-token window (--context-window" + (f"; the remote's is {own})" if own else ")")
+            return f"{fitted}-token window"
+        return f"{fitted}-token window (capped; the model's is {own})" if fitted < own else f"{own}-token window"
 
     def describe(self, folder: bool = True) -> str:
         """The model, its export, engine, device and window; with `folder`, where it lies on
         disk too (the host's to see: a locked server shows visitors no server paths)."""
-        if getattr(self.engine, "remote", False):  # no model here: the remote's name, window and URL
-            return self.engine.describe(where=folder)
-        own = self.engine.context_window
-        window = (f"{self.window}-token window (capped; the model's is {own})" if 0 < self.window < own
-                  else f"{own}-token window")
+        if isinstance(self.engine, RemoteEngine):  # no model here: the remote's name and (unlocked) URL
+            return f"{self.engine.describe(where=folder)} · {self.window_text()}"
+        window = self.window_text()
         source = self.exported.source
         if not folder and Path(source).expanduser().exists():  # a local folder: its name only
             source = Path(source).expanduser().resolve().name
@@ -102,7 +122,7 @@ class ChatBackend:
         """Export if needed, then load; with `fallback`, an unavailable model gives way to
         the bundled one (the page says so) instead of failing the start."""
         runtime.validate()
-        if self.loaded is not None and getattr(self.loaded.engine, "remote", False):
+        if self.loaded is not None and self.loaded.engine.remote:
             raise SettingsError("This server is a front end to a remote engine (--engine openai): the model is the "
                                 "remote's, and nothing is exported or loaded here.")
         if runtime.is_remote:
@@ -122,7 +142,7 @@ class ChatBackend:
             earlier = None
             if self.loaded is not None:  # keep how it was loaded, not its memory
                 self.loaded.engine.close()
-                earlier = (self.loaded.exported, self.loaded.runtime, self.loaded.notices)
+                earlier = (self.loaded.exported, self.loaded.runtime, self.loaded.start_notices)
                 self.loaded = None
             engine = None
             try:
@@ -148,8 +168,6 @@ class ChatBackend:
     def _connect(self, runtime: RuntimeSettings, progress: Progress) -> Loaded:
         """`--engine openai`: no export and no model here; the remote answers. A remote that
         is down now is no failure: each message tries it again."""
-        from .remote_engine import RemoteEngine
-
         assert runtime.remote is not None
         with self._load_lock:
             progress(f"Connecting to the remote engine at {runtime.remote.base}…")
@@ -161,8 +179,7 @@ class ChatBackend:
                 raise
             source = engine.model_name or runtime.remote.model or "remote"
             exported = Exported(folder=Path(), source=source, settings=None, cached=True)
-            self.loaded = Loaded(engine, exported, runtime, tuple(engine.notices),  # type: ignore[arg-type]
-                                 self.limits.window(engine.context_window))
+            self.loaded = Loaded(engine, exported, runtime, (), self.limits.window(engine.context_window))
             progress(f"Loaded: {self.loaded.describe()}")
             return self.loaded
 
@@ -179,7 +196,7 @@ class ChatBackend:
         progress(f"Loading failed; back on {self.loaded.describe()}")
 
     @property
-    def engine(self) -> Engine:
+    def engine(self) -> ChatEngine:
         if self.loaded is None:
             raise SettingsError("No model is loaded yet.")
         return self.loaded.engine
@@ -206,6 +223,8 @@ class ChatBackend:
         messages, dropped = prompts.newest(prompts.normalize(history), self.limits.max_history_messages,
                                            self.limits.max_history_chars)
         engine = self.engine
+        if not draft:
+            engine.refresh()  # a remote not asked yet: its window, before fitting to it
         fitted = prompts.fit(
             engine.render, engine.count_tokens, system=self.host_prompt.system_for(settings.system_prompt),
             history=messages,

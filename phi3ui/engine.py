@@ -18,7 +18,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, Protocol
 
 from . import prompt as prompts
 from .answer import Answer, Stats
@@ -149,11 +149,42 @@ class TokenMemory:
         return encode(prompt)
 
 
+class ChatEngine(Protocol):
+    """What `ChatBackend`, the page and /v1 use of an engine: a local `Engine`, or
+    `phi3ui.remote_engine.RemoteEngine` (no model here; `remote` is True)."""
+
+    name: str
+    remote: bool
+    model_name: str
+    device: str
+    device_warning: str | None
+    system_ok: bool
+    prompt_lookup: bool
+    concurrency: int
+    memory: TokenMemory
+
+    @property
+    def context_window(self) -> int: ...
+    @property
+    def notices(self) -> tuple[str, ...]: ...
+    @property
+    def label(self) -> str: ...
+    def render(self, messages: list[prompts.Message]) -> Any: ...
+    def count_tokens(self, prompt: Any) -> int: ...
+    def answer(self, prompt: Any, settings: GenerationSettings) -> Answer: ...
+    def refresh(self) -> None: ...
+    def warm_up(self) -> float: ...
+    def close(self) -> None: ...
+
+
 class Engine(ABC):
     """One loaded model, answering up to `concurrency` prompts at once (one unless the
     engine batches); the others wait for a free slot."""
 
     name: ClassVar[str]
+    remote: ClassVar[bool] = False  # RemoteEngine's is True: no model in this process
+    notices: tuple[str, ...] = ()  # what the page says about the engine's state (a remote's change)
+    model_name: ClassVar[str] = ""  # a remote's model name; a local model is named by its export
 
     def __init__(self, folder: Path, runtime: RuntimeSettings, concurrency: int = 1):
         if concurrency < 1:
@@ -188,6 +219,9 @@ class Engine(ABC):
 
     def close(self) -> None:
         """Release what the engine runs in the background; the model is about to be swapped."""
+
+    def refresh(self) -> None:
+        """Bring what the engine knows about its model up to date (a remote's; nothing here)."""
 
     @abstractmethod
     def render_text(self, messages: list[prompts.Message]) -> str:

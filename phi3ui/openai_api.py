@@ -7,7 +7,10 @@ request is checked; one this server cannot honour (`n` > 1, tools, ...) is refus
 OpenAI's error shape, naming the field, never ignored.
 
 Who may call: anyone who can reach a server that listens on loopback only; holders of the
-`--api-key` otherwise. A server reachable beyond its machine without a key serves no /v1
+`--api-key` otherwise. Without a key, a request must name a loopback Host (a web page the
+local user opens cannot reach /v1 through DNS rebinding), and every POST must say
+`Content-Type: application/json` (a cross-site form or text/plain POST, which a browser
+sends without asking, is refused). A server reachable beyond its machine without a key serves no /v1
 (`Access`). The page's login and the API key are separate: /v1 reads no cookie, and the
 page knows nothing of the key.
 
@@ -43,15 +46,13 @@ from .answer import Answer, Stats
 from .chat import ChatBackend, Loaded
 from .fairness import Gate, LimitReached, Ticket, client_address
 from .pump import pump
-from .remote_engine import RemoteError
+from .errors import MODEL_FAILED, RemoteError, public_error  # noqa: F401 - MODEL_FAILED: read here by tests
 from .settings import GenerationSettings, Limits, SettingsError, stop_strings
 
 log = logging.getLogger(__name__)
 
 PREFIX = "/v1"
 MAX_BODY_BYTES = 16 * 2**20  # a full history (Limits.max_history_chars) as JSON, with room to spare
-# What a locked server's clients read when the model fails (the log has the details).
-MODEL_FAILED = "The model could not finish this answer. The details are in the server's log."
 KEY_HINT = "The host can turn it on with --api-key (or PHI3UI_API_KEY)."
 SYSTEM_ROLES = ("system", "developer")  # "developer" is OpenAI's newer name for the system role
 # OpenAI fields that change nothing at these values: accepted at them, refused at any other.
@@ -114,6 +115,14 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
+def host_of(header: str) -> str:
+    """The host of a Host header, without its port: `[::1]:7860` → `::1`."""
+    header = header.strip()
+    if header.startswith("["):
+        return header[1:].partition("]")[0]
+    return header.rpartition(":")[0] if header.count(":") == 1 else header
+
+
 @dataclass(frozen=True)
 class Access:
     """Who may use /v1: with a `key`, holders of it; without one, anyone who can reach the
@@ -147,12 +156,17 @@ class Access:
             "open to this machine without a key"
         return f"OpenAI API: {url}, {who}."
 
-    def check(self, authorization: str | None) -> None:
-        """Refuse a request this server may not answer: 403 when /v1 is off, 401 without the key."""
+    def check(self, authorization: str | None, host: str | None = None) -> None:
+        """Refuse a request this server may not answer: 403 when /v1 is off or, without a key,
+        when the request names a Host that is not loopback (DNS rebinding); 401 without the key."""
         if self.off_because:
             raise ApiError(403, "The OpenAI API is off on this server: it can be reached beyond its own machine "
                                 f"and has no API key. {KEY_HINT}", code="api_disabled", kind="permission_error")
         if self.key is None:
+            if not is_loopback(host_of(host or "")):
+                raise ApiError(403, "Without an API key, this server's OpenAI API answers only requests addressed "
+                                    "to localhost, 127.0.0.1 or [::1] (the Host header). " + KEY_HINT,
+                               code="host_not_allowed", kind="permission_error")
             return
         scheme, _, token = (authorization or "").strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -343,7 +357,7 @@ DONE = sse("[DONE]")
 def model_id(loaded: Loaded) -> str:
     """The loaded model's name: what `--model` named, a local folder by its name only; on a
     remote engine, the remote's model name ("" while the remote has not said it yet)."""
-    if getattr(loaded.engine, "remote", False):
+    if loaded.engine.remote:
         return loaded.engine.model_name
     source = loaded.exported.source
     return Path(source).expanduser().resolve().name if Path(source).expanduser().exists() else source
@@ -465,7 +479,7 @@ class OpenAIApi:
     # --- plumbing -------------------------------------------------------------------------
     async def authorize(self, request: Request) -> None:
         """Every /v1 route's first check (async: no worker thread for it)."""
-        self.access.check(request.headers.get("authorization"))
+        self.access.check(request.headers.get("authorization"), request.headers.get("host"))
 
     @staticmethod
     async def _refused(request: Request, exc: Exception) -> Response:
@@ -480,8 +494,13 @@ class OpenAIApi:
                         code="unknown_url").response()
 
     def public(self, exc: BaseException) -> str:
-        """An unexpected error as a client may read it: a plain sentence when locked."""
-        return MODEL_FAILED if self.lock_settings else str(exc)
+        """An error as a client may read it: a plain sentence when locked (`public_error`)."""
+        return public_error(exc, self.lock_settings)
+
+    def failure(self, exc: BaseException, what: str = "/v1 answer failed") -> ApiError:
+        """An unexpected failure: the log gets the details, the client a sentence."""
+        log.error(what, exc_info=exc)
+        return ApiError(500, self.public(exc), code="model_failed", kind="server_error")
 
     def loaded(self) -> Loaded:
         loaded = self.backend.loaded
@@ -545,19 +564,17 @@ class OpenAIApi:
         reading = Reading(answer, place, self._limiter)
         completion = Completion(current or call.model)
         if call.stream:
-            first = None
-            if getattr(self.backend.engine, "remote", False):
-                # A remote that is down or refuses fails here, before the 200: the client gets
-                # the error's own status (502/503/504) rather than an error event.
-                try:
-                    first = await anyio.to_thread.run_sync(reading.next, abandon_on_cancel=True, limiter=self._limiter)
-                except RemoteError as exc:
-                    await reading.aclose()
-                    raise self.remote_refusal(exc) from None
-                except Exception as exc:  # noqa: BLE001 - the client gets a sentence, the log the details
-                    log.exception("/v1 answer failed")
-                    await reading.aclose()
-                    raise ApiError(500, self.public(exc), code="model_failed", kind="server_error") from None
+            # The first chunk is read before the 200, watching for the client to leave (a wait
+            # for a slot or a remote's first token is stopped like any other). An answer that
+            # fails at once (a remote that is down or refuses) gets its own status, not an event.
+            try:
+                first = await self.first_chunk(reading, request)
+            except RemoteError as exc:
+                await reading.aclose()
+                raise self.remote_refusal(exc) from None
+            except Exception as exc:  # noqa: BLE001 - the client gets a sentence, the log the details
+                await reading.aclose()
+                raise self.failure(exc) from None
             return StreamingResponse(self.events(reading, completion, call, fitted.prompt_tokens, first),
                                      media_type="text/event-stream", background=BackgroundTask(reading.aclose),
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -566,17 +583,16 @@ class OpenAIApi:
         except RemoteError as exc:
             raise self.remote_refusal(exc) from None
         except Exception as exc:  # noqa: BLE001 - the client gets a sentence, the log the details
-            log.exception("/v1 answer failed")
-            raise ApiError(500, self.public(exc), code="model_failed", kind="server_error") from None
+            raise self.failure(exc) from None
         stats = answer.stats
         return JSONResponse(completion.whole(text, finish_reason(stats), usage(stats, fitted.prompt_tokens)))
 
-    @staticmethod
-    def remote_refusal(exc: RemoteError) -> ApiError:
-        """A remote engine's failure, in OpenAI's shape with the front end's status."""
+    def remote_refusal(self, exc: RemoteError) -> ApiError:
+        """A remote engine's failure, in OpenAI's shape with the front end's status; the
+        remote's own words only as `public_error` allows (the log has them)."""
         log.warning("/v1 answer failed on the remote engine: %s", exc)
         kind = "invalid_request_error" if exc.status == 400 else "server_error"
-        return ApiError(exc.status, str(exc), code=exc.code, kind=kind, retry_after_s=exc.retry_after_s)
+        return ApiError(exc.status, self.public(exc), code=exc.code, kind=kind, retry_after_s=exc.retry_after_s)
 
     def refusal(self, exc: BaseException) -> BaseException:
         """What a failure to start an answer tells the client."""
@@ -588,10 +604,32 @@ class OpenAIApi:
             return ApiError(503, str(exc), code="model_not_loaded", kind="server_error", retry_after_s=5)
         if isinstance(exc, SettingsError):
             return ApiError(400, str(exc))
+        if isinstance(exc, RemoteError):  # a remote asked for its model at the start
+            return self.remote_refusal(exc)
         if not isinstance(exc, Exception):
             return exc  # cancelled: nothing to tell
-        log.error("/v1 could not start an answer", exc_info=exc)
-        return ApiError(500, self.public(exc), code="model_failed", kind="server_error")
+        return self.failure(exc, "/v1 could not start an answer")
+
+    async def first_chunk(self, reading: Reading, request: Request) -> str | None:
+        """The answer's first chunk (None for an empty answer); a client that leaves
+        meanwhile stops it, as `collect` does."""
+        first: str | None = None
+        failed: Exception | None = None
+
+        async def watch() -> None:
+            await until_disconnected(request.receive)
+            reading.stop()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(watch)
+            try:
+                first = await anyio.to_thread.run_sync(reading.next, abandon_on_cancel=True, limiter=self._limiter)
+            except Exception as exc:  # noqa: BLE001 - raised below, outside the task group
+                failed = exc
+            group.cancel_scope.cancel()
+        if failed is not None:
+            raise failed
+        return first
 
     async def collect(self, reading: Reading, request: Request) -> str:
         """The whole answer; a client that leaves meanwhile stops it."""
@@ -626,12 +664,11 @@ class OpenAIApi:
             async for text in reading.texts():
                 yield sse(completion.chunk({"content": text}, with_usage=call.include_usage))
         except RemoteError as exc:
-            log.warning("/v1 answer failed on the remote engine: %s", exc)
-            yield sse(ApiError(exc.status, str(exc), code=exc.code, kind="server_error").body())
+            refusal = self.remote_refusal(exc)
+            yield sse(ApiError(refusal.status, refusal.message, code=exc.code, kind="server_error").body())
             return
         except Exception as exc:  # noqa: BLE001 - the client gets a sentence, the log the details
-            log.exception("/v1 answer failed")
-            yield sse(ApiError(500, self.public(exc), code="model_failed", kind="server_error").body())
+            yield sse(self.failure(exc).body())
             return
         stats = reading.answer.stats
         yield sse(completion.chunk({}, finish_reason(stats), with_usage=call.include_usage))
@@ -641,7 +678,13 @@ class OpenAIApi:
 
 
 async def read_json(request: Request) -> object:
-    """The body as JSON, refused beyond MAX_BODY_BYTES before it is all in memory."""
+    """The body as JSON, refused beyond MAX_BODY_BYTES before it is all in memory, and
+    unless it says it is JSON (a browser sends a cross-site text/plain or form POST without
+    asking the server first; application/json it does not)."""
+    kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if kind != "application/json":
+        raise ApiError(415, f"The request body must be JSON, sent with Content-Type: application/json (not "
+                            f"{kind or 'none'}).", code="unsupported_media_type")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
@@ -649,5 +692,5 @@ async def read_json(request: Request) -> object:
             raise ApiError(413, f"The request body is over {MAX_BODY_BYTES // 2**20} MB.", code="request_too_large")
     try:
         return json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         raise ApiError(400, "The request body is not valid JSON.", code="invalid_json") from None

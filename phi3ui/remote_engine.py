@@ -7,23 +7,29 @@ How each part of a local engine is done here:
   `/chat/completions`, and the remote applies its own chat template. `render` therefore
   gives a `MessagesPrompt`, and the prompt inspector shows those messages as sent.
 - Counting tokens (the context budget): the remote's tokenizer is not here, so before
-  sending, a prompt is *estimated* conservatively, at one token per 3 characters plus a few
-  tokens a message for the template (`TokenEstimate`). After every answer the remote's own
-  `usage.prompt_tokens` corrects the rate upwards if text turned out denser; it is never
-  lowered. The answer's stats show the remote's counts.
+  sending, a prompt is *estimated* conservatively, at a fixed one token per 3 characters
+  plus a few tokens a message for the template (`TokenEstimate`). It learns nothing from
+  the remote's counts, so `phi3ui.window`'s cached counts and its cut stay the same, on
+  every replica; the prompt sent is counted whole, and the remote's 400 refuses one that
+  is still too long. The answer's stats show the remote's counts.
 - The window: `--context-window`, else what the remote's `/models` says (phi3ui's own
-  `context_window`, vLLM's `max_model_len`), else 4096 with a notice saying so.
+  `context_window`, vLLM's `max_model_len`; kept apart as `reported_window`), else 4096
+  with a notice saying so. A remote that cannot be asked is asked again (`refresh`, at
+  most every `RETRY_S`) until it answers; `notices` are its state now.
 - Stop: the answer ends here at once, and the HTTP stream is closed: its socket is shut
-  down, which ends a read that is waiting for the remote (a remote that has not yet sent
-  its response headers gets the close as soon as it does). phi3ui, vLLM and OVMS end a
+  down, which ends a read that is waiting for the remote. The socket is known from the
+  moment the connection is made (httpcore's `trace` extension; no kept-alive connections,
+  so each request makes one), so a stop before the remote's headers reaches it too. A stop
+  string matched here closes the stream the same way. phi3ui, vLLM and OVMS end a
   generation whose client went away.
 - Stats: time to first token is measured here, from the request to the first text; token
   counts come from the stream's `usage` (asked for with `stream_options.include_usage`).
 - Sampling: what OpenAI's API has (temperature, top_p, seed, max_tokens, stop). Top-k and
   the repetition penalty are not part of it and are not sent.
-- Failures: down, slow (`--remote-timeout`), or an HTTP error become a `RemoteError` with a
-  sentence for the user and the status the front end's own /v1 answers with (502, 503,
-  504). Nothing is cached from a failed call, so the next message simply tries again.
+- Failures: down, slow (`--remote-timeout`), or an HTTP error become a `RemoteError`
+  (`phi3ui.errors`) with a sentence for the user, the remote's own words apart (`detail`:
+  logged always, shown as `public_error` allows) and the status the front end's own /v1
+  answers with (502, 503, 504). Nothing is cached from a failed call, so the next message simply tries again.
 
 Nothing here imports Gradio.
 """
@@ -47,6 +53,7 @@ import httpx
 from . import prompt as prompts
 from .answer import Answer, Stats
 from .engine import StopText, TokenMemory
+from .errors import RemoteError
 from .settings import GenerationSettings, RemoteSettings, SettingsError
 from .structured import STRUCTURE_MARK
 
@@ -57,15 +64,7 @@ WINDOW_FIELDS = ("context_window", "max_model_len")  # phi3ui's own /v1/models, 
 
 
 # --- failures -----------------------------------------------------------------------------
-class RemoteError(Exception):
-    """The remote server failed or refused; the message is meant for the user as is (it
-    names no URL or key: a locked server's visitors may read it). `status` is what the front
-    end's /v1 answers with."""
-
-    def __init__(self, message: str, status: int = 502, code: str = "remote_failed",
-                 retry_after_s: float | None = None):
-        super().__init__(message)
-        self.status, self.code, self.retry_after_s = status, code, retry_after_s
+# RemoteError lives in phi3ui.errors (the page and /v1 read it without this module); kept here too.
 
 
 def remote_message(body: str) -> str:
@@ -88,19 +87,20 @@ def remote_message(body: str) -> str:
 def http_failure(status: int, body: str, model: str = "") -> RemoteError:
     """A remote's HTTP error as the user's sentence and the front end's status."""
     said = remote_message(body)
-    said = f" It said: {said}" if said else ""
+    if said:
+        log.warning("remote engine answered HTTP %s: %s", status, said)
     if status in (401, 403):
         return RemoteError(f"The remote engine refused this server's key (HTTP {status}): the host sets it with "
-                           f"--remote-api-key or PHI3UI_REMOTE_API_KEY.{said}", 502, "remote_unauthorized")
+                           "--remote-api-key or PHI3UI_REMOTE_API_KEY.", 502, "remote_unauthorized", detail=said)
     if status == 404:
         return RemoteError(f"The remote engine does not serve the model `{model}` (HTTP 404); the host chooses "
-                           f"it with --remote-model.{said}", 502, "remote_model_not_found")
+                           "it with --remote-model.", 502, "remote_model_not_found", detail=said)
     if status == 400:
-        return RemoteError(f"The remote engine refused this request (HTTP 400).{said}", 400, "remote_refused")
+        return RemoteError("The remote engine refused this request (HTTP 400).", 400, "remote_refused", detail=said)
     if status in (429, 503):
-        return RemoteError(f"The remote engine is busy (HTTP {status}); try again in a moment.{said}", 503,
-                           "remote_busy", retry_after_s=5)
-    return RemoteError(f"The remote engine failed (HTTP {status}).{said}", 502, "remote_failed")
+        return RemoteError(f"The remote engine is busy (HTTP {status}); try again in a moment.", 503,
+                           "remote_busy", retry_after_s=5, detail=said)
+    return RemoteError(f"The remote engine failed (HTTP {status}).", 502, "remote_failed", detail=said)
 
 
 def transport_failure(exc: httpx.HTTPError, timeout_s: float, midway: bool = False) -> RemoteError:
@@ -146,30 +146,21 @@ class MessagesPrompt:
         return head + "".join(f"\n{STRUCTURE_MARK.format(role)}\n{content}\n" for role, content in self.messages)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TokenEstimate:
-    """Tokens of a prompt whose tokenizer is elsewhere: on the safe side, and corrected by
-    the remote's own counts (`learn`), upwards only."""
+    """Tokens of a prompt whose tokenizer is elsewhere, at a fixed rate on the safe side.
+    It never learns from the remote's counts: a rate that changed would change the counts
+    `phi3ui.window` caches and the cut it replays, and replicas would each learn their own.
+    Where text is denser than this, the prompt that is sent is counted whole (more is left
+    out if the estimate was short) and the remote's own 400 says a prompt is too long."""
 
     tokens_per_char: float = 1 / 3  # English runs at about 1/4; code and other scripts higher
     per_message: int = 5  # a template's role markers and separators
     fixed: int = 3  # the assistant's cue
-    MIN_CHARS: ClassVar[int] = 200  # shorter prompts are mostly template: they teach nothing about text
 
     def count(self, prompt: MessagesPrompt) -> int:
         chars = sum(len(content) for _, content in prompt.messages)
         return math.ceil(chars * self.tokens_per_char) + self.per_message * len(prompt.messages) + self.fixed
-
-    def learn(self, prompt: MessagesPrompt, prompt_tokens: int) -> None:
-        chars = sum(len(content) for _, content in prompt.messages)
-        if chars < self.MIN_CHARS or prompt_tokens <= 0:
-            return
-        text_tokens = prompt_tokens - self.per_message * len(prompt.messages) - self.fixed
-        rate = min(text_tokens / chars, 2.0)
-        if rate > self.tokens_per_char:
-            log.info("remote counts %.3f tokens a character (estimate was %.3f): estimating with that now",
-                     rate, self.tokens_per_char)
-            self.tokens_per_char = rate
 
 
 # --- the request and its stream --------------------------------------------------------------
@@ -216,8 +207,10 @@ class Tally:
     def feed(self, event: dict) -> str:
         """The text of one event; raises RemoteError for an error event."""
         if "error" in event:
-            raise RemoteError(f"The remote engine failed in the middle of the answer. It said: "
-                              f"{remote_message(json.dumps(event))}", 502, "remote_failed")
+            said = remote_message(json.dumps(event))
+            log.warning("remote engine failed mid-answer: %s", said)
+            raise RemoteError("The remote engine failed in the middle of the answer.", 502, "remote_failed",
+                              detail=said)
         if isinstance(event.get("usage"), dict):
             self.usage = event["usage"]
         text = ""
@@ -232,38 +225,63 @@ class Tally:
 
 
 class _Line:
-    """The socket of a streamed response, to shut down from another thread: that ends a
-    read waiting for the remote at once, and the remote sees its client go."""
+    """The socket of a streamed request, to shut down from another thread: that ends a
+    read waiting for the remote at once, and the remote sees its client go. The socket is
+    known as soon as the connection is made (httpcore's `trace` extension), so a stop that
+    comes before the remote's response headers reaches the remote too."""
 
     def __init__(self) -> None:
         self.sock: socket.socket | None = None
         self.cut = False
+        self._lock = threading.Lock()
+
+    def trace(self, event: str, info: dict) -> None:
+        """httpcore's trace callback: the network stream of a new connection (TCP, then TLS)."""
+        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            stream = info.get("return_value")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if sock is not None:
+                self._set(sock)
 
     def hold(self, response: httpx.Response) -> None:
         stream = response.extensions.get("network_stream")
-        self.sock = stream.get_extra_info("socket") if stream is not None else None
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if sock is not None:
+            self._set(sock)
+
+    def _set(self, sock: socket.socket) -> None:
+        with self._lock:
+            self.sock = sock
         if self.cut:
             self.shut()
 
+    def release(self) -> None:
+        """The stream is done with the socket (it may go back to no one): never shut it now."""
+        with self._lock:
+            self.sock = None
+
     def shut(self) -> None:
         self.cut = True
-        if self.sock is not None:
-            try:
-                self.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        with self._lock:
+            if self.sock is not None:
+                try:
+                    self.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
 
 # --- the engine ------------------------------------------------------------------------
 class RemoteEngine:
-    """What `ChatBackend` uses of an engine, answered by a remote OpenAI-compatible server."""
+    """What `ChatBackend` uses of an engine (`phi3ui.engine.ChatEngine`), answered by a
+    remote OpenAI-compatible server."""
 
     name = "openai"
-    remote = True
+    remote: ClassVar[bool] = True
     device = "remote"
     device_warning: str | None = None
     system_ok = True  # the remote's template decides where a system message goes
     prompt_lookup = False
+    RETRY_S: ClassVar[float] = 2.0  # an undiscovered remote is asked again at most this often
 
     def __init__(self, settings: RemoteSettings, concurrency: int = 1, window: int | None = None):
         if concurrency < 1:
@@ -274,41 +292,53 @@ class RemoteEngine:
         self.memory = TokenMemory()  # stays empty: the remote keeps its own prefix cache
         self.estimate = TokenEstimate()
         self.model_name = settings.model.strip()
-        self.window_flag = window
-        self.context_window = window or DEFAULT_WINDOW
-        self.window_source = "--context-window" if window else "assumed"
-        self.notices: list[str] = []
+        self.window_flag = window  # --context-window
+        self.reported_window = 0  # what the remote's /models says, once asked
+        self.discovered = False
+        self.failure = ""  # why the remote could not be asked yet (the page's notice)
+        self._asked = 0.0
         self._lookup = threading.Lock()
         timeout = httpx.Timeout(settings.timeout_s, connect=min(settings.connect_timeout_s, settings.timeout_s))
+        # No kept-alive connections: each request opens its own, so its socket is known from
+        # the start (`_Line.trace`) and a stop reaches the remote even before it answers.
         self.client = httpx.Client(timeout=timeout, headers=self._headers(),
-                                   limits=httpx.Limits(max_connections=concurrency + 4))
-        try:
-            self.discover()
-        except RemoteError as exc:
-            notice = f"The remote engine could not be asked about its model at start: {exc} Each message tries again."
+                                   limits=httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=0))
+        self.refresh()
+        for notice in self.notices:
             log.warning(notice)
-            self.notices.append(notice)
-        if self.window_source == "assumed":
-            notice = (f"The remote engine does not say its context window; assuming {DEFAULT_WINDOW} tokens. "
-                      "The host sets it with --context-window.")
-            log.warning(notice)
-            self.notices.append(notice)
 
     def _headers(self) -> dict:
         key = (self.settings.api_key or "").strip()
         return {"Authorization": f"Bearer {key}"} if key else {}
 
     @property
+    def context_window(self) -> int:
+        return self.window_flag or self.reported_window or DEFAULT_WINDOW
+
+    @property
+    def window_source(self) -> str:
+        return "--context-window" if self.window_flag else "remote" if self.reported_window else "assumed"
+
+    @property
+    def notices(self) -> tuple[str, ...]:
+        """What the page tells about the remote now (not frozen at start)."""
+        notices = []
+        if self.failure:
+            notices.append(f"The remote engine could not be asked about its model yet: {self.failure} Each "
+                           "message tries again.")
+        if self.window_source == "assumed":
+            notices.append(f"The remote engine does not say its context window; assuming {DEFAULT_WINDOW} tokens. "
+                           "The host sets it with --context-window.")
+        return tuple(notices)
+
+    @property
     def label(self) -> str:
         return f"{self.name} (remote)"
 
     def describe(self, where: bool = True) -> str:
-        """The page's model line: the remote model and window; with `where`, its URL."""
-        window = (f"{self.context_window}-token window" +
-                  (" (assumed)" if self.window_source == "assumed" else
-                   " (--context-window)" if self.window_source == "--context-window" else ""))
+        """The remote model and, with `where`, its URL (`Loaded.describe` adds the window)."""
         place = f" at `{self.settings.base}`" if where else ""
-        return f"**{self.model_name or 'remote model'}** · remote OpenAI-compatible engine{place} · {window}"
+        return f"**{self.model_name or 'remote model'}** · remote OpenAI-compatible engine{place}"
 
     def close(self) -> None:
         self.client.close()
@@ -320,6 +350,7 @@ class RemoteEngine:
     def discover(self) -> None:
         """The model to ask for and its window, from the remote's `/models`."""
         with self._lookup:
+            self._asked = time.monotonic()
             try:
                 response = self.client.get(f"{self.settings.base}/models")
             except httpx.HTTPError as exc:
@@ -337,16 +368,29 @@ class RemoteEngine:
                                       "the host chooses one with --remote-model.", 502, "remote_model_not_found")
                 self.model_name = names[0]
             card = next((c for c in cards if c["id"] == self.model_name), {})
-            reported = next((int(card[f]) for f in WINDOW_FIELDS if isinstance(card.get(f), int) and card[f] > 0), 0)
-            if reported:
-                self.context_window = reported
-                self.window_source = "remote"
+            self.reported_window = next((card[f] for f in WINDOW_FIELDS if type(card.get(f)) is int and card[f] > 0),
+                                        0)  # type(...) is int: a JSON true is no window
+            self.discovered, self.failure = True, ""
             log.info("Remote engine at %s: model %s, %s-token window (%s)", self.settings.base, self.model_name,
                      self.context_window, self.window_source)
 
-    def ensure_model(self) -> str:
-        if not self.model_name:
+    def refresh(self) -> None:
+        """Ask the remote about its model if it has not answered yet (at most every RETRY_S);
+        a failure is kept as the page's notice, not raised."""
+        if self.discovered or time.monotonic() - self._asked < self.RETRY_S:
+            return
+        try:
             self.discover()
+        except RemoteError as exc:
+            log.warning("The remote engine could not be asked about its model: %s", exc)
+            self.failure = exc.message  # the page's notice: visitors of a locked server read it too
+
+    def ensure_model(self) -> str:
+        """The model to ask for; until the remote has said, it is asked again."""
+        if not self.model_name:
+            self.discover()  # nothing to ask for without it: its failure is the answer's
+        else:
+            self.refresh()
         return self.model_name
 
     # --- what ChatBackend calls -------------------------------------------------------------
@@ -397,6 +441,9 @@ class RemoteEngine:
                     if shown := cut.feed(item):
                         first = first or time.perf_counter()
                         yield shown
+                    if cut.matched:  # a stop string matched here: the remote need not go on
+                        line.shut()
+                        break
                 if not stop.is_set() and (rest := cut.flush()):
                     first = first or time.perf_counter()
                     yield rest
@@ -407,20 +454,21 @@ class RemoteEngine:
             self.slots.release()
         end = time.perf_counter()
         counts = tally.usage or {}
-        if isinstance(counts.get("prompt_tokens"), int):
-            self.estimate.learn(prompt, counts["prompt_tokens"])
         stopped = stop.is_set()
-        tokens = counts.get("completion_tokens") if isinstance(counts.get("completion_tokens"), int) else tally.pieces
+        said = counts.get("prompt_tokens")
+        prompt_tokens = said if type(said) is int and said > 0 else self.count_tokens(prompt)
+        tokens = counts.get("completion_tokens")
+        tokens = tokens if type(tokens) is int and tokens >= 0 else tally.pieces
         first = first or end
         return Stats(
-            prompt_tokens=counts.get("prompt_tokens") or self.count_tokens(prompt),
+            prompt_tokens=prompt_tokens,
             answer_tokens=tokens,
             ttft_s=first - start,
             tokens_per_s=(tokens - 1) / (end - first) if tokens > 1 and end > first else 0.0,
             total_s=end - start,
             stopped=stopped,
             text=cut.emitted,
-            finish="stopped" if stopped else "length" if tally.finish == "length" else "stop",
+            finish="stopped" if stopped else "stop" if cut.matched else "length" if tally.finish == "length" else "stop",
         )
 
     def _stream(self, body: dict, tally: Tally, line: _Line) -> queue.Queue:
@@ -432,22 +480,25 @@ class RemoteEngine:
         def read() -> None:
             started = False
             try:
-                with self.client.stream("POST", url, json=body) as response:
-                    line.hold(response)
-                    if response.status_code != 200:
-                        response.read()
-                        raise http_failure(response.status_code, response.text, body["model"])
-                    started = True
-                    for event in events(response.iter_lines()):
-                        if text := tally.feed(event):
-                            pieces.put(text)
-                        if line.cut:
-                            break
-                    else:
-                        if not tally.finish and not line.cut:
-                            raise RemoteError("The remote engine ended the answer without saying it was done (it "
-                                              "may have stopped or restarted). Try again in a moment.", 502,
-                                              "remote_disconnected")
+                try:
+                    with self.client.stream("POST", url, json=body, extensions={"trace": line.trace}) as response:
+                        line.hold(response)
+                        if response.status_code != 200:
+                            response.read()
+                            raise http_failure(response.status_code, response.text, body["model"])
+                        started = True
+                        for event in events(response.iter_lines()):
+                            if text := tally.feed(event):
+                                pieces.put(text)
+                            if line.cut:
+                                break
+                        else:
+                            if not tally.finish and not line.cut:
+                                raise RemoteError("The remote engine ended the answer without saying it was done "
+                                                  "(it may have stopped or restarted). Try again in a moment.", 502,
+                                                  "remote_disconnected")
+                finally:
+                    line.release()  # before the end is signalled: a late stop shuts nothing that is not ours
                 pieces.put(None)
             except RemoteError as exc:
                 pieces.put(exc)

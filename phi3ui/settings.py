@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
+from urllib.parse import urlsplit
 
 DEFAULT_MODEL = "microsoft/Phi-3-mini-4k-instruct"
 BUNDLED = "bundled"
@@ -142,6 +143,9 @@ class RemoteSettings:
         if not base.startswith(("http://", "https://")):
             raise SettingsError(f"--api-base must be an http:// or https:// URL such as http://127.0.0.1:8000/v3, "
                                 f"not {self.api_base!r}.")
+        if "@" in urlsplit(base).netloc:  # user:pass@ would show in the log and the page's model line
+            raise SettingsError("--api-base must not hold a user name or password (user:pass@); give the remote's "
+                                "key with --remote-api-key or PHI3UI_REMOTE_API_KEY.")
         if not self.timeout_s > 0:
             raise SettingsError(f"--remote-timeout must be above 0 seconds, not {self.timeout_s:g}.")
         return self

@@ -38,7 +38,7 @@ from .display import (
     to_display,
 )
 from .engines import ENGINES, available_devices
-from .remote_engine import RemoteError
+from .errors import MODEL_FAILED, public_error  # noqa: F401 - MODEL_FAILED: read here by tests
 from .export import ExportError, default_settings
 from .fairness import Gate, LimitReached, Ticket, client_address
 from .pump import pump
@@ -68,7 +68,6 @@ EXAMPLES = [
 USER_ERRORS = (SettingsError, prompts.PromptError, ExportError)
 # What a visitor of a locked server reads when the model fails: the exception's own text
 # can name server paths or internals, so it goes to the log only.
-MODEL_FAILED = "The model could not finish this answer. The details are in the server's log."
 LEFT_MID_ANSWER = "You left this conversation while its answer was on its way."
 STORAGE_FULL = ("⚠️ **Browser storage is full**: the latest change to “{title}” is not saved (what was saved "
                 "before is kept, and the chat stays on screen). Delete or export old conversations, then go on.")
@@ -266,9 +265,7 @@ class Page:
     def public_error(self, exc: BaseException) -> str:
         """An unexpected error as a visitor may read it: its text unlocked (the host is the
         visitor), a plain sentence when locked (the log has the details)."""
-        if isinstance(exc, RemoteError):  # written for visitors: no URL, no key
-            return str(exc)
-        return MODEL_FAILED if self.lock_settings else str(exc)
+        return public_error(exc, self.lock_settings)
 
     def admit(self, request: gr.Request | None) -> Ticket:
         """A fair-use place for one answer for this request's session and client, or
@@ -804,7 +801,7 @@ class Page:
                 gr.Markdown("### Model")
                 self.model_md = gr.Markdown(self.model_info(), elem_id="model-info")
                 # A remote engine (--engine openai) has nothing here to export, load or place on a device.
-                remote = bool(loaded and getattr(loaded.engine, "remote", False))
+                remote = bool(loaded and loaded.engine.remote)
                 with gr.Accordion("Export and load", open=False, visible=not (self.lock_settings or remote)):
                     self.model_box = gr.Textbox(
                         label="Model id or folder", value=loaded.exported.source if loaded else "",

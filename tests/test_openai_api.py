@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import re
 import time
+from types import SimpleNamespace
 from concurrent.futures import ThreadPoolExecutor
 
+import anyio
 import httpx
 import openai
 import pytest
@@ -16,7 +18,9 @@ from starlette.testclient import TestClient
 
 from bench.app_process import AppProcess
 from phi3ui.chat import ChatBackend, Loaded
+from phi3ui.answer import Stats
 from phi3ui.engine import StopText
+from phi3ui.errors import RemoteError
 from phi3ui.fairness import FairUse, Gate
 from phi3ui.openai_api import (
     DONE,
@@ -217,7 +221,7 @@ class FakeBackend(Backend):
 
 
 def in_process(backend: FakeBackend, **kwargs) -> TestClient:
-    return TestClient(Starlette(routes=[OpenAIApi(backend, **kwargs).mount()]))
+    return TestClient(Starlette(routes=[OpenAIApi(backend, **kwargs).mount()]), base_url="http://127.0.0.1:7860")
 
 
 def events(response: httpx.Response) -> list:
@@ -249,7 +253,8 @@ def test_in_process_errors() -> None:
 
     response = in_process(FakeBackend([])).post("/v1/chat/completions", json=body(model="gpt-4o"))
     assert response.status_code == 404 and response.json()["error"]["param"] == "model"
-    response = in_process(FakeBackend([])).post("/v1/chat/completions", content=b"{not json")
+    response = in_process(FakeBackend([])).post("/v1/chat/completions", content=b"{not json",
+                                                      headers={"Content-Type": "application/json"})
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_json"
     response = in_process(FakeBackend([])).get("/v1/embeddings")
     assert response.status_code == 404 and "POST /v1/chat/completions" in response.json()["error"]["message"]
@@ -272,6 +277,105 @@ def test_in_process_locked_server_hides_model_errors(caplog) -> None:
     streamed = events(client.post("/v1/chat/completions", json=body(stream=True)))
     assert streamed[-1]["error"]["message"] == MODEL_FAILED and not exposes(json.dumps(streamed))
     assert "plugin.cpp" in caplog.text
+
+
+def test_in_process_a_body_must_say_it_is_json() -> None:
+    """A web page can POST text/plain or a form across sites without asking first: refused."""
+    client = in_process(FakeBackend(["ok"]))
+    for kind in ("text/plain", "application/x-www-form-urlencoded", None):
+        headers = {"Content-Type": kind} if kind else {}
+        response = client.post("/v1/chat/completions", content=json.dumps(body()).encode(), headers=headers)
+        assert response.status_code == 415 and response.json()["error"]["code"] == "unsupported_media_type"
+    response = client.post("/v1/chat/completions", content=json.dumps(body()).encode(),
+                           headers={"Content-Type": "application/json; charset=utf-8"})
+    assert response.status_code == 200
+
+
+def test_in_process_without_a_key_only_a_loopback_host_is_answered() -> None:
+    """DNS rebinding: a page at evil.example whose name now points at 127.0.0.1."""
+    app = Starlette(routes=[OpenAIApi(FakeBackend(["ok"])).mount()])
+    for host, status in (("evil.example", 403), ("evil.example:7860", 403), ("192.168.1.2:7860", 403),
+                         ("localhost:7860", 200), ("127.0.0.1", 200), ("127.8.0.1:80", 200), ("[::1]:7860", 200)):
+        response = TestClient(app, base_url=f"http://{host}").post("/v1/chat/completions", json=body())
+        assert response.status_code == status, host
+        if status == 403:
+            assert response.json()["error"]["code"] == "host_not_allowed"
+    keyed = Starlette(routes=[OpenAIApi(FakeBackend(["ok"]), access=Access(KEY)).mount()])
+    response = TestClient(keyed, base_url="http://models.example").post(
+        "/v1/chat/completions", json=body(), headers={"Authorization": f"Bearer {KEY}"})
+    assert response.status_code == 200  # with a key, any name
+
+
+def test_in_process_deeply_nested_json_is_invalid_json_not_a_crash() -> None:
+    response = in_process(FakeBackend([])).post("/v1/chat/completions", content=b"[" * 100_000,
+                                                headers={"Content-Type": "application/json"})
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_json"
+
+
+def test_in_process_a_locked_server_keeps_the_remotes_words_to_its_log(caplog) -> None:
+    secret = "Traceback: /srv/engine/phi3ui/secret.py"
+    failed = RemoteError("The remote engine failed (HTTP 500).", 502, detail=secret)
+    for locked, shown in ((True, False), (False, True)):
+        client = in_process(FakeBackend([], error=failed), lock_settings=locked)
+        response = client.post("/v1/chat/completions", json=body())
+        assert response.status_code == 502 and (secret in response.text) == shown
+        streamed = client.post("/v1/chat/completions", json=body(stream=True))
+        assert streamed.status_code == 502 and (secret in streamed.text) == shown
+        midway = in_process(FakeBackend(["Pa"], error=failed), lock_settings=locked)
+        events_text = midway.post("/v1/chat/completions", json=body(stream=True)).text
+        assert "HTTP 500" in events_text and (secret in events_text) == shown
+    assert secret in caplog.text
+    refused = RemoteError("The remote engine refused this request (HTTP 400).", 400, "remote_refused",
+                          detail="maximum context length is 4096")
+    response = in_process(FakeBackend([], error=refused), lock_settings=True).post("/v1/chat/completions",
+                                                                                   json=body())
+    assert response.status_code == 400 and "maximum context length" in response.text
+
+
+def test_in_process_a_client_that_leaves_before_the_first_token_stops_the_answer() -> None:
+    """The wait for a (remote's) first token happens before the 200, watched for a disconnect."""
+    class SlowFirst(FakeBackend):
+        """A remote whose first token takes 10 s, unless the answer is stopped."""
+
+        engine = SimpleNamespace(**{**vars(FakeBackend.engine), "remote": True})
+
+        def produce(self, stop):
+            self.started = True
+            if stop.wait(10):
+                self.closed = True
+                return Stats(5, 0, 0.0, 0.0, 0.3, stopped=True)
+            yield "late"
+            return Stats(5, 1, 10.0, 0.0, 10.0)
+
+    backend = SlowFirst([])
+    app = OpenAIApi(backend).app()
+    data = json.dumps(body(stream=True)).encode()
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": "/chat/completions", "raw_path": b"/chat/completions", "query_string": b"",
+             "root_path": "", "headers": [(b"host", b"127.0.0.1:7860"), (b"content-type", b"application/json"),
+                                          (b"content-length", str(len(data)).encode())],
+             "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 7860)}
+
+    async def run() -> float:
+        sent = iter([{"type": "http.request", "body": data, "more_body": False}])
+
+        async def receive() -> dict:
+            try:
+                return next(sent)
+            except StopIteration:
+                await anyio.sleep(0.3)
+                return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            pass
+
+        started = time.monotonic()
+        with anyio.fail_after(8):
+            await app(scope, receive, send)
+        return time.monotonic() - started
+
+    took = anyio.run(run)
+    assert took < 5 and backend.started and backend.closed
 
 
 # --- the real server, with the real openai client --------------------------------------------

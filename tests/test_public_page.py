@@ -36,7 +36,8 @@ class Backend(FakeBackend):
     def __init__(self, *args, cap: int = 4096, **kwargs):
         super().__init__(*args, **kwargs)
         self.limits = Limits(max_new_tokens=cap)
-        engine = SimpleNamespace(context_window=8192, label="openvino-genai", device="CPU", name="genai")
+        engine = SimpleNamespace(context_window=8192, label="openvino-genai", device="CPU", name="genai", remote=False,
+                                 notices=())
         self.loaded = Loaded(engine, Exported(Path(SECRET_PATH).parent, "bundled", BUNDLED_EXPORT, cached=True),
                              SimpleNamespace(engine="genai", prompt_lookup=False), ())
 

@@ -11,11 +11,16 @@ generation; the engine killed mid-answer and started again on the same port.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
+import select
 import signal
 import socket
+import threading
 import time
-from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -26,6 +31,7 @@ from playwright.sync_api import Page, expect
 
 from bench.app_process import AppProcess, free_port
 from phi3ui.chat import ChatBackend
+from phi3ui.errors import public_error
 from phi3ui.remote_engine import (
     MessagesPrompt,
     RemoteError,
@@ -37,7 +43,7 @@ from phi3ui.remote_engine import (
     transport_failure,
 )
 from phi3ui.server import parse_args
-from phi3ui.settings import BUNDLED, GenerationSettings, RemoteSettings, RuntimeSettings, SettingsError
+from phi3ui.settings import BUNDLED, GenerationSettings, Limits, RemoteSettings, RuntimeSettings, SettingsError
 from tests.test_browser import (  # noqa: F401 - browser, open_page and page are fixtures
     ANSWER, NOTE, browser, open_page, page, send, wait_growing, wait_idle)
 
@@ -110,16 +116,30 @@ def test_transport_failures_say_down_slow_or_cut() -> None:
     assert cut.status == 502 and "middle of the answer" in str(cut)
 
 
-def test_the_token_estimate_is_generous_and_only_learns_upwards() -> None:
+def test_the_token_estimate_is_generous_and_fixed() -> None:
+    """No learning from the remote's counts: a changing rate would change the window's cached
+    counts and its cut, and replicas would each learn their own (so make different cuts)."""
     estimate = TokenEstimate()
     prompt = MessagesPrompt.of([{"role": "user", "content": "x" * 600}])
     assert estimate.count(prompt) == 200 + 5 + 3
-    estimate.learn(prompt, 100)  # the remote counted fewer: the estimate stays on the safe side
-    assert estimate.count(prompt) == 208
-    estimate.learn(prompt, 608)  # denser than thought (one token a character)
-    assert estimate.count(prompt) == 608
-    estimate.learn(MessagesPrompt.of([{"role": "user", "content": "Hi"}]), 50)  # too short to teach anything
-    assert estimate.count(prompt) == 608
+    assert not hasattr(estimate, "learn")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        estimate.tokens_per_char = 1.0  # type: ignore[misc]
+
+
+def test_the_remotes_own_words_reach_the_log_always_and_visitors_only_unlocked_or_for_a_400(caplog) -> None:
+    failed = http_failure(500, '{"error":{"message":"Traceback in /srv/phi3ui/secret.py"}}', "x")
+    assert "/srv/phi3ui/secret.py" in caplog.text  # the log
+    assert "/srv/phi3ui/secret.py" in public_error(failed, locked=False)  # the host
+    assert "/srv/phi3ui/secret.py" not in public_error(failed, locked=True)
+    assert "HTTP 500" in public_error(failed, locked=True)
+    refused = http_failure(400, '{"error":{"message":"This model\'s maximum context length is 4096"}}', "x")
+    assert "maximum context length" in public_error(refused, locked=True)  # the visitor's to fix
+    midway = Tally()
+    with pytest.raises(RemoteError) as broke:
+        midway.feed({"error": {"message": "out of memory at /srv/x.cpp"}})
+    assert "/srv/x.cpp" not in public_error(broke.value, locked=True)
+    assert "/srv/x.cpp" in public_error(broke.value, locked=False)
 
 
 def test_the_command_line_needs_a_url_and_keeps_the_two_keys_apart() -> None:
@@ -135,6 +155,8 @@ def test_the_command_line_needs_a_url_and_keeps_the_two_keys_apart() -> None:
         RuntimeSettings(engine="openai", remote=RemoteSettings("127.0.0.1:8000")).validate()
     with pytest.raises(SettingsError, match="Prompt lookup"):
         RuntimeSettings(engine="openai", remote=RemoteSettings("http://h/v1"), prompt_lookup=True).validate()
+    with pytest.raises(SettingsError, match="user name or password"):  # it would show in the log and the page
+        RuntimeSettings(engine="openai", remote=RemoteSettings("http://me:secret@h:8000/v1")).validate()
 
 
 def test_a_remote_that_is_down_starts_with_a_notice_and_each_answer_says_so() -> None:
@@ -167,6 +189,155 @@ def test_a_remote_that_never_answers_times_out_with_a_message() -> None:
             backend.reply([], QUESTION, GenerationSettings(max_new_tokens=8)).text()
         assert failed.value.status == 504 and time.monotonic() - started < 5
         backend.engine.close()
+
+
+# --- a small real OpenAI-compatible server, scripted --------------------------------------------
+class Scripted:
+    """A real HTTP server on loopback that answers /v1/models and streams chat completions as
+    a test scripts them, and notes when its client goes away (a read of b"" on the socket)."""
+
+    def __init__(self, models: list[dict] | None = None, pieces: tuple[str, ...] = ("Par", "is"),
+                 delay: float = 0.05, head_delay: float = 0.0, usage: dict | None = None, fail_models: int = 0):
+        self.models, self.pieces, self.delay, self.head_delay = models, pieces, delay, head_delay
+        self.usage, self.fail_models = usage, fail_models
+        self.gone = threading.Event()  # the client closed its connection before the answer's end
+        self.sent = 0  # pieces written
+        scripted = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                if scripted.fail_models > 0:
+                    scripted.fail_models -= 1
+                    self.reply(503, {"error": {"message": "loading"}})
+                    return
+                self.reply(200, {"object": "list", "data": scripted.models or [{"id": "m", "object": "model"}]})
+
+            def reply(self, status: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def left(self, wait: float) -> bool:
+                """Whether the client closed the connection within `wait` seconds."""
+                readable, _, _ = select.select([self.connection], [], [], wait)
+                return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                if scripted.head_delay and self.left(scripted.head_delay):
+                    scripted.gone.set()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                try:
+                    for piece in scripted.pieces:
+                        event = {"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+                        self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+                        self.wfile.flush()
+                        scripted.sent += 1
+                        if self.left(scripted.delay):
+                            scripted.gone.set()
+                            return
+                    end = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+                    self.wfile.write(f"data: {json.dumps(end)}\n\n".encode())
+                    if scripted.usage is not None:
+                        self.wfile.write(f"data: {json.dumps({'choices': [], 'usage': scripted.usage})}\n\n".encode())
+                    self.wfile.write(b"data: [DONE]\n\n")
+                except OSError:
+                    scripted.gone.set()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def backend(self, model: str = "m", limits: Limits | None = None) -> ChatBackend:
+        backend = ChatBackend(limits=limits or Limits())
+        backend.load("ignored", runtime=RuntimeSettings(engine="openai", remote=RemoteSettings(self.url, model=model,
+                                                                                               timeout_s=10)))
+        return backend
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def scripted() -> Iterator[Callable[..., Scripted]]:
+    made: list[Scripted] = []
+
+    def make(**kwargs) -> Scripted:
+        made.append(Scripted(**kwargs))
+        return made[-1]
+
+    yield make
+    for server in made:
+        server.close()
+
+
+def test_a_stop_before_the_remotes_headers_reaches_the_remote(scripted) -> None:
+    remote = scripted(head_delay=10)
+    backend = remote.backend()
+    answer = backend.reply([], QUESTION, GenerationSettings(max_new_tokens=8))
+    reader = threading.Thread(target=answer.text, daemon=True)
+    reader.start()
+    time.sleep(0.5)  # the request is out; the remote has sent no headers yet
+    answer.stop()
+    assert remote.gone.wait(3), "the remote never saw its client go"
+    reader.join(5)
+    backend.engine.close()
+
+
+def test_a_local_stop_string_ends_the_remote_stream(scripted) -> None:
+    remote = scripted(pieces=("Paris", " is. ", "STOP", *[" more"] * 40), delay=0.1)
+    backend = remote.backend()
+    answer = backend.reply([], QUESTION, GenerationSettings(max_new_tokens=64, stop=("STOP",)))
+    assert answer.text() == "Paris is. "
+    assert answer.stats.finish == "stop" and not answer.stats.stopped
+    assert remote.gone.wait(3) and remote.sent < 10, "the remote kept streaming after the stop string"
+    backend.engine.close()
+
+
+def test_a_remotes_count_that_is_not_a_number_is_not_used(scripted) -> None:
+    remote = scripted(usage={"prompt_tokens": "12", "completion_tokens": 2, "total_tokens": "14"})
+    backend = remote.backend()
+    answer = backend.reply([], QUESTION, GenerationSettings(max_new_tokens=8))
+    assert answer.text() == "Paris"
+    assert isinstance(answer.stats.prompt_tokens, int) and answer.stats.answer_tokens == 2
+    backend.engine.close()
+
+
+def test_a_remote_down_at_start_is_asked_again_until_it_says_its_window(scripted) -> None:
+    remote = scripted(models=[{"id": "m", "object": "model", "context_window": 8192}], fail_models=1)
+    backend = remote.backend(model="m")  # --remote-model given: the model name alone is not enough
+    engine = backend.engine
+    assert engine.context_window == 4096 and any("could not be asked" in n for n in backend.loaded.notices)
+    engine.RETRY_S = 0  # type: ignore[misc]
+    assert backend.reply([], QUESTION, GenerationSettings(max_new_tokens=8)).text() == "Paris"
+    assert engine.context_window == 8192
+    assert backend.loaded.notices == ()  # not frozen at start
+    assert "8192-token window" in backend.loaded.describe() and "assumed" not in backend.loaded.describe()
+    engine.close()
+
+
+def test_the_hosts_context_window_is_kept_and_shown_over_the_remotes(scripted) -> None:
+    remote = scripted(models=[{"id": "m", "object": "model", "context_window": 8192},
+                              {"id": "b", "object": "model", "context_window": True}])
+    backend = remote.backend(limits=Limits(context_window=2048))
+    assert backend.engine.context_window == 2048 and backend.engine.reported_window == 8192
+    assert "2048-token window (--context-window; the remote's is 8192)" in backend.loaded.describe()
+    assert backend.prepare([], QUESTION, GenerationSettings(max_new_tokens=8)).window == 2048
+    backend.engine.close()
+    flagged = remote.backend(model="b")  # a JSON true is no window
+    assert flagged.engine.context_window == 4096 and "(assumed)" in flagged.loaded.describe()
+    flagged.engine.close()
 
 
 # --- an engine process and a front end in front of it ------------------------------------------
@@ -336,6 +507,33 @@ def test_stop_in_the_page_ends_the_engines_generation(page: Page, engine: Engine
     expect(page.locator(NOTE).last).to_contain_text("Stopped")
     log = wait_for_log(engine.output, LEFT, before + 1)
     assert int(re.findall(re.escape(LEFT) + r" after (\d+) tokens", log)[-1]) < 1024
+
+
+@pytest.mark.server
+def test_a_locked_front_end_shows_visitors_neither_the_remotes_url_nor_its_words(engine: Engine) -> None:
+    """The remote's own error text can hold its server paths: the locked front end's log has
+    it, its visitors (page, /chat, /v1) get the front end's sentence; the model line has no URL."""
+    locked = AppProcess("--engine", "openai", "--api-base", f"http://127.0.0.1:{engine.port}/v1",
+                        "--remote-model", "no-such-model", "--lock-settings", "--remote-timeout", "30").wait_ready()
+    remote_words = "does not exist here"  # the engine's own 404 text
+    try:
+        page = httpx.get(f"{locked.url}config", timeout=30).text
+        assert "remote OpenAI-compatible engine" in page and f"127.0.0.1:{engine.port}" not in page
+        client = api(locked)
+        model = client.models.list().data[0].id
+        with pytest.raises(openai.APIStatusError) as failed:
+            client.chat.completions.create(model=model, messages=ASK, max_tokens=8)
+        assert failed.value.status_code == 502 and "--remote-model" in failed.value.message
+        assert remote_words not in failed.value.message
+        with pytest.raises(openai.APIStatusError) as streamed:
+            client.chat.completions.create(model=model, messages=ASK, max_tokens=8, stream=True)
+        assert remote_words not in streamed.value.message
+        with pytest.raises(Exception, match="--remote-model") as page_failed:
+            chat(locked.url)
+        assert remote_words not in str(page_failed.value)
+        assert remote_words in wait_for_log(locked.output, remote_words, 1)  # the host reads it in the log
+    finally:
+        locked.stop()
 
 
 @pytest.mark.server

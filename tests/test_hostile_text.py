@@ -1,0 +1,296 @@
+"""Hostile text in the real page: markup from the model or the user never runs, never
+restyles the page and never freezes it (issue #16, "Safe to share").
+
+The real app on the bundled model in headless Chromium, as in test_browser.py, whose
+fixtures and helpers this reuses (`open_page` fails a test if any JavaScript dialog opens,
+so payloads that `alert` are caught too). Hostile *model output* comes in the way a shared
+conversation does: a chat JSON loaded with the page's Load JSON button, whose assistant
+messages then take the same path to the screen as a streamed answer (`to_display`, Gradio's
+Markdown, its sanitizer); a real answer is then streamed after them. Hostile *user* text is
+typed and sent. Rendering does not depend on the engine, so this runs on the default one.
+
+Every check looks at the whole page, not only the chat, so it also covers whatever else
+shows the text (the list of conversations, notes, toasts).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import time
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Error, Page, expect
+
+from phi3ui.settings import DEFAULT_ENGINE
+from tests.test_browser import (  # noqa: F401 - browser, open_page and page are fixtures
+    ANSWER,
+    NOTE,
+    USER,
+    answer_text,
+    browser,
+    open_page,
+    page,
+    ready,
+    send,
+    set_max_new_tokens,
+    wait_idle,
+)
+
+pytestmark = [pytest.mark.browser, pytest.mark.server,
+              pytest.mark.parametrize("engine_name", [DEFAULT_ENGINE], indirect=True)]
+
+COVER = '<div title=pwned style="position:fixed;inset:0;z-index:9999;background:red">cover</div>'
+# Each sets window.__pwned to its own number if it runs; the last two would restyle the page.
+PAYLOADS = [
+    "<script>window.__pwned=1;alert(1)</script>",
+    '<img src=x onerror="window.__pwned=2;alert(2)">',
+    '<iframe srcdoc="<script>parent.__pwned=3;alert(3)</script>"></iframe>',
+    '<a href="javascript:window.__pwned=4">click-html</a>',
+    "[click-md](javascript:window.__pwned=5)",
+    '<svg onload="window.__pwned=6"></svg>',
+    '<details open ontoggle="window.__pwned=7">x</details>',
+    "<style>body{display:none!important} *{color:red!important}</style>",
+    COVER,
+]
+# Markup in what a simpler escaping takes for code and Markdown reads otherwise (the first
+# eight and the mermaid one rendered COVER before display.py knew them).
+AROUND_CODE = [
+    f"x ```\n\n{COVER}",  # a fence that does not start its line
+    f"\\`{COVER}`",  # an escaped backtick
+    f"see http://x`{COVER}`",  # a link that takes the backtick
+    f"~`{COVER}~`",  # strikethrough that does
+    f"| a | b |\n|---|---|\n| `x | {COVER}` |",  # a table that splits the span
+    f'[a]: /u "\n```\n"\n{COVER}',  # a link definition whose title takes the fence
+    f"[x]( `) {COVER}`",  # a link whose address does
+    f"`$$` x\n```\n$$\n{COVER}\n```",  # LaTeX, cut out before Markdown
+    f"- a\n  ```\n  x\n     ```\n  {COVER}\nend",  # a list item's fence, read with its indentation
+    f"```\nx\r```\r{COVER}",  # Markdown breaks lines at \r too
+    f'```mermaid\ngraph TD\nA["{COVER}"]\n```',  # mermaid draws labels as HTML
+    f"```\n   x\n    ```\n   {COVER}\n   ```",  # Gradio's Chatbot unindents all but line 1
+]
+LINKS = ("click-html", "click-md")
+BIG = "A" * 1_000_000 + "<b>big</b>" + "A" * 1_000_000  # a 2 MB line
+RESPONSIVE_S = 15  # a round trip to the page's JavaScript; generous: the machine is shared
+
+# What the page would show if anything ran or restyled it.
+STATE = """() => ({
+    pwned: window.__pwned,
+    planted: [...document.querySelectorAll(
+        'body [title=pwned], iframe[srcdoc], body [onerror], body [onload], body [ontoggle], a[href^="javascript:"]'
+    )].map(e => e.outerHTML.slice(0, 120)),
+    code: [...document.querySelectorAll('script, style')]
+        .filter(e => /__pwned|color:red!important/.test(e.textContent)).length,
+    body: getComputedStyle(document.body).display,
+    color: getComputedStyle(document.querySelector('#message textarea')).color,
+    overflow: document.documentElement.scrollWidth - document.documentElement.clientWidth,
+})"""
+
+
+def guard(page: Page) -> None:
+    """`window.__pwned` is 0 now and after every reload: a payload that runs changes it."""
+    page.context.add_init_script("window.__pwned = 0")
+    page.evaluate("window.__pwned = 0")
+
+
+def assert_inert(page: Page) -> None:
+    """Nothing ran, nothing was planted in the page, nothing restyled or widened it."""
+    page.wait_for_timeout(1000)  # images and diagrams render after the text
+    state = page.evaluate(STATE)
+    assert state == {**state, "pwned": 0, "planted": [], "code": 0}, state
+    assert state["body"] != "none" and state["color"] != "rgb(255, 0, 0)", state
+    assert state["overflow"] <= 0, f"the page is {state['overflow']} px wider than the window"
+
+
+def click_links(page: Page) -> None:
+    """Click whatever the link payloads became: links would run their javascript: URL."""
+    for link in page.locator("#chat a").all():
+        link.click()
+    for text in LINKS:
+        page.locator("#chat").get_by_text(text).first.click()
+    assert page.evaluate("window.__pwned") == 0
+
+
+def responsive(page: Page) -> float:
+    """Seconds for a round trip to the page's JavaScript: a frozen page does not answer."""
+    started = time.monotonic()
+    page.evaluate("() => document.querySelectorAll('#chat *').length")
+    elapsed = time.monotonic() - started
+    assert elapsed < RESPONSIVE_S, f"the page took {elapsed:.1f} s to answer"
+    return elapsed
+
+
+def fill_big(page: Page) -> float:
+    """Put BIG in the message box as a paste would; seconds it took. A failure's message
+    is cut short (Playwright's would quote all 2 MB)."""
+    started = time.monotonic()
+    try:
+        page.locator("#message textarea").fill(BIG)
+    except Error as exc:
+        raise AssertionError(f"filling the box failed: {str(exc)[:300]}") from None
+    return time.monotonic() - started
+
+
+def wait_for_big_answer(page: Page) -> None:
+    """Until BIG shows in the chat as text (checked in the page: no 2 MB in the messages)."""
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#chat [data-testid=bot]')]"
+        ".some(e => e.textContent.length > 2e6 && e.textContent.includes('<b>big</b>'))",
+        timeout=RESPONSIVE_S * 1000, polling=250)
+
+
+def load_chat(page: Page, path: Path, messages: list[dict]) -> None:
+    """Load a chat JSON as a user would, with the Load JSON button."""
+    path.write_text(json.dumps(messages))
+    with page.expect_file_chooser() as chooser:
+        page.locator("#load-json").click()
+    chooser.value.set_files(str(path))
+
+
+def download_json(page: Page) -> list[dict]:
+    with page.expect_download() as download:
+        page.locator("#download-json").click()
+    return json.loads(Path(download.value.path()).read_text())
+
+
+def hostile_chat() -> list[dict]:
+    """A chat whose every message is a payload, user and assistant alike; the plain ones
+    numbered (u0, a0, …), the others as they are (some must start their message)."""
+    texts = [*(f"{{role}}{i}: {text}" for i, text in enumerate(PAYLOADS)), *AROUND_CODE]
+    return [{"role": role, "content": text.replace("{role}", role[0])}
+            for text in texts for role in ("user", "assistant")]
+
+
+def assert_round_trip(page: Page, messages: list[dict]) -> None:
+    """The JSON download gives the chat back exactly. Gradio's Chatbot passes messages
+    through inspect.cleandoc (reindenting some, a loss outside this test): those it changes
+    are only checked for their role."""
+    saved = download_json(page)[: len(messages)]
+    assert [m["role"] for m in saved] == [m["role"] for m in messages]
+    for got, sent in zip(saved, messages):
+        if inspect.cleandoc(sent["content"]) == sent["content"]:
+            assert got == sent
+
+
+def assert_shown_as_text(page: Page, messages: list[dict], more: int = 0) -> None:
+    """The plain payloads read exactly as written; the rest at least show their markup.
+    `more`: exchanges after them."""
+    users, answers = page.locator(USER), page.locator(ANSWER)
+    expect(users).to_have_count(len(messages) // 2 + more)
+    for i, text in enumerate(PAYLOADS):
+        expect(users.nth(i)).to_have_text(f"u{i}: {text}")
+        expect(answers.nth(i)).to_have_text(f"a{i}: {text}")
+    for i in range(len(PAYLOADS), len(messages) // 2):
+        expect(users.nth(i)).to_contain_text("title=pwned")
+        expect(answers.nth(i)).to_contain_text("title=pwned")
+
+
+def test_hostile_history_stays_text_in_chat_inspector_and_after_reload(page: Page, tmp_path: Path) -> None:
+    guard(page)
+    messages = hostile_chat()
+    load_chat(page, tmp_path / "hostile.json", messages)
+    assert_shown_as_text(page, messages)
+    assert_inert(page)
+    click_links(page)
+
+    set_max_new_tokens(page, 8)  # a real answer streams after it, through the same rendering
+    send(page, "Say hello.")
+    wait_idle(page)
+    assert answer_text(page)
+    expect(page.locator(NOTE).last).to_contain_text("answer tokens")  # the stats line
+    expect(page.locator("#budget")).to_contain_text("Context")
+    assert_inert(page)
+
+    page.get_by_text("Prompt inspector").click()
+    inspector = page.locator("#inspector")  # an editor that draws only the lines in view
+    for text in PAYLOADS[:2]:
+        expect(inspector).to_contain_text(text)
+    assert_inert(page)
+
+    page.reload()  # the chat comes back from the browser's storage
+    ready(page)
+    assert_shown_as_text(page, messages, more=1)
+    assert_inert(page)
+    click_links(page)
+    assert_round_trip(page, messages)
+
+
+def test_hostile_user_text_goes_through_the_backend_and_downloads(page: Page, tmp_path: Path) -> None:
+    """Typed and sent (the app's limit here is 200 characters), answered by the model, and
+    downloaded: the JSON gives back the text exactly, the Markdown is a text file."""
+    guard(page)
+    set_max_new_tokens(page, 4)
+    texts = [*PAYLOADS, AROUND_CODE[0], AROUND_CODE[1]]
+    for text in texts:
+        send(page, text)
+        wait_idle(page)
+    users = page.locator(USER)
+    for i, text in enumerate(texts[: len(PAYLOADS)]):
+        expect(users.nth(i)).to_have_text(text)
+    assert_inert(page)
+    click_links(page)
+
+    assert [m["content"] for m in download_json(page) if m["role"] == "user"] == texts
+
+    with page.expect_download() as download:
+        page.locator("#download-md").click()
+    assert download.value.suggested_filename.endswith(".md")
+    markdown = Path(download.value.path()).read_text()
+    assert all(f"**User:**\n\n{text}" in markdown for text in texts)
+    served = page.request.get(download.value.url)
+    assert not served.headers.get("content-type", "").startswith("text/html"), served.headers
+    assert_inert(page)
+
+
+def test_two_megabyte_line_from_the_user_is_refused_and_kept(page: Page) -> None:
+    guard(page)
+    filled_s = fill_big(page)
+    assert filled_s < RESPONSIVE_S, f"filling the box took {filled_s:.1f} s"
+    responsive(page)
+    too_long = "The message is 2,000,010 characters; the limit is 200."
+    expect(page.locator("#budget")).to_contain_text(too_long)  # said before Send, and after
+    page.locator("#send").click()
+    page.wait_for_timeout(2000)  # the refusal's round trip
+    expect(page.locator("#budget")).to_contain_text(too_long)
+    kept = page.evaluate("() => document.querySelector('#message textarea').value")
+    assert kept == BIG, f"the box holds {len(kept):,} characters"
+    assert page.locator(USER).count() == 0
+    responsive(page)
+    assert_inert(page)
+
+    page.locator("#message textarea").fill("")  # the user gives up on it: Send still works
+    set_max_new_tokens(page, 4)
+    send(page, "Say hello.")
+    wait_idle(page)
+    assert answer_text(page)
+
+
+def test_two_megabyte_line_from_the_model_renders_without_freezing(page: Page, tmp_path: Path) -> None:
+    """A loaded 2 MB answer shows as text, the page keeps answering, and the line wraps
+    or scrolls inside the chat instead of widening the page."""
+    guard(page)
+    load_chat(page, tmp_path / "big.json",
+              [{"role": "user", "content": "A long line?"}, {"role": "assistant", "content": BIG}])
+    wait_for_big_answer(page)
+    responsive(page)
+    chat = page.locator("#chat").bounding_box()
+    width = page.evaluate("() => document.documentElement.clientWidth")
+    assert chat and chat["x"] + chat["width"] <= width, (chat, width)
+    assert_inert(page)
+
+    set_max_new_tokens(page, 4)  # the page still sends and streams an answer after it
+    send(page, "Say hello.")
+    wait_idle(page)
+    responsive(page)
+    assert page.locator(ANSWER).count() == 2
+    assert_inert(page)
+
+
+def test_a_chat_file_with_markup_in_its_roles_is_refused_as_text(page: Page, tmp_path: Path) -> None:
+    """A file's errors quote it (roles are named in the message): still text."""
+    guard(page)
+    load_chat(page, tmp_path / "roles.json", [{"role": COVER + PAYLOADS[1], "content": "x"}])
+    page.wait_for_timeout(2000)  # the refusal, if any, comes back as a toast
+    assert page.locator(USER).count() == 0
+    assert_inert(page)
