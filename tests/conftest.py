@@ -99,3 +99,23 @@ def browser_app(bundled: Exported, engine_name: str) -> Iterator[AppProcess]:
     app = AppProcess("--model", BUNDLED, "--engine", engine_name, "--max-message-chars", "200").wait_ready()
     yield app
     app.stop()
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator:
+    """One headless Chromium for every browser test: Playwright's sync API allows one
+    instance per thread, so this lives here rather than in a test module."""
+    from playwright.sync_api import sync_playwright
+
+    if not CHROMIUM.exists():
+        message = "Chromium is not installed: bash scripts/install.sh --test (or apt-get install chromium)"
+        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

@@ -8,14 +8,12 @@ except where a test needs one long enough to watch it stream or to stop it.
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from phi3ui.settings import DEFAULT_ENGINE
 
@@ -23,25 +21,11 @@ pytestmark = pytest.mark.browser
 expect.set_options(timeout=20_000)  # the machine is shared: a restore or a toast can take seconds
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 LONG_PROMPT = "Write a long story about a dragon who learns to bake bread."
 ANSWER = "#chat .bot-row .message:not(.thought) > [data-testid=bot]"
 USER = "#chat .user-row [data-testid=user]"
 NOTE = "#chat .thought-group .title"
 SHOTS = Path("/tmp") / "phi3ui-browser-shots"
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        message = "Chromium is not installed: bash scripts/install.sh --test (or apt-get install chromium)"
-        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

@@ -27,7 +27,6 @@ from tests.test_browser import (  # noqa: F401 - fixtures
     SHOTS,
     USER,
     answer_text,
-    browser,
     ended_answers,
     ready,
     send,

@@ -24,12 +24,11 @@ import pytest
 from playwright.sync_api import Error, Page, expect
 
 from phi3ui.settings import DEFAULT_ENGINE
-from tests.test_browser import (  # noqa: F401 - browser, open_page and page are fixtures
+from tests.test_browser import (  # noqa: F401 - open_page and page are fixtures
     ANSWER,
     NOTE,
     USER,
     answer_text,
-    browser,
     open_page,
     page,
     ready,

@@ -44,8 +44,8 @@ from phi3ui.remote_engine import (
 )
 from phi3ui.server import parse_args
 from phi3ui.settings import BUNDLED, GenerationSettings, Limits, RemoteSettings, RuntimeSettings, SettingsError
-from tests.test_browser import (  # noqa: F401 - browser, open_page and page are fixtures
-    ANSWER, NOTE, browser, open_page, page, send, wait_growing, wait_idle)
+from tests.test_browser import (  # noqa: F401 - open_page and page are fixtures
+    ANSWER, NOTE, open_page, page, send, wait_growing, wait_idle)
 
 QUESTION = "What is the capital of France?"
 ASK = [{"role": "user", "content": QUESTION}]
