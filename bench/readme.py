@@ -5,7 +5,8 @@
 chat: bench/results/README-section.md (`python -m bench.bench`); concurrency:
 bench/results/concurrency.md (`python -m bench.concurrency`); decode: the part of
 bench/NOTES.md between its `<!-- README -->` markers (the hand-written summary of
-`python -m bench.decode`'s sessions); lookup: bench/results/lookup.md (`python -m bench.lookup`).
+`python -m bench.decode`'s sessions); lookup: bench/results/lookup.md (`python -m bench.lookup`);
+long_chat: the summaries of bench/results/long_chat*.md (`python -m bench.long_chat`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,21 @@ def sections() -> dict[str, str]:
     concurrency = (RESULTS / "concurrency.md").read_text().replace("## ", "### ", 1)
     decode = between(NOTES.read_text(), "<!-- README -->", "<!-- /README -->")
     lookup = (RESULTS / "lookup.md").read_text().replace("## ", "### ", 1)
-    return {"chat": chat, "concurrency": concurrency, "decode": decode, "lookup": lookup}
+    return {"chat": chat, "concurrency": concurrency, "decode": decode, "lookup": lookup,
+            "long_chat": long_chats()}
+
+
+def long_chats() -> str:
+    """Each long-chat run's heading, command, summary table and plot; the per-turn tables
+    stay in bench/results."""
+    parts = ["### Long chats past the context window", ""]
+    for path in sorted(RESULTS.glob("long_chat*.md")):
+        head, rest = path.read_text().split("\n\n", 1)
+        summary = rest.split("\n| turn |", 1)[0].strip()
+        parts += [head.replace("# ", "#### ", 1), "", summary, "",
+                  f"![Time to first token and tokens per turn](bench/results/{path.stem}.png)", "",
+                  f"Every turn: [bench/results/{path.name}](bench/results/{path.name}).", ""]
+    return "\n".join(parts)
 
 
 def filled(readme: str) -> str:
