@@ -58,10 +58,11 @@ def ask(client, question: str, tokens: int) -> tuple[str, float, float]:
     return job.result(), (first or end) - start, end - start
 
 
-def run_round(url: str, users: int, rounds: int, tokens: int, count) -> Round:
+def run_round(urls: list[str], users: int, rounds: int, tokens: int, count) -> Round:
+    """`users` sessions at once, user k on `urls[k % len(urls)]` (as a load balancer would)."""
     from gradio_client import Client
 
-    clients = [Client(url, verbose=False) for _ in range(users)]
+    clients = [Client(urls[k % len(urls)], verbose=False) for k in range(users)]
     results: list[tuple[str, float, float]] = []
     lock = threading.Lock()
 
@@ -123,10 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     app_args = ["--model", BUNDLED, "--engine", "genai", "--concurrency", str(max(args.users))]
     app = AppProcess(*app_args).wait_ready()
     try:
-        run_round(app.url, 1, 1, 8, count)  # warm-up: compiled model, first request paths
+        run_round([app.url], 1, 1, 8, count)  # warm-up: compiled model, first request paths
         rounds = []
         for users in args.users:
-            result = run_round(app.url, users, args.rounds, args.tokens, count)
+            result = run_round([app.url], users, args.rounds, args.tokens, count)
             print(result, flush=True)
             rounds.append(result)
     finally:

@@ -37,7 +37,12 @@ def sections() -> dict[str, str]:
 def long_chats() -> str:
     """Each long-chat run's heading, command, summary table and plot; the per-turn tables
     stay in bench/results."""
-    parts = ["### Long chats past the context window", ""]
+    parts = ["### Long chats past the context window", "",
+             "The same chat twice through the app's backend, each turn adding a ~70-token message and a "
+             "forced-length answer: \"before\" leaves out the fewest old exchanges each turn (the old "
+             "behaviour), \"after\" is the app's policy (cut to half the window, keep the cut). Computed "
+             "tokens are the prompt minus the start the engine had already read (its token memory); "
+             "the fit shows they explain the time to first token.", ""]
     for path in sorted(RESULTS.glob("long_chat*.md")):
         head, rest = path.read_text().split("\n\n", 1)
         summary = rest.split("\n| turn |", 1)[0].strip()

@@ -24,15 +24,12 @@ import argparse
 import json
 import os
 import shlex
-import statistics
 import sys
-import threading
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench.app_process import AppProcess
-from bench.concurrency import TOPICS, Round, ask
+from bench.concurrency import Round, run_round
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,33 +38,6 @@ ROOT = Path(__file__).resolve().parent.parent
 class Setup:
     name: str
     rounds: list[Round]
-
-
-def run_round(urls: list[str], users: int, rounds: int, tokens: int, count) -> Round:
-    """`users` sessions at once, user k on `urls[k % len(urls)]`."""
-    from gradio_client import Client
-
-    clients = [Client(urls[k % len(urls)], verbose=False) for k in range(users)]
-    results: list[tuple[str, float, float]] = []
-    lock = threading.Lock()
-
-    def user(k: int) -> None:
-        for r in range(rounds):
-            question = f"Write a story about {TOPICS[(k * rounds + r) % len(TOPICS)]}."
-            result = ask(clients[k], question, tokens)
-            with lock:
-                results.append(result)
-
-    threads = [threading.Thread(target=user, args=(k,)) for k in range(users)]
-    start = time.monotonic()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall = time.monotonic() - start
-    answer_tokens = sum(count(text) for text, _, _ in results)
-    return Round(users, len(results), answer_tokens, round(wall, 3), round(answer_tokens / wall, 2),
-                 round(statistics.mean(r[1] for r in results), 3), round(statistics.mean(r[2] for r in results), 3))
 
 
 def measure(urls: list[str], args, count) -> list[Round]:

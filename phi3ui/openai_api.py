@@ -27,10 +27,10 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import anyio
 from fastapi import Depends, FastAPI, Request
@@ -50,6 +50,7 @@ from .errors import MODEL_FAILED, RemoteError, public_error  # noqa: F401 - MODE
 from .settings import GenerationSettings, Limits, SettingsError, stop_strings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PREFIX = "/v1"
 MAX_BODY_BYTES = 16 * 2**20  # a full history (Limits.max_history_chars) as JSON, with room to spare
@@ -611,29 +612,21 @@ class OpenAIApi:
         return self.failure(exc, "/v1 could not start an answer")
 
     async def first_chunk(self, reading: Reading, request: Request) -> str | None:
-        """The answer's first chunk (None for an empty answer); a client that leaves
-        meanwhile stops it, as `collect` does."""
-        first: str | None = None
-        failed: Exception | None = None
-
-        async def watch() -> None:
-            await until_disconnected(request.receive)
-            reading.stop()
-
-        async with anyio.create_task_group() as group:
-            group.start_soon(watch)
-            try:
-                first = await anyio.to_thread.run_sync(reading.next, abandon_on_cancel=True, limiter=self._limiter)
-            except Exception as exc:  # noqa: BLE001 - raised below, outside the task group
-                failed = exc
-            group.cancel_scope.cancel()
-        if failed is not None:
-            raise failed
-        return first
+        """The answer's first chunk (None for an empty answer)."""
+        return await self.watched(reading, request, lambda: anyio.to_thread.run_sync(
+            reading.next, abandon_on_cancel=True, limiter=self._limiter))
 
     async def collect(self, reading: Reading, request: Request) -> str:
-        """The whole answer; a client that leaves meanwhile stops it."""
-        parts: list[str] = []
+        """The whole answer."""
+        async def join() -> str:
+            return "".join([text async for text in reading.texts()])
+
+        return await self.watched(reading, request, join)
+
+    @staticmethod
+    async def watched(reading: Reading, request: Request, work: Callable[[], Awaitable[T]]) -> T:
+        """`work()`, stopping the answer if the client leaves meanwhile."""
+        result: T | None = None
         failed: Exception | None = None
 
         async def watch() -> None:
@@ -643,14 +636,13 @@ class OpenAIApi:
         async with anyio.create_task_group() as group:
             group.start_soon(watch)
             try:
-                async for text in reading.texts():
-                    parts.append(text)
+                result = await work()
             except Exception as exc:  # noqa: BLE001 - raised below, outside the task group
                 failed = exc
             group.cancel_scope.cancel()
         if failed is not None:
             raise failed
-        return "".join(parts)
+        return result  # type: ignore[return-value]
 
     async def events(self, reading: Reading, completion: Completion, call: ChatCall,
                      prompt_tokens: int, first: str | None = None) -> AsyncIterator[str]:
