@@ -6,7 +6,8 @@ chat: bench/results/README-section.md (`python -m bench.bench`); concurrency:
 bench/results/concurrency.md (`python -m bench.concurrency`); decode: the part of
 bench/NOTES.md between its `<!-- README -->` markers (the hand-written summary of
 `python -m bench.decode`'s sessions); lookup: bench/results/lookup.md (`python -m bench.lookup`);
-long_chat: the summaries of bench/results/long_chat*.md (`python -m bench.long_chat`).
+long_chat: the summaries of bench/results/long_chat*.md (`python -m bench.long_chat`);
+scale_out: bench/results/scale_out.md (`python -m bench.scale_out`).
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ def sections() -> dict[str, str]:
     concurrency = (RESULTS / "concurrency.md").read_text().replace("## ", "### ", 1)
     decode = between(NOTES.read_text(), "<!-- README -->", "<!-- /README -->")
     lookup = (RESULTS / "lookup.md").read_text().replace("## ", "### ", 1)
+    scale_out = (RESULTS / "scale_out.md").read_text().replace("## ", "### ", 1)
     return {"chat": chat, "concurrency": concurrency, "decode": decode, "lookup": lookup,
-            "long_chat": long_chats()}
+            "long_chat": long_chats(), "scale_out": scale_out}
 
 
 def long_chats() -> str:
