@@ -23,6 +23,7 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -103,14 +104,18 @@ def markdown(rounds: list[Round], command: str, app_command: str, meta: dict) ->
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.concurrency", description=__doc__.splitlines()[0])
+def parse_load_args(prog: str, description: str, argv: list[str] | None) -> argparse.Namespace:
+    """The load both this benchmark and bench/scale_out.py put on the app."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--users", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--rounds", type=int, default=3, help="questions per user")
     parser.add_argument("--tokens", type=int, default=64, help="max new tokens per answer")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def bundled_token_counter() -> Callable[[str], int]:
+    """Answer tokens as the bundled model's own tokenizer counts them."""
     import openvino_genai as ov_genai
 
     from phi3ui.export import ensure_exported
@@ -120,6 +125,14 @@ def main(argv: list[str] | None = None) -> int:
 
     def count(text: str) -> int:
         return int(tokenizer.encode(text, add_special_tokens=False).input_ids.shape[1]) if text else 0
+
+    return count
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_load_args("python -m bench.concurrency", __doc__.splitlines()[0], argv)
+    count = bundled_token_counter()
+    from phi3ui.settings import BUNDLED
 
     app_args = ["--model", BUNDLED, "--engine", "genai", "--concurrency", str(max(args.users))]
     app = AppProcess(*app_args).wait_ready()

@@ -20,7 +20,6 @@ Writes bench/results/scale_out.json and bench/results/scale_out.md. Not a test.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
@@ -29,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench.app_process import AppProcess
-from bench.concurrency import Round, run_round
+from bench.concurrency import Round, bundled_token_counter, parse_load_args, run_round
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,22 +72,9 @@ def markdown(setups: list[Setup], command: str, commands: dict[str, str], meta: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.scale_out", description=__doc__.splitlines()[0])
-    parser.add_argument("--users", type=int, nargs="+", default=[1, 2, 4])
-    parser.add_argument("--rounds", type=int, default=3, help="questions per user")
-    parser.add_argument("--tokens", type=int, default=64, help="max new tokens per answer")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    args = parser.parse_args(argv)
-
-    import openvino_genai as ov_genai
-
-    from phi3ui.export import ensure_exported
+    args = parse_load_args("python -m bench.scale_out", __doc__.splitlines()[0], argv)
+    count = bundled_token_counter()
     from phi3ui.settings import BUNDLED
-
-    tokenizer = ov_genai.Tokenizer(str(ensure_exported(BUNDLED).folder))
-
-    def count(text: str) -> int:
-        return int(tokenizer.encode(text, add_special_tokens=False).input_ids.shape[1]) if text else 0
 
     concurrency = str(max(args.users))
     model_args = ["--model", BUNDLED, "--engine", "genai", "--concurrency", concurrency]
