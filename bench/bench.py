@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import shlex
 import statistics
 import subprocess
@@ -510,7 +511,8 @@ def section(report: Report, png: Path) -> str:
         "```",
         "",
         f"{report.turns} turns, answers forced to {report.answer_tokens} tokens, greedy. "
-        f"Machine: {m['cpus']} cores, {m['memory_gb']} GB, {shared}. Memory read bandwidth "
+        f"Machine: {m['cpus']} cores{', ' + m['cpu'] if m.get('cpu') else ''}, {m['memory_gb']} GB, {shared}. "
+        f"Memory read bandwidth "
         f"{report.bandwidth.gb_per_s} GB/s (numpy, best of {report.bandwidth.runs}), so at least "
         f"{report.limit_ms_per_token:.1f} ms per token ({report.limit_tokens_per_s:.1f} tokens/s) for "
         f"`openvino_model.bin`.",
@@ -561,9 +563,28 @@ def report_from_json(data: dict) -> Report:
 
 
 # --- main ---------------------------------------------------------------------------------
+# The vector instructions OpenVINO's and llama.cpp's CPU kernels are chosen by.
+CPU_FEATURES = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_vnni": "AVX-512 VNNI", "avx_vnni": "AVX-VNNI",
+                "avx512_bf16": "AVX-512 BF16", "amx_int8": "AMX"}
+
+
+def cpu_name() -> str:
+    """The CPU's model and its vector instructions, e.g. "AMD EPYC (AVX2)": machines of the
+    same kind can differ here from one day to the next, and figures from CPUs that differ
+    do not compare."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                 platform.machine())
+    flags = next((set(line.split(":", 1)[1].split()) for line in info.splitlines() if line.startswith("flags")), set())
+    return f"{model} ({', '.join(name for flag, name in CPU_FEATURES.items() if flag in flags) or 'no AVX2'})"
+
+
 def machine_info() -> dict:
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return {"cpus": os.cpu_count(), "memory_gb": round(memory / 2**30, 1),
+    return {"cpus": os.cpu_count(), "cpu": cpu_name(), "memory_gb": round(memory / 2**30, 1),
             "load_before": round(os.getloadavg()[0], 2)}
 
 

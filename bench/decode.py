@@ -60,6 +60,7 @@ from pathlib import Path
 from bench.bench import (
     MESSAGES,
     PHI3_SHAPED_VERSION,
+    cpu_name,
     measure_bandwidth,
     peak_rss_mb,
     phi3_source,
@@ -169,18 +170,6 @@ def model_export(model: str, export: dict | None) -> Path:
     return ensure_exported(source, settings, progress=lambda m: print(m, file=sys.stderr, flush=True)).folder
 
 
-def _gguf_staging(source: Path, staging: Path) -> None:
-    """A view of the HF folder convert_hf_to_gguf.py accepts: the tokenizer saved by
-    transformers 5 says `TokenizersBackend`, and the converter only reads a BPE vocabulary
-    when tokenizer_config.json says GPT2Tokenizer (else it looks for tokenizer.model)."""
-    staging.mkdir(parents=True, exist_ok=True)
-    for item in source.iterdir():
-        if item.name != "tokenizer_config.json":
-            (staging / item.name).symlink_to(item)
-    config = json.loads((source / "tokenizer_config.json").read_text())
-    (staging / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": "GPT2Tokenizer"}))
-
-
 def phi3_gguf() -> Path:
     """The Phi-3-shaped model as GGUF Q4_0, made once: F16 conversion (kept until the
     quantisation succeeds, so a failed step can be resumed), then llama_model_quantize."""
@@ -195,10 +184,11 @@ def phi3_gguf() -> Path:
             raise SystemExit("The Phi-3-shaped GGUF is made once with llama.cpp's convert_hf_to_gguf.py: set "
                              "LLAMA_CPP_SRC to a llama.cpp source folder (vendor/llama.cpp of the unpacked "
                              f"llama-cpp-python sdist). Not found: {converter}")
-        with staged(f16) as partial, tempfile.TemporaryDirectory(dir=folder, prefix=".hf-view-") as view:
-            _gguf_staging(phi3_source(), Path(view) / "hf")
+        with staged(f16) as partial:
+            # The source carries Phi-3's tokenizer.model, which the converter reads as it
+            # does for the real model (SentencePiece vocabulary, scores and token types).
             print("Converting the Phi-3-shaped model to GGUF F16…", file=sys.stderr, flush=True)
-            subprocess.run([sys.executable, str(converter), str(Path(view) / "hf"), "--outtype", "f16",
+            subprocess.run([sys.executable, str(converter), str(phi3_source()), "--outtype", "f16",
                             "--outfile", str(partial)], check=True)
     import llama_cpp
 
@@ -566,7 +556,7 @@ def run_session(args: argparse.Namespace, argv: list[str]) -> dict:
                "command": "python -m bench.decode " + shlex.join(argv),
                "prompt_tokens": PROMPT_TOKENS, "new_tokens": NEW_TOKENS, "repeats": args.repeats,
                "rounds": args.rounds,
-               "machine": {"cpus": os.cpu_count(), "load_before": round(os.getloadavg()[0], 2),
+               "machine": {"cpus": os.cpu_count(), "cpu": cpu_name(), "load_before": round(os.getloadavg()[0], 2),
                            "busy_before": busy_processes()}, "runs": []}
     if args.bandwidth_mb:
         wait_until_quiet(args.quiet_wait)
@@ -614,7 +604,7 @@ def session_table(sessions: list[dict], index: int) -> list[str]:
     lines = [f"#### {session['model']}, {session['date']}{note}", "", "```", session["command"], "```", "",
              f"{measured.capitalize()} per configuration.",
              f"Load average {machine['load_before']} before, {machine.get('load_after', '?')} after "
-             f"({machine['cpus']} cores){busy}."
+             f"({machine['cpus']} cores{', ' + machine['cpu'] if machine.get('cpu') else ''}){busy}."
              + (f" Memory read bandwidth {bandwidth} GB/s." if bandwidth else ""), "",
              "| configuration | weights (GB) | TTFT (s) | TTFT ÷ llama.cpp | decode (ms/token) "
              "| decode ÷ llama.cpp | bandwidth limit (ms/token) |",

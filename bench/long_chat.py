@@ -30,11 +30,11 @@ import dataclasses
 import json
 import logging
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
+from bench.bench import build_phi3_shaped, cpu_name, phi3_source
 from phi3ui.chat import ChatBackend
 from phi3ui.settings import BUNDLED, GenerationSettings, Limits, RuntimeSettings
 
@@ -169,8 +169,6 @@ def main(argv: list[str] | None = None) -> int:
 
     backend = ChatBackend(limits=Limits(context_window=args.context_window), concurrency=args.concurrency)
     if args.phi3_shaped:
-        from bench.bench import build_phi3_shaped, phi3_source
-
         args.model = str(build_phi3_shaped(phi3_source()))
     load_start = time.perf_counter()
     loaded = backend.load(args.model, runtime=RuntimeSettings(engine=args.engine), progress=lambda _: None)
@@ -188,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"left out {record['dropped']:2d} TTFT {record['ttft_s']:.2f} s", flush=True)
     summaries = {name: summarize(turns, args.context_window) for name, turns in runs.items()}
     fit = ttft_fit(runs)
-    machine = (f"{os.cpu_count()} cores, {platform.machine()}, load average {load_before:.1f} before and "
+    machine = (f"{os.cpu_count()} cores, {cpu_name()}, load average {load_before:.1f} before and "
                f"{os.getloadavg()[0]:.1f} after (shared with other work)")
     command = "python -m bench.long_chat" + (f" {' '.join(argv)}" if argv else "")
     result = {"command": command, "model": loaded.describe(), "engine": loaded.engine.label, "load_s": load_s,

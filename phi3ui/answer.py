@@ -12,6 +12,7 @@ moment, also before that: an answer stopped before it started never starts.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 
@@ -30,6 +31,11 @@ class Stats:
     # Why it ended: "stop" (the model finished, or wrote a stop string), "length" (it reached
     # max new tokens) or "stopped" (`Answer.stop`); "" where an engine does not say.
     finish: str = ""
+
+    @classmethod
+    def stopped_unstarted(cls, started: float, prompt_tokens: int = 0) -> Stats:
+        """An answer stopped before its first token (`started`: its `time.perf_counter()`)."""
+        return cls(prompt_tokens, 0, 0.0, 0.0, time.perf_counter() - started, stopped=True, finish="stopped")
 
     def summary(self) -> str:
         """Speed and size; whether the answer was stopped is the caller's to show."""

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import prompt as prompts
-from .display import from_display, to_display
+from .display import from_display, shown, to_display
 
 FORMAT = "phi3ui-conversations"
 VERSION = 1
@@ -100,13 +100,13 @@ def record_messages(display: list) -> list[dict]:
 def display_messages(messages: list[dict]) -> list[dict]:
     """A record's messages as the page shows them. Everything is escaped, notes too: a
     record may come from a file someone sent, and nothing in it may run as markup."""
-    shown = []
+    items = []
     for m in messages:
-        item: dict[str, Any] = {"role": m["role"], "content": to_display(m["content"])}
+        item: dict[str, Any] = {"role": m["role"], "content": shown(m["content"])}
         if m.get("metadata"):
             item["metadata"] = {"title": to_display(m["metadata"]["title"]), "status": "done"}
-        shown.append(item)
-    return shown
+        items.append(item)
+    return items
 
 
 def chat_of(messages: list[dict]) -> list[dict]:

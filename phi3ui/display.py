@@ -22,10 +22,9 @@ only what `marked` surely reads as code:
 draw them (mermaid's labels take HTML). Every step is one-to-one, so `from_display`
 gives back exactly what was typed.
 
-The Chatbot hands each message to the page through `inspect.cleandoc`: tabs expanded,
-the first line's indentation dropped and the others' common indentation removed. That
-keeps the fences above as they are unless the first line opens one (its lines then move by
-different amounts), so such a message is escaped whole.
+The page gets that text as a text part (`shown`): a plain string would go through the
+Chatbot's `inspect.cleandoc`, which reindents it (tabs expanded, common indentation and
+blank first lines removed), and the model would then read altered text on the next turn.
 """
 
 from __future__ import annotations
@@ -63,8 +62,6 @@ def _pieces(text: str) -> list[tuple[str, str]]:
 
 def _split(text: str) -> list[tuple[str, str]]:
     lines = text.split("\n")
-    if _OPENER.fullmatch(lines[0]) and min((len(x) - len(x.lstrip()) for x in lines[1:] if x.strip()), default=0):
-        raise _Unsure  # cleandoc would move the first line and the rest by different amounts
     pieces: list[tuple[str, str]] = []
     fence: tuple[re.Pattern, int] | None = None  # (its closing line, indentation)
     for n, line in enumerate(lines):
@@ -119,11 +116,17 @@ def _unescape(text: str) -> str:
 
 def to_display(text: str) -> str:
     """Escape everything outside code (see the module's docstring)."""
-    def shown(kind: str, piece: str) -> str:
+    def escaped(kind: str, piece: str) -> str:
         if kind == "info":
             return " " * bool(_MERMAID.match(piece)) + _escape(piece)
         return piece if kind == "code" else _escape(piece)
-    return "".join(shown(*p) for p in _pieces(text))
+    return "".join(escaped(*p) for p in _pieces(text))
+
+
+def shown(text: str) -> dict:
+    """A message's content for the Chatbot: `to_display`'s text as a text part, which it
+    passes to the page unchanged."""
+    return {"type": "text", "text": to_display(text)}
 
 
 def from_display(text: str) -> str:
@@ -144,7 +147,7 @@ def chat_messages(display: list) -> list[dict]:
 
 def shown_messages(messages: list[dict]) -> list[dict]:
     """Plain {role, content} messages as the page shows them."""
-    return [{"role": m["role"], "content": to_display(m["content"])} for m in messages]
+    return [{"role": m["role"], "content": shown(m["content"])} for m in messages]
 
 
 def note(title: str, body: str = "") -> dict:

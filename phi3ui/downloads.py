@@ -1,4 +1,4 @@
-"""A chat as files to download (JSON and Markdown), and a downloaded JSON chat read back."""
+"""A chat as files to download (JSON and Markdown); conversations.read_file reads them back."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-
-from . import prompt as prompts
 
 
 def to_markdown(messages: list[dict]) -> str:
@@ -34,11 +32,3 @@ def write_files(messages: list[dict], session: str) -> tuple[str, str]:
 def remove_files(session: str) -> None:
     shutil.rmtree(folder_for(session), ignore_errors=True)
 
-
-def read_chat(file: str) -> list[dict]:
-    """The messages of a chat.json; a PromptError naming the problem otherwise."""
-    try:
-        data = json.loads(Path(file).read_text())
-        return prompts.normalize(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise prompts.PromptError(f"That file is not a chat saved by phi3ui: {exc}") from None

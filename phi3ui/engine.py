@@ -286,14 +286,12 @@ class Engine(ABC):
     def _produce(self, prompt: Prompt | str, settings: GenerationSettings,
                  stop: threading.Event) -> Generator[str, None, Stats]:
         start = time.perf_counter()
-        while not self.slots.acquire(timeout=0.05):  # waiting for a slot; a Stop ends the wait
-            if stop.is_set():
-                return Stats(0, 0, 0.0, 0.0, time.perf_counter() - start, stopped=True, finish="stopped")
+        if not take_slot(self.slots, stop):
+            return Stats.stopped_unstarted(start)
         try:
             prompt_ids = self.prompt_ids(prompt)
             if stop.is_set():  # stopped before it started: it never does
-                return Stats(len(prompt_ids), 0, 0.0, 0.0, time.perf_counter() - start, stopped=True,
-                             finish="stopped")
+                return Stats.stopped_unstarted(start, len(prompt_ids))
             sent: list[tuple[str, float]] = []
             cut = StopText(settings.stop)
             generation = pump(lambda emit: self._generate(prompt_ids, settings, emit, stop),
@@ -328,6 +326,15 @@ class Engine(ABC):
             text=text,
             finish=finish,
         )
+
+
+def take_slot(slots: threading.Semaphore, stop: threading.Event) -> bool:
+    """Wait for one of an engine's `--concurrency` slots; False, holding none, if a Stop
+    comes first (an answer waiting in line can be stopped too)."""
+    while not slots.acquire(timeout=0.05):
+        if stop.is_set():
+            return False
+    return True
 
 
 def _whole_characters(pieces: Generator[str, None, list[int]],

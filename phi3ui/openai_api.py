@@ -46,7 +46,7 @@ from .answer import Answer, Stats
 from .chat import ChatBackend, Loaded
 from .fairness import Gate, LimitReached, Ticket, client_address
 from .pump import pump
-from .errors import MODEL_FAILED, RemoteError, public_error  # noqa: F401 - MODEL_FAILED: read here by tests
+from .errors import RemoteError, public_error
 from .settings import GenerationSettings, Limits, SettingsError, stop_strings
 
 log = logging.getLogger(__name__)

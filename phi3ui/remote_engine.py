@@ -52,7 +52,7 @@ import httpx
 
 from . import prompt as prompts
 from .answer import Answer, Stats
-from .engine import StopText, TokenMemory
+from .engine import StopText, TokenMemory, take_slot
 from .errors import RemoteError
 from .settings import GenerationSettings, RemoteSettings, SettingsError
 from .structured import STRUCTURE_MARK
@@ -63,8 +63,7 @@ DEFAULT_WINDOW = 4096  # when neither --context-window nor the remote says
 WINDOW_FIELDS = ("context_window", "max_model_len")  # phi3ui's own /v1/models, vLLM's
 
 
-# --- failures -----------------------------------------------------------------------------
-# RemoteError lives in phi3ui.errors (the page and /v1 read it without this module); kept here too.
+# --- failures (RemoteError is in phi3ui.errors: the page and /v1 read it without this module)
 
 
 def remote_message(body: str) -> str:
@@ -406,13 +405,11 @@ class RemoteEngine:
     def _produce(self, prompt: MessagesPrompt, settings: GenerationSettings,
                  stop: threading.Event) -> Generator[str, None, Stats]:
         start = time.perf_counter()
-        while not self.slots.acquire(timeout=0.05):  # --concurrency answers at once; a Stop ends the wait
-            if stop.is_set():
-                return Stats(0, 0, 0.0, 0.0, time.perf_counter() - start, stopped=True, finish="stopped")
+        if not take_slot(self.slots, stop):
+            return Stats.stopped_unstarted(start)
         try:
             if stop.is_set():
-                return Stats(self.count_tokens(prompt), 0, 0.0, 0.0, time.perf_counter() - start, stopped=True,
-                             finish="stopped")
+                return Stats.stopped_unstarted(start, self.count_tokens(prompt))
             model = self.ensure_model()
             body = chat_body(prompt, settings, model)
             tally, cut, line = Tally(), StopText(settings.stop), _Line()

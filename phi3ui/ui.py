@@ -33,12 +33,13 @@ from .display import (
     chat_messages,
     from_display,
     note,
+    shown,
     stats_title,
     stored_chat,
     to_display,
 )
 from .engines import ENGINES, available_devices
-from .errors import MODEL_FAILED, public_error  # noqa: F401 - MODEL_FAILED: read here by tests
+from .errors import public_error
 from .export import ExportError, default_settings
 from .fairness import Gate, LimitReached, Ticket, client_address
 from .pump import pump
@@ -319,7 +320,7 @@ class Page:
             kept = " Nothing was sent; your text is still in the box." if str(message or "").strip() else ""
             raise gr.Error(f"{exc}{kept}") from None
         box, send, stop = self.busy(True)
-        return {**box, "value": ""}, [*display, {"role": "user", "content": to_display(message)}], send, stop
+        return {**box, "value": ""}, [*display, {"role": "user", "content": shown(message)}], send, stop
 
     def respond(self, request: gr.Request, display: list, *gen) -> Iterator[list]:
         """`_respond`, if the fair-use limits let this session and client start an answer now;
@@ -356,8 +357,8 @@ class Page:
         self.sessions.attach(session, answer)  # a Stop pressed while this waited applies now
         text, last, ended = "", 0.0, "closed by the client"
 
-        def shown() -> list:
-            return [{"role": "assistant", "content": to_display(text)}] if text else []
+        def answered() -> list:
+            return [{"role": "assistant", "content": shown(text)}] if text else []
 
         try:
             with answer:
@@ -367,11 +368,11 @@ class Page:
                         return  # the chat was replaced: write nothing into the new one
                     if time.monotonic() - last >= STREAM_INTERVAL_S:
                         last = time.monotonic()
-                        yield [*display, *shown()]
+                        yield [*display, *answered()]
         except Exception as exc:  # noqa: BLE001 - shown in the page, not only the log
             ended = f"failed: {exc}"
             log.exception("generation failed")
-            yield [*display, *shown(), note("⚠️ The model failed", self.public_error(exc))]
+            yield [*display, *answered(), note("⚠️ The model failed", self.public_error(exc))]
             return
         finally:
             self.sessions.detach(session, answer)
@@ -386,7 +387,7 @@ class Page:
             return
         body = (f"{fitted.dropped_exchanges} oldest exchange(s) were left out of the prompt, to fit the "
                 "context window and the server's history limits." if fitted.dropped_exchanges else "")
-        yield [*display, *shown(), note(stats_title(stats) if stats else STOPPED, body)]
+        yield [*display, *answered(), note(stats_title(stats) if stats else STOPPED, body)]
 
     def stop(self, request: gr.Request) -> None:
         """End this session's answer within about one token; `respond` then adds the note.
@@ -411,7 +412,7 @@ class Page:
     def edit(display: list, data: gr.EditData) -> list:
         """Continue from an edited user message: everything after it goes. The box shows
         the escaped text; round-tripping escapes anything typed anew."""
-        return [*display[: data.index], {"role": "user", "content": to_display(from_display(str(data.value)))}]
+        return [*display[: data.index], {"role": "user", "content": shown(from_display(str(data.value)))}]
 
     @staticmethod
     def example(data: gr.SelectData) -> str:

@@ -11,7 +11,8 @@ import pytest
 
 from phi3ui import conversations as conv
 from phi3ui.chat import HostPrompt
-from phi3ui.display import note, to_display
+from phi3ui.display import note, shown
+from phi3ui.prompt import message_text
 from phi3ui.ui import LEFT_MID_ANSWER, Page
 from tests.test_page import GEN, FakeBackend
 
@@ -21,11 +22,11 @@ DAY = 86_400_000
 SETTINGS = dict(zip(conv.SETTINGS, GEN))
 
 
-def shown(*texts: str) -> list[dict]:
+def page_chat(*texts: str) -> list[dict]:
     """A chat as the page shows it: alternating user/assistant, each answer with its stats note."""
     display = []
     for i, text in enumerate(texts):
-        display.append({"role": "user" if i % 2 == 0 else "assistant", "content": to_display(text)})
+        display.append({"role": "user" if i % 2 == 0 else "assistant", "content": shown(text)})
         if i % 2:
             display.append(note("0.1 s to first token · 50 tokens/s · 5 prompt + 3 answer tokens"))
     return display
@@ -33,21 +34,21 @@ def shown(*texts: str) -> list[dict]:
 
 def record(title: str = "", *texts: str, updated: int = NOW, rid: str | None = None, renamed: bool = False) -> dict:
     built = conv.build({"id": rid or conv.new_id(), "title": title, "renamed": renamed},
-                       shown(*(texts or ("hello", "hi"))), SETTINGS, None, now=updated)
+                       page_chat(*(texts or ("hello", "hi"))), SETTINGS, None, now=updated)
     assert built is not None
     return built
 
 
 # --- records -----------------------------------------------------------------------------
 def test_a_record_keeps_the_text_as_typed_and_the_stats_notes() -> None:
-    display = shown("Is 2 < 3 & `a<b`?", "Yes: 2 < 3.")
+    display = page_chat("Is 2 < 3 & `a<b`?", "Yes: 2 < 3.")
     built = conv.build(conv.new_meta(), display, SETTINGS, None, now=NOW)
     assert built["messages"][0] == {"role": "user", "content": "Is 2 < 3 & `a<b`?"}
     assert built["messages"][2]["metadata"]["title"].startswith("0.1 s to first token")
     assert conv.chat_of(built["messages"]) == [{"role": "user", "content": "Is 2 < 3 & `a<b`?"},
                                               {"role": "assistant", "content": "Yes: 2 < 3."}]
     back = conv.display_messages(built["messages"])
-    assert [m["content"] for m in back] == [m["content"] for m in display]
+    assert [message_text(m["content"]) for m in back] == [message_text(m["content"]) for m in display]
     assert back[2]["metadata"] == {"title": display[2]["metadata"]["title"], "status": "done"}
     assert (built["created"], built["updated"], built["settings"]) == (NOW, NOW, SETTINGS)
 
@@ -57,7 +58,7 @@ def test_everything_from_a_record_is_escaped_for_the_page_notes_too() -> None:
     messages = [{"role": "user", "content": hostile},
                 {"role": "assistant", "content": hostile, "metadata": {"title": hostile}}]
     for message in conv.display_messages(messages):
-        assert "<img" not in message["content"]
+        assert "<img" not in message_text(message["content"])
         assert "<img" not in message.get("metadata", {}).get("title", "")
 
 
@@ -77,11 +78,11 @@ def test_titles_come_from_the_first_message_until_renamed() -> None:
 def test_build_writes_nothing_for_an_empty_chat_or_an_unchanged_one_and_keeps_times() -> None:
     meta = conv.new_meta()
     assert conv.build(meta, [], SETTINGS, None) is None
-    first = conv.build(meta, shown("q", "a"), SETTINGS, None, now=NOW)
-    assert conv.build(meta, shown("q", "a"), SETTINGS, first, now=NOW + MIN) is None
-    other = conv.build(meta, shown("q", "a"), {**SETTINGS, "temperature": 0.7}, first, now=NOW + MIN)
+    first = conv.build(meta, page_chat("q", "a"), SETTINGS, None, now=NOW)
+    assert conv.build(meta, page_chat("q", "a"), SETTINGS, first, now=NOW + MIN) is None
+    other = conv.build(meta, page_chat("q", "a"), {**SETTINGS, "temperature": 0.7}, first, now=NOW + MIN)
     assert other["updated"] == NOW and other["rev"] != first["rev"], "a setting is kept, the order stays"
-    longer = conv.build(meta, shown("q", "a", "q2", "a2"), SETTINGS, first, now=NOW + MIN)
+    longer = conv.build(meta, page_chat("q", "a", "q2", "a2"), SETTINGS, first, now=NOW + MIN)
     assert (longer["created"], longer["updated"]) == (NOW, NOW + MIN)
 
 
@@ -98,7 +99,7 @@ def test_clean_reads_what_is_stored_and_refuses_what_is_not_a_conversation() -> 
 
 
 def test_leaving_mid_answer_keeps_the_answer_so_far_with_a_note() -> None:
-    asked = shown("q")
+    asked = page_chat("q")
     assert conv.stopped(asked, False, "why") == asked
     cut = conv.stopped([*asked, {"role": "assistant", "content": "partial"}], True, "why")
     assert cut[-1]["metadata"]["title"] == "⏹ Stopped" and cut[-2]["content"] == "partial"
@@ -174,7 +175,7 @@ def test_merge_adds_new_ones_and_never_duplicates() -> None:
 
 def test_merge_keeps_the_later_version_of_one_conversation() -> None:
     mine = record("", "q", "a", updated=NOW)
-    later = {**conv.build(conv.meta_of(mine), shown("q", "a", "q2", "a2"), SETTINGS, mine, now=NOW + MIN)}
+    later = {**conv.build(conv.meta_of(mine), page_chat("q", "a", "q2", "a2"), SETTINGS, mine, now=NOW + MIN)}
     plan = conv.merge([mine], [later])
     assert [(r["id"], expect) for r, expect in plan.write] == [(mine["id"], mine["rev"])]
     assert plan.updated == 1
@@ -207,7 +208,7 @@ def request(session: str = "s1") -> SimpleNamespace:
 
 def test_leaving_stops_the_answer_and_keeps_the_chat_so_far(page: Page) -> None:
     meta = conv.new_meta()
-    display = [*shown("q"), {"role": "assistant", "content": "par"}]
+    display = [*page_chat("q"), {"role": "assistant", "content": "par"}]
     chat = page.sessions.chat_number("leaver")
     writes = page.leave_chat(request("leaver"), {"peek": None}, True, display, meta, *GEN)
     assert not page.sessions.is_current("leaver", chat), "the answer on its way writes nothing more"
@@ -223,18 +224,18 @@ def test_a_save_goes_to_the_conversation_on_screen_when_the_step_runs(page: Page
     """`record` takes the chat and the conversation from the same step, not what `settle`
     saw: a save racing a switch cannot put one conversation's messages into another."""
     meta = conv.new_meta()
-    assert page.record(request(), {}, None, shown("q", "a"), meta, *GEN) == {page.pending: None}
-    out = page.record(request(), {}, shown("stale"), shown("q", "a"), meta, *GEN)
+    assert page.record(request(), {}, None, page_chat("q", "a"), meta, *GEN) == {page.pending: None}
+    out = page.record(request(), {}, page_chat("stale"), page_chat("q", "a"), meta, *GEN)
     (item,) = out[page.pending]["write"]
     assert item["record"]["id"] == meta["id"] and item["record"]["messages"][0]["content"] == "q"
     assert out[page.to_save] is None
 
 
 def test_arriving_shows_the_conversation_with_its_settings_or_stays_when_storage_is_full(page: Page) -> None:
-    kept = conv.build(conv.new_meta(), shown("q", "a"), {**SETTINGS, "max_new_tokens": 99999, "temperature": 0.5},
+    kept = conv.build(conv.new_meta(), page_chat("q", "a"), {**SETTINGS, "max_new_tokens": 99999, "temperature": 0.5},
                       None)
     out = page.arrive(request(), {"open": kept, "conversations": [kept]}, {"open": kept["id"]}, None, "")
-    assert out[page.current]["id"] == kept["id"] and out[page.chatbot][0]["content"] == "q"
+    assert out[page.current]["id"] == kept["id"] and out[page.chatbot][0]["content"] == shown("q")
     assert out[page.max_new_tokens] == page.backend.limits.max_new_tokens, "held to the slider's range"
     assert out[page.temperature] == 0.5
     full = page.arrive(request(), {"failed": "full", "conversations": []},
@@ -251,8 +252,8 @@ def test_a_locked_system_prompt_is_neither_kept_nor_restored() -> None:
 
 
 def test_deleting_offers_the_conversation_back(page: Page) -> None:
-    kept = conv.build(conv.new_meta(), shown("q", "a"), SETTINGS, None)
-    pending = page.delete(request(), {}, False, shown("q", "a"), conv.meta_of(kept), *GEN)
+    kept = conv.build(conv.new_meta(), page_chat("q", "a"), SETTINGS, None)
+    pending = page.delete(request(), {}, False, page_chat("q", "a"), conv.meta_of(kept), *GEN)
     assert pending["remove"] == kept["id"] and pending["new"]
     out = page.arrive(request(), {"removed": kept, "conversations": []}, pending, conv.meta_of(kept), "")
     assert out[page.chatbot] == [] and out[page.current]["id"] != kept["id"]
@@ -285,7 +286,7 @@ def test_loading_the_same_file_twice_adds_nothing(page: Page, tmp_path) -> None:
 
 def test_a_copy_made_by_the_two_tabs_rule_becomes_the_conversation_on_screen(page: Page) -> None:
     meta = conv.new_meta()
-    pending = page.record_now(request("tabs"), {}, shown("q", "a"), meta, *GEN)[page.pending]
+    pending = page.record_now(request("tabs"), {}, page_chat("q", "a"), meta, *GEN)[page.pending]
     copy = pending["write"][0]["copy"]
     out = page.saved(request("tabs"), {"copied": [[meta["id"], copy["id"], copy["title"]]], "conversations": []},
                      pending, meta, "")
@@ -293,7 +294,7 @@ def test_a_copy_made_by_the_two_tabs_rule_becomes_the_conversation_on_screen(pag
 
 
 def test_the_page_opens_the_conversation_in_use_or_a_new_chat(page: Page) -> None:
-    kept = conv.build(conv.new_meta(), shown("q", "a"), SETTINGS, None)
+    kept = conv.build(conv.new_meta(), page_chat("q", "a"), SETTINGS, None)
     out = page.open_page(request(), {"open": kept, "conversations": [kept]}, [], "")
     assert out[page.current]["id"] == kept["id"] and out[page.conv_list].value == kept["id"]
     fresh = page.open_page(request(), {"open": None, "conversations": [kept]}, [], "")
@@ -303,9 +304,9 @@ def test_the_page_opens_the_conversation_in_use_or_a_new_chat(page: Page) -> Non
 
 
 def test_the_chat_an_earlier_version_kept_becomes_a_conversation_once(page: Page) -> None:
-    legacy = shown("an old question", "an old answer")
+    legacy = page_chat("an old question", "an old answer")
     assert page.migrate(request("upgraded"), legacy, []) == (legacy, legacy), "an empty new page shows it"
-    assert page.migrate(request("upgraded"), legacy, shown("other")) == (gr.skip(), gr.skip())
+    assert page.migrate(request("upgraded"), legacy, page_chat("other")) == (gr.skip(), gr.skip())
     kept = conv.build(conv.new_meta(), legacy, SETTINGS, None)
     assert page.forget_legacy({"conversations": []}, legacy) == gr.skip(), "kept only once it is saved"
     assert page.forget_legacy({"conversations": [kept]}, legacy) == []

@@ -8,6 +8,7 @@ import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
+from typing import Protocol
 
 import anyio
 import httpx
@@ -20,11 +21,10 @@ from bench.app_process import AppProcess
 from phi3ui.chat import ChatBackend, Loaded
 from phi3ui.answer import Stats
 from phi3ui.engine import StopText
-from phi3ui.errors import RemoteError
+from phi3ui.errors import MODEL_FAILED, RemoteError
 from phi3ui.fairness import FairUse, Gate
 from phi3ui.openai_api import (
     DONE,
-    MODEL_FAILED,
     Access,
     ApiError,
     Completion,
@@ -512,16 +512,34 @@ def test_concurrent_streams_and_a_page_chat_are_all_answered(client, app_server)
     assert "Paris" in answers[0] and "Berlin" in answers[1] and "Paris" in answers[2]
 
 
-def log_count(app: AppProcess, words: str) -> int:
+class Logged(Protocol):
+    """A process under test whose log can be read (AppProcess, or a test's own wrapper)."""
+
+    def output(self) -> str: ...
+
+
+def log_count(app: Logged, words: str) -> int:
     return app.output().count(words)
 
 
-def wait_for_log(app: AppProcess, words: str, count: int, timeout: float = 30) -> str:
+def wait_for_log(app: Logged, words: str, count: int, timeout: float = 30) -> str:
+    """The process's log once it says `words` `count` times (all it said so far)."""
     deadline = time.monotonic() + timeout
     while log_count(app, words) < count and time.monotonic() < deadline:
         time.sleep(0.1)
     assert log_count(app, words) >= count, f"the log never said {words!r}:\n{app.output()[-3000:]}"
     return app.output()
+
+
+def read_then_leave(stream: openai.Stream, pieces: int = 3) -> None:
+    """Read a streamed answer until `pieces` pieces of text came, then close it as a client
+    that goes away does."""
+    read = 0
+    for chunk in stream:
+        read += bool(chunk.choices and chunk.choices[0].delta.content)
+        if read == pieces:
+            break
+    stream.close()
 
 
 @server
@@ -530,13 +548,7 @@ def test_a_client_that_leaves_mid_stream_stops_its_answer_and_frees_the_slot(cli
     the next request would wait for it."""
     left = "stopped (the client went away)"
     before = log_count(app_server, left)
-    stream = ask(client, ENDLESS, max_tokens=3000, stream=True)
-    read = 0
-    for chunk in stream:
-        read += bool(chunk.choices and chunk.choices[0].delta.content)
-        if read == 3:
-            break
-    stream.close()
+    read_then_leave(ask(client, ENDLESS, max_tokens=3000, stream=True))
     started = time.monotonic()
     reply = ask(client, max_tokens=32)
     assert "Paris" in reply.choices[0].message.content

@@ -10,7 +10,8 @@ from types import SimpleNamespace
 import gradio as gr
 
 from phi3ui.answer import Answer, Stats
-from phi3ui.display import STOPPED, chat_messages, note, to_display
+from phi3ui.display import STOPPED, chat_messages, note, shown
+from phi3ui.prompt import message_text
 from phi3ui.prompt import Fitted
 from phi3ui.settings import Limits
 from phi3ui.structured import Piece, Prompt
@@ -75,14 +76,14 @@ def test_updates_are_batched_by_time_and_end_with_stats() -> None:
     elapsed = time.monotonic() - started
     assert len(updates) <= elapsed / STREAM_INTERVAL_S + 2, "one update per token"
     final = updates[-1]
-    assert final[1] == {"role": "assistant", "content": to_display("".join(chunks))}
+    assert final[1] == {"role": "assistant", "content": shown("".join(chunks))}
     assert final[2]["metadata"]["title"].endswith("5 prompt + 100 answer tokens")
     assert chat_messages(final) == [*ASKED, {"role": "assistant", "content": "".join(chunks)}]
 
 
 def test_stopped_answer_is_kept_and_marked() -> None:
     final = answer(FakeBackend(["partial"], stopped=True))[-1]
-    assert final[1]["content"] == "partial"
+    assert final[1]["content"] == shown("partial")
     assert final[2]["metadata"]["title"].startswith(STOPPED)
 
 
@@ -93,7 +94,7 @@ def test_dropped_exchanges_are_reported_under_the_answer() -> None:
 
 def test_a_failing_model_is_shown_in_the_page() -> None:
     final = answer(FakeBackend(["par", "tial"], error=RuntimeError("device lost")))[-1]
-    assert final[1]["content"] == "partial"
+    assert final[1]["content"] == shown("partial")
     assert final[2]["metadata"]["title"].startswith("⚠️") and "device lost" in final[2]["content"]
 
 
@@ -117,7 +118,7 @@ def test_stop_while_queued_means_the_answer_never_starts() -> None:
     page.stop(REQUEST)
     updates = list(page.respond(REQUEST, ASKED, *GEN))
     assert updates == [[*ASKED, note(f"{STOPPED} before it started")]]
-    assert not backend.started and list(page.respond(REQUEST, ASKED, *GEN))[-1][1]["content"] == "never"
+    assert not backend.started and list(page.respond(REQUEST, ASKED, *GEN))[-1][1]["content"] == shown("never")
 
 
 def test_a_late_stop_is_forgotten_when_the_chat_settles() -> None:
@@ -125,7 +126,7 @@ def test_a_late_stop_is_forgotten_when_the_chat_settles() -> None:
     page = Page(backend)
     page.stop(REQUEST)  # pressed just as the answer ended
     page.settle(REQUEST, [*ASKED, {"role": "assistant", "content": "ok"}], "", *GEN)
-    assert list(page.respond(REQUEST, ASKED, *GEN))[-1][1]["content"] == "ok"
+    assert list(page.respond(REQUEST, ASKED, *GEN))[-1][1]["content"] == shown("ok")
 
 
 def test_after_clear_a_cancelled_answer_saves_nothing_and_nothing_refills_the_page() -> None:
@@ -183,7 +184,8 @@ def test_stop_mid_answer_keeps_the_text_so_far() -> None:
     page = Page(backend)
     threading.Timer(0.15, page.stop, [REQUEST]).start()
     final = list(page.respond(REQUEST, ASKED, *GEN))[-1]
-    assert final[1]["content"].startswith("w0 w1 ") and "w199" not in final[1]["content"]
+    text = message_text(final[1]["content"])
+    assert text.startswith("w0 w1 ") and "w199" not in text
     assert final[2]["metadata"]["title"].startswith(STOPPED) and not backend.closed
 
 

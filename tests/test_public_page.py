@@ -12,10 +12,12 @@ import gradio as gr
 import pytest
 
 from phi3ui.chat import HostPrompt, Loaded
+from phi3ui.display import shown
+from phi3ui.errors import MODEL_FAILED
 from phi3ui.export import Exported
 from phi3ui.fairness import FairUse, Gate
 from phi3ui.settings import BUNDLED_EXPORT, Limits
-from phi3ui.ui import MODEL_FAILED, Page
+from phi3ui.ui import Page
 from tests.test_page import ASKED, GEN, FakeBackend
 
 SECRET_PATH = "/srv/phi3ui-cache/models/bundled-int4/openvino_model.bin"
@@ -112,9 +114,9 @@ def test_a_second_answer_in_the_same_session_is_refused_until_the_first_ends() -
     assert refused == [[*ASKED, {"role": "assistant", "content": refused[0][1]["content"],
                                  "metadata": {"title": "⚠️ Not sent", "status": "done"}}]]
     assert "One answer at a time" in refused[0][1]["content"] and "retry in 2 s" in refused[0][1]["content"]
-    assert list(page.respond(visitor(session="s2"), ASKED, *GEN))[-1][1]["content"] == "a" * 20
+    assert list(page.respond(visitor(session="s2"), ASKED, *GEN))[-1][1]["content"] == shown("a" * 20)
     first.close()  # the tab went away: its place is given back
-    assert list(page.respond(visitor(), ASKED, *GEN))[-1][1]["content"] == "a" * 20
+    assert list(page.respond(visitor(), ASKED, *GEN))[-1][1]["content"] == shown("a" * 20)
 
 
 def test_api_clients_are_rate_limited_by_address_behind_a_trusted_proxy() -> None:

@@ -46,6 +46,7 @@ from phi3ui.server import parse_args
 from phi3ui.settings import BUNDLED, GenerationSettings, Limits, RemoteSettings, RuntimeSettings, SettingsError
 from tests.test_browser import (  # noqa: F401 - open_page and page are fixtures
     ANSWER, NOTE, open_page, page, send, wait_growing, wait_idle)
+from tests.test_openai_api import read_then_leave, wait_for_log
 
 QUESTION = "What is the capital of France?"
 ASK = [{"role": "user", "content": QUESTION}]
@@ -398,14 +399,6 @@ def api(app: AppProcess) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{app.url}v1", api_key="unused", max_retries=0, timeout=120)
 
 
-def wait_for_log(output, words: str, count: int, timeout: float = 30) -> str:
-    deadline = time.monotonic() + timeout
-    while output().count(words) < count and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert output().count(words) >= count, f"the log never said {words!r}:\n{output()[-3000:]}"
-    return output()
-
-
 @pytest.mark.server
 def test_the_front_end_answers_as_the_engine_itself(engine: Engine, front: AppProcess) -> None:
     own = chat(engine.app.url)
@@ -438,15 +431,9 @@ def test_the_openai_client_through_the_front_end(engine: Engine, front: AppProce
 @pytest.mark.server
 def test_stop_through_the_front_end_ends_the_engines_generation(engine: Engine, front: AppProcess) -> None:
     before = engine.output().count(LEFT)
-    stream = api(front).chat.completions.create(model="bundled", messages=ENDLESS, temperature=0, max_tokens=3000,
-                                                stream=True)
-    read = 0
-    for chunk in stream:
-        read += bool(chunk.choices and chunk.choices[0].delta.content)
-        if read == 3:
-            break
-    stream.close()
-    log = wait_for_log(engine.output, LEFT, before + 1)
+    read_then_leave(api(front).chat.completions.create(model="bundled", messages=ENDLESS, temperature=0,
+                                                       max_tokens=3000, stream=True))
+    log = wait_for_log(engine, LEFT, before + 1)
     assert int(re.findall(re.escape(LEFT) + r" after (\d+) tokens", log)[-1]) < 3000
     # gradio_client's cancel closes the page's answer, which closes the engine's stream.
     job = Client(front.url, verbose=False).submit(message=ENDLESS[0]["content"], history=[], max_new_tokens=3000,
@@ -455,7 +442,7 @@ def test_stop_through_the_front_end_ends_the_engines_generation(engine: Engine, 
         if i == 3:
             break
     job.cancel()
-    log = wait_for_log(engine.output, LEFT, before + 2)
+    log = wait_for_log(engine, LEFT, before + 2)
     assert int(re.findall(re.escape(LEFT) + r" after (\d+) tokens", log)[-1]) < 3000
 
 
@@ -505,7 +492,7 @@ def test_stop_in_the_page_ends_the_engines_generation(page: Page, engine: Engine
     page.locator("#stop").click()
     wait_idle(page)
     expect(page.locator(NOTE).last).to_contain_text("Stopped")
-    log = wait_for_log(engine.output, LEFT, before + 1)
+    log = wait_for_log(engine, LEFT, before + 1)
     assert int(re.findall(re.escape(LEFT) + r" after (\d+) tokens", log)[-1]) < 1024
 
 
@@ -531,7 +518,7 @@ def test_a_locked_front_end_shows_visitors_neither_the_remotes_url_nor_its_words
         with pytest.raises(Exception, match="--remote-model") as page_failed:
             chat(locked.url)
         assert remote_words not in str(page_failed.value)
-        assert remote_words in wait_for_log(locked.output, remote_words, 1)  # the host reads it in the log
+        assert remote_words in wait_for_log(locked, remote_words, 1)  # the host reads it in the log
     finally:
         locked.stop()
 
