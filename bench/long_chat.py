@@ -30,7 +30,9 @@ import dataclasses
 import json
 import logging
 import os
+import shlex
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -188,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     fit = ttft_fit(runs)
     machine = (f"{os.cpu_count()} cores, {cpu_name()}, load average {load_before:.1f} before and "
                f"{os.getloadavg()[0]:.1f} after (shared with other work)")
-    command = "python -m bench.long_chat" + (f" {' '.join(argv)}" if argv else "")
+    command = shlex.join(["python", "-m", "bench.long_chat", *(sys.argv[1:] if argv is None else argv)])
     result = {"command": command, "model": loaded.describe(), "engine": loaded.engine.label, "load_s": load_s,
               "context_window": args.context_window, "max_new_tokens": args.max_new_tokens, "turns": args.turns,
               "cut_to": args.cut_to, "machine": machine, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

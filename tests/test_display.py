@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gradio as gr
 import pytest
 
 from phi3ui.answer import Stats
@@ -10,6 +11,7 @@ from phi3ui.display import (
     chat_messages,
     from_display,
     note,
+    shown,
     stats_title,
     stored_chat,
     to_display,
@@ -81,3 +83,12 @@ def test_stats_title_marks_stopped_answers_once() -> None:
 @pytest.mark.parametrize("stored", [None, "text", [{"role": "robot", "content": "x"}], [1, 2]])
 def test_stored_chat_ignores_what_is_not_a_chat(stored) -> None:
     assert stored_chat(stored) == []
+
+
+@pytest.mark.parametrize("text", ["    indented\n        deeper\n\tand a tab", "\n\nblank lines first", *TEXTS])
+def test_the_chatbot_gives_back_messages_exactly_as_typed(text: str) -> None:
+    """Through Gradio's own Chatbot to the page and back: a plain string would come back
+    reindented (inspect.cleandoc), a text part comes back as it went."""
+    chatbot = gr.Chatbot()
+    display = [{"role": "user", "content": shown(text)}, {"role": "assistant", "content": shown("ok")}]
+    assert chat_messages(chatbot.preprocess(chatbot.postprocess(display)))[0] == {"role": "user", "content": text}
