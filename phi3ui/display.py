@@ -24,7 +24,9 @@ gives back exactly what was typed.
 
 The page gets that text as a text part (`shown`): a plain string would go through the
 Chatbot's `inspect.cleandoc`, which reindents it (tabs expanded, common indentation and
-blank first lines removed), and the model would then read altered text on the next turn.
+blank first lines removed). The model would then read altered text on the next turn, and
+the split above, which holds only for the text as it is, could be read differently: escaped
+text must never reach the page as a plain string.
 """
 
 from __future__ import annotations
@@ -143,11 +145,6 @@ def chat_messages(display: list) -> list[dict]:
     """The chat as the model sees it: page notes dropped, escaping undone."""
     return [{"role": m["role"], "content": from_display(prompts.message_text(m["content"]))}
             for m in prompts.normalize(display)]
-
-
-def shown_messages(messages: list[dict]) -> list[dict]:
-    """Plain {role, content} messages as the page shows them."""
-    return [{"role": m["role"], "content": shown(m["content"])} for m in messages]
 
 
 def note(title: str, body: str = "") -> dict:

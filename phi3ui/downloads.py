@@ -31,4 +31,3 @@ def write_files(messages: list[dict], session: str) -> tuple[str, str]:
 
 def remove_files(session: str) -> None:
     shutil.rmtree(folder_for(session), ignore_errors=True)
-

@@ -302,9 +302,9 @@ class Page:
                    if fitted.dropped_exchanges else "")
         line = (f"**Context** {fitted.used_tokens:,} of {fitted.window:,} tokens "
                 f"({fitted.prompt_tokens:,} prompt + {fitted.max_new_tokens:,} for the answer){dropped}")
-        shown = fitted.prompt.shown().replace("\n", "⏎\n")
+        sent = fitted.prompt.shown().replace("\n", "⏎\n")
         return line, (f"{fitted.prompt_tokens} tokens. The chat template's own text is marked "
-                      f"{STRUCTURE_MARK.format('…')}; everything else is read as plain text.\n\n{shown}")
+                      f"{STRUCTURE_MARK.format('…')}; everything else is read as plain text.\n\n{sent}")
 
     # --- chat events --------------------------------------------------------------------
     @staticmethod
@@ -496,8 +496,8 @@ class Page:
         """The chat on screen as a write for the browser; none when there is nothing new."""
         if not current:
             return []
-        shown = conversations.stopped(display or [], streaming, LEFT_MID_ANSWER)
-        record = conversations.build(current, shown, self.setting_values(*gen), self.record_or_none(stored.get("peek")))
+        kept = conversations.stopped(display or [], streaming, LEFT_MID_ANSWER)
+        record = conversations.build(current, kept, self.setting_values(*gen), self.record_or_none(stored.get("peek")))
         return [self.save_item(record)] if record else []
 
     def leave_chat(self, request: gr.Request, stored: dict, streaming: bool, display: list,

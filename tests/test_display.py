@@ -42,9 +42,9 @@ def test_round_trip(text: str) -> None:
 
 @pytest.mark.parametrize("text", XSS)
 def test_markup_outside_code_is_escaped(text: str) -> None:
-    shown = to_display(text)
-    assert "<" not in shown and ">" not in shown
-    assert shown.startswith("&lt;")
+    escaped = to_display(text)
+    assert "<" not in escaped and ">" not in escaped
+    assert escaped.startswith("&lt;")
 
 
 def test_literal_entity_is_not_unescaped_twice() -> None:

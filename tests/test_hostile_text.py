@@ -5,7 +5,7 @@ The real app on the bundled model in headless Chromium, as in test_browser.py, w
 fixtures and helpers this reuses (`open_page` fails a test if any JavaScript dialog opens,
 so payloads that `alert` are caught too). Hostile *model output* comes in the way a shared
 conversation does: a chat JSON loaded with the page's Load JSON button, whose assistant
-messages then take the same path to the screen as a streamed answer (`to_display`, Gradio's
+messages then take the same path to the screen as a streamed answer (`display.shown`, Gradio's
 Markdown, its sanitizer); a real answer is then streamed after them. Hostile *user* text is
 typed and sent. Rendering does not depend on the engine, so this runs on the default one.
 
@@ -67,7 +67,7 @@ AROUND_CODE = [
     f"- a\n  ```\n  x\n     ```\n  {COVER}\nend",  # a list item's fence, read with its indentation
     f"```\nx\r```\r{COVER}",  # Markdown breaks lines at \r too
     f'```mermaid\ngraph TD\nA["{COVER}"]\n```',  # mermaid draws labels as HTML
-    f"```\n   x\n    ```\n   {COVER}\n   ```",  # Gradio's Chatbot unindents all but line 1
+    f"```\n   x\n    ```\n   {COVER}\n   ```",  # what reindenting (cleandoc) would break
 ]
 # Common indentation, which Gradio's Chatbot takes off a message given as a plain string.
 INDENTED = "    indented\n        deeper\n\tand a tab"

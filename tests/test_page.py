@@ -11,8 +11,7 @@ import gradio as gr
 
 from phi3ui.answer import Answer, Stats
 from phi3ui.display import STOPPED, chat_messages, note, shown
-from phi3ui.prompt import message_text
-from phi3ui.prompt import Fitted
+from phi3ui.prompt import Fitted, message_text
 from phi3ui.settings import Limits
 from phi3ui.structured import Piece, Prompt
 from phi3ui.ui import STREAM_INTERVAL_S, Page
