@@ -45,7 +45,7 @@ from phi3ui.remote_engine import (
 from phi3ui.server import parse_args
 from phi3ui.settings import BUNDLED, GenerationSettings, Limits, RemoteSettings, RuntimeSettings, SettingsError
 from tests.test_browser import (  # noqa: F401 - open_page and page are fixtures
-    ANSWER, NOTE, open_page, page, send, wait_growing, wait_idle)
+    ANSWER, NOTE, open_page, page, press_stop, send, wait_growing, wait_idle)
 from tests.test_openai_api import read_then_leave, wait_for_log
 
 QUESTION = "What is the capital of France?"
@@ -489,7 +489,7 @@ def test_stop_in_the_page_ends_the_engines_generation(page: Page, engine: Engine
     before = engine.output().count(LEFT)
     send(page, ENDLESS[0]["content"])
     wait_growing(page, 20)
-    page.locator("#stop").click()
+    press_stop(page)
     wait_idle(page)
     expect(page.locator(NOTE).last).to_contain_text("Stopped")
     log = wait_for_log(engine, LEFT, before + 1)
