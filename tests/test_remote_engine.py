@@ -45,7 +45,7 @@ from phi3ui.remote_engine import (
 from phi3ui.server import parse_args
 from phi3ui.settings import BUNDLED, GenerationSettings, Limits, RemoteSettings, RuntimeSettings, SettingsError
 from tests.test_browser import (  # noqa: F401 - open_page and page are fixtures
-    ANSWER, NOTE, open_page, page, press_stop, send, set_max_new_tokens, wait_growing, wait_idle)
+    ANSWER, NOTE, open_page, page, send, set_max_new_tokens, wait_growing, wait_idle)
 from tests.test_openai_api import read_then_leave, wait_for_log
 
 QUESTION = "What is the capital of France?"
@@ -490,7 +490,7 @@ def test_stop_in_the_page_ends_the_engines_generation(page: Page, engine: Engine
     set_max_new_tokens(page, 1000)  # long enough that the answer is still streaming when Stop lands
     send(page, ENDLESS[0]["content"])
     wait_growing(page, 20)
-    press_stop(page)
+    page.locator("#stop").click()
     wait_idle(page)
     expect(page.locator(NOTE).last).to_contain_text("Stopped")
     log = wait_for_log(engine, LEFT, before + 1)
