@@ -30,7 +30,7 @@ def vm_hwm_mb(pid: int) -> float:
 class AppProcess:
     """`python app.py ...`, its output kept in a log file for failures."""
 
-    def __init__(self, *args: str, env: dict | None = None, log_path: Path | None = None):
+    def __init__(self, *args: str, env: dict | None = None, log_path: Path | None = None, root: Path = ROOT):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.log_path = log_path or Path(os.environ.get("TMPDIR", "/tmp")) / f"phi3ui-app-{self.port}.log"
@@ -38,8 +38,8 @@ class AppProcess:
         self.started = time.perf_counter()
         self.startup_s = 0.0
         self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "app.py"), "--port", str(self.port), *args],
-            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+            [sys.executable, str(root / "app.py"), "--port", str(self.port), *args],
+            cwd=root, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
         )
 
     def wait_ready(self, timeout: float = 900) -> AppProcess:

@@ -40,11 +40,12 @@ from pathlib import Path
 
 from bench.app_process import AppProcess, vm_hwm_mb
 from phi3ui.files import staged
+from phi3ui.settings import LOCAL_ENGINES
 
 ROOT = Path(__file__).resolve().parent.parent
 
 RESULTS = ROOT / "bench" / "results"
-ENGINES = ("genai", "optimum")
+ENGINES = LOCAL_ENGINES
 PHI3_SHAPED_VERSION = "2"  # bump when build_phi3_shaped changes what it builds
 
 # Fixed user turns, each about 100 tokens, so a turn adds a paragraph to the history as a

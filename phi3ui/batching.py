@@ -107,8 +107,6 @@ class Request:
 class BatchingEngine(GenAIEngine):
     """The genai engine answering up to `concurrency` users at the same time."""
 
-    name = "genai"
-
     def __init__(self, folder: Path, runtime: RuntimeSettings, concurrency: int):
         self._pending: list[Request] = []
         self._wake = threading.Condition()

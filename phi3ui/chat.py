@@ -17,6 +17,7 @@ from . import window as window_policy
 from .answer import Answer
 from .engine import ChatEngine
 from .engines import load_engine
+from .errors import ModelNotLoaded, SystemPromptLocked
 from .export import (
     Exported,
     ModelUnavailable,
@@ -54,31 +55,26 @@ class Loaded:
 
     def window_text(self) -> str:
         """The window prompts are fitted to, and where it comes from."""
-        engine = self.engine
-        own = engine.context_window
-        fitted = min(self.window, own) if self.window else own
-        if isinstance(engine, RemoteEngine):  # the window may be learnt after start: fitted is the current one
-            fitted, own = own, engine.reported_window
-            source = engine.window_source
-            if source == "assumed":
-                return f"{fitted}-token window (assumed)"
-            if source == "--context-window":
-                return f"{fitted}-token window (--context-window" + (f"; the remote's is {own})" if own else ")")
-            return f"{fitted}-token window"
-        return f"{fitted}-token window (capped; the model's is {own})" if fitted < own else f"{own}-token window"
+        return self.engine.window_text(self.window)
+
+    def model_name(self, folder: bool = False) -> str:
+        """The model's name: the remote's ("" until it says), or what `--model` named, a
+        local folder by its name only unless `folder` (a locked server shows no server paths)."""
+        if self.engine.kind.remote:
+            return self.engine.model_name
+        source = self.exported.source
+        if not folder and Path(source).expanduser().exists():
+            return Path(source).expanduser().resolve().name
+        return source
 
     def describe(self, folder: bool = True) -> str:
         """The model, its export, engine, device and window; with `folder`, where it lies on
-        disk too (the host's to see: a locked server shows visitors no server paths)."""
-        if isinstance(self.engine, RemoteEngine):  # no model here: the remote's name and (unlocked) URL
-            return f"{self.engine.describe(where=folder)} · {self.window_text()}"
-        window = self.window_text()
-        source = self.exported.source
-        if not folder and Path(source).expanduser().exists():  # a local folder: its name only
-            source = Path(source).expanduser().resolve().name
+        disk or the remote's URL too (the host's to see)."""
+        engine = f"{self.engine.describe(where=folder)} · {self.window_text()}"
+        if self.engine.kind.remote:  # nothing exported here
+            return f"**{self.model_name() or 'remote model'}** · {engine}"
         where = f"  \n`{self.exported.folder}`" if folder else ""
-        return (f"**{source}** · {self.exported.describe()} · "
-                f"{self.engine.label} engine on {self.engine.device} · {window}{where}")
+        return f"**{self.model_name(folder)}** · {self.exported.describe()} · {engine}{where}"
 
 
 def fallback_notice(model: str, reason: str) -> str:
@@ -100,7 +96,7 @@ class HostPrompt:
         """The system prompt a request gets; "" asks for the host's."""
         if self.locked and self.text:
             if requested and requested != self.text:
-                raise SettingsError("This server sets its own system prompt; it cannot be changed or removed.")
+                raise SystemPromptLocked("This server sets its own system prompt; it cannot be changed or removed.")
             return self.text
         return requested or self.text
 
@@ -122,7 +118,7 @@ class ChatBackend:
         """Export if needed, then load; with `fallback`, an unavailable model gives way to
         the bundled one (the page says so) instead of failing the start."""
         runtime.validate()
-        if self.loaded is not None and self.loaded.engine.remote:
+        if self.loaded is not None and self.loaded.engine.kind.remote:
             raise SettingsError("This server is a front end to a remote engine (--engine openai): the model is the "
                                 "remote's, and nothing is exported or loaded here.")
         if runtime.is_remote:
@@ -198,7 +194,7 @@ class ChatBackend:
     @property
     def engine(self) -> ChatEngine:
         if self.loaded is None:
-            raise SettingsError("No model is loaded yet.")
+            raise ModelNotLoaded("No model is loaded yet; try again in a moment.")
         return self.loaded.engine
 
     def check_message(self, message: object) -> str:

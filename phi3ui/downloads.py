@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -16,8 +16,13 @@ def to_markdown(messages: list[dict]) -> str:
 
 def folder_for(session: str) -> Path:
     """One folder per browser session, rewritten on each change and removed when the tab
-    closes, so a long-running server does not pile up files."""
-    return Path(tempfile.gettempdir()) / "phi3ui-downloads" / re.sub(r"\W", "", session)
+    closes, so a long-running server does not pile up files. The client chooses the session
+    id, so the folder is named by its digest: no id names the shared root or another
+    session's folder. An empty id has no folder of its own: ValueError."""
+    if not session:
+        raise ValueError("no session id")
+    digest = hashlib.sha256(session.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return Path(tempfile.gettempdir()) / "phi3ui-downloads" / digest
 
 
 def write_files(messages: list[dict], session: str) -> tuple[str, str]:

@@ -1,9 +1,9 @@
-"""What every engine shares: the model folder's facts, the device, the prompt's token ids,
-and turning a prompt into an `Answer`.
+"""What every engine shares. `AnswerEngine`: turning a prompt into an `Answer` (slots in
+arrival order, Stop, stop strings, stats), for local and remote engines alike. `Engine`:
+a model loaded here, its folder's facts, the device and the prompt's token ids.
 
-An engine renders a conversation with the model's chat template, counts tokens, and
-answers a prompt. The concrete engines live in modules of their own and are looked up by
-name in `phi3ui.engines`.
+An engine renders a conversation, counts tokens, and answers a prompt. The concrete
+engines live in modules of their own and are looked up by kind name in `phi3ui.engines`.
 """
 
 from __future__ import annotations
@@ -13,17 +13,17 @@ import logging
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 from . import prompt as prompts
 from .answer import Answer, Stats
 from .pump import pump
-from .settings import GenerationSettings, RuntimeSettings, SettingsError, cache_root
+from .settings import EngineKind, GenerationSettings, RuntimeSettings, SettingsError, cache_root
 from .structured import Prompt, encode_prompt, render_prompt, split_text_encoder
 
 Emit = Callable[[str], None]
@@ -149,49 +149,170 @@ class TokenMemory:
         return encode(prompt)
 
 
-class ChatEngine(Protocol):
-    """What `ChatBackend`, the page and /v1 use of an engine: a local `Engine`, or
-    `phi3ui.remote_engine.RemoteEngine` (no model here; `remote` is True)."""
+class Slots:
+    """An engine's `--concurrency` answer slots, handed out first come, first served: an
+    answer that waits is served before any that came after it, whichever client sent it.
+    A waiter whose answer is stopped leaves the line without taking a slot."""
 
-    name: str
-    remote: bool
-    model_name: str
-    device: str
-    device_warning: str | None
+    POLL_S: ClassVar[float] = 0.05  # how soon a waiter sees its Stop (an Event cannot wake a Condition)
+
+    def __init__(self, count: int):
+        if count < 1:
+            raise SettingsError(f"Concurrency must be at least 1, not {count}.")
+        self.free = count
+        self._line: deque[threading.Event] = deque()
+        self._changed = threading.Condition()
+
+    def take(self, stop: threading.Event) -> bool:
+        """Wait for a slot in arrival order; False, holding none, if `stop` comes first."""
+        with self._changed:
+            self._line.append(stop)
+            try:
+                while self._line[0] is not stop or self.free == 0:
+                    if stop.is_set():
+                        return False
+                    self._changed.wait(self.POLL_S)
+                self.free -= 1
+                return True
+            finally:
+                self._line.remove(stop)
+                self._changed.notify_all()
+
+    @property
+    def waiting(self) -> int:
+        """How many answers are in line for a slot."""
+        return len(self._line)
+
+    def release(self) -> None:
+        with self._changed:
+            self.free += 1
+            self._changed.notify_all()
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What an engine says of an answer once its text has ended; `AnswerEngine` makes the
+    `Stats` of it."""
+
+    prompt_tokens: int
+    answer_tokens: int
+    length: bool = False  # max new tokens ended it
+    text: str | None = None  # the whole answer decoded at once when the stream may hold less; None: the stream
+
+
+class AnswerEngine(ABC):
+    """What every engine does around producing text, so all answer alike: wait for a slot
+    (`Slots`, in arrival order), never start once stopped, end at stop strings (`StopText`)
+    and measure the answer (`Stats`). An engine implements `_pieces`: how its text comes.
+
+    Callers ask `kind` what an engine can do and let it describe itself (`describe`,
+    `window_text`); none tests an engine's class."""
+
+    kind: ClassVar[EngineKind]
+    notices: tuple[str, ...] = ()  # what the page says about the engine's state now (a remote's change)
+    model_name: str = ""  # the remote's model name; a local model is named by its export
+    device_warning: str | None = None
+    prompt_lookup: bool = False
+    context_window: int  # the most tokens a prompt and its answer may take
     system_ok: bool
-    prompt_lookup: bool
-    concurrency: int
-    memory: TokenMemory
+
+    def __init__(self, concurrency: int):
+        self.concurrency = concurrency
+        self.slots = Slots(concurrency)
+        self.memory = TokenMemory()  # a remote's stays empty: the remote keeps its own prefix cache
 
     @property
-    def context_window(self) -> int: ...
+    def name(self) -> str:
+        return self.kind.name
+
     @property
-    def notices(self) -> tuple[str, ...]: ...
-    @property
-    def label(self) -> str: ...
-    def render(self, messages: list[prompts.Message]) -> Any: ...
-    def count_tokens(self, prompt: Any) -> int: ...
-    def answer(self, prompt: Any, settings: GenerationSettings) -> Answer: ...
-    def refresh(self) -> None: ...
-    def warm_up(self) -> float: ...
-    def close(self) -> None: ...
+    def label(self) -> str:
+        """How the page names this engine."""
+        return self.name + (" + prompt lookup" if self.prompt_lookup else "")
+
+    @abstractmethod
+    def describe(self, where: bool = True) -> str:
+        """The engine and, with `where`, where its model is (a remote's URL is the host's to see)."""
+
+    @abstractmethod
+    def window_text(self, cap: int = 0) -> str:
+        """The window prompts are fitted to (below `cap` when one is set), and where it comes from."""
+
+    @abstractmethod
+    def render(self, messages: list[prompts.Message]) -> Any:
+        """The prompt for a conversation, as this engine sends it."""
+
+    @abstractmethod
+    def count_tokens(self, prompt: Any) -> int:
+        """What the prompt will take of the context window."""
+
+    @abstractmethod
+    def _pieces(self, prompt: Any, settings: GenerationSettings, stop: threading.Event,
+                cut: StopText) -> Generator[str, None, Outcome]:
+        """The answer's text as the engine makes it, then its `Outcome`. Must end within
+        about a token once `stop` is set; may end early once `cut.matched` (the base shows
+        nothing after a stop string). Closing it must end the generation."""
+
+    def refresh(self) -> None:
+        """Bring what the engine knows about its model up to date (a remote's)."""
+
+    def close(self) -> None:
+        """Release what the engine runs in the background; the model is about to be swapped."""
+
+    def warm_up(self) -> float:
+        """Do the first inference's one-off work now; returns the seconds it took."""
+        return 0.0
+
+    def answer(self, prompt: Any, settings: GenerationSettings) -> Answer:
+        """The answer to a rendered prompt; it starts when it is first read."""
+        return Answer(partial(self._produce, prompt, settings))
+
+    def _produce(self, prompt: Any, settings: GenerationSettings,
+                 stop: threading.Event) -> Generator[str, None, Stats]:
+        """The engine's text up to a stop string, then the answer's `Stats`; a slot is held
+        while the engine produces."""
+        start = time.perf_counter()
+        if not self.slots.take(stop):
+            return Stats.stopped_unstarted(start)
+        try:
+            if stop.is_set():  # stopped before it started: it never does
+                return Stats.stopped_unstarted(start, self.count_tokens(prompt))
+            cut = StopText(settings.stop)
+            first, outcome = yield from _before_stop(self._pieces(prompt, settings, stop, cut), cut)
+        finally:
+            self.slots.release()
+        end = time.perf_counter()
+        whole = cut.emitted if outcome.text is None else outcome.text
+        text = cut.cut(whole)
+        streamed = cut.emitted
+        if len(text) > len(streamed) and text.startswith(streamed):
+            yield text[len(streamed):]  # what a streamer held back when it was told to stop
+        first = first or end
+        tokens = outcome.answer_tokens
+        at_stop_string = cut.matched or text != whole
+        return Stats(
+            prompt_tokens=outcome.prompt_tokens,
+            answer_tokens=tokens,
+            ttft_s=first - start,
+            tokens_per_s=(tokens - 1) / (end - first) if tokens > 1 and end > first else 0.0,
+            total_s=end - start,
+            stopped=stop.is_set(),
+            text=text,
+            finish="stopped" if stop.is_set() else "length" if outcome.length and not at_stop_string else "stop",
+        )
 
 
-class Engine(ABC):
-    """One loaded model, answering up to `concurrency` prompts at once (one unless the
-    engine batches); the others wait for a free slot."""
+ChatEngine = AnswerEngine  # what ChatBackend, the page and /v1 hold: a local or a remote engine
 
-    name: ClassVar[str]
-    remote: ClassVar[bool] = False  # RemoteEngine's is True: no model in this process
-    notices: tuple[str, ...] = ()  # what the page says about the engine's state (a remote's change)
-    model_name: ClassVar[str] = ""  # a remote's model name; a local model is named by its export
+
+class Engine(AnswerEngine):
+    """One model loaded here, answering up to `concurrency` prompts at once (one unless the
+    engine batches); the others wait for a free slot. A local engine implements
+    `_generate`: token ids in, text emitted, the answer's ids out."""
 
     def __init__(self, folder: Path, runtime: RuntimeSettings, concurrency: int = 1):
-        if concurrency < 1:
-            raise SettingsError(f"Concurrency must be at least 1, not {concurrency}.")
+        super().__init__(concurrency)
         self.folder = Path(folder)
-        self.concurrency = concurrency
-        self.slots = threading.BoundedSemaphore(concurrency)
         self.device, self.device_warning = resolve_device(runtime.device)
         self.properties = merge_properties(default_properties(), runtime.properties)
         self.prompt_lookup = runtime.prompt_lookup
@@ -201,7 +322,6 @@ class Engine(ABC):
         eos = read_json(self.folder / "generation_config.json").get("eos_token_id", [])
         self.eos_ids: list[int] = sorted(set([eos] if isinstance(eos, int) else eos))
         self.chat_template: str | None = None
-        self.memory = TokenMemory()
         self.specials = added_token_strings(self.folder)
         self.text_tokenizer = plain_text_tokenizer(self.folder)
         self._load()
@@ -212,16 +332,13 @@ class Engine(ABC):
     @abstractmethod
     def _load(self) -> None: ...
 
-    @property
-    def label(self) -> str:
-        """How the page names this engine."""
-        return self.name + (" + prompt lookup" if self.prompt_lookup else "")
+    def describe(self, where: bool = True) -> str:
+        return f"{self.label} engine on {self.device}"
 
-    def close(self) -> None:
-        """Release what the engine runs in the background; the model is about to be swapped."""
-
-    def refresh(self) -> None:
-        """Bring what the engine knows about its model up to date (a remote's; nothing here)."""
+    def window_text(self, cap: int = 0) -> str:
+        own = self.context_window
+        fitted = min(cap, own) if cap else own
+        return f"{fitted}-token window (capped; the model's is {own})" if fitted < own else f"{own}-token window"
 
     @abstractmethod
     def render_text(self, messages: list[prompts.Message]) -> str:
@@ -269,10 +386,6 @@ class Engine(ABC):
         """Generate for prompt ids in the calling thread, emit text as it comes, return the
         answer's token ids. Must end within about a token once `stop` is set."""
 
-    def answer(self, prompt: Prompt | str, settings: GenerationSettings) -> Answer:
-        """The answer to a rendered prompt; it starts when it is first read."""
-        return Answer(partial(self._produce, prompt, settings))
-
     def warm_up(self) -> float:
         """One token for a tiny prompt through the real path (render, ids, `answer`): the
         first inference does one-off work (on the Phi-3 shape 9-10 s) that would otherwise
@@ -283,64 +396,25 @@ class Engine(ABC):
         log.info("Warm-up (first inference) took %.2f s on the %s engine.", took, self.name)
         return took
 
-    def _produce(self, prompt: Prompt | str, settings: GenerationSettings,
-                 stop: threading.Event) -> Generator[str, None, Stats]:
-        start = time.perf_counter()
-        if not take_slot(self.slots, stop):
-            return Stats.stopped_unstarted(start)
-        try:
-            prompt_ids = self.prompt_ids(prompt)
-            if stop.is_set():  # stopped before it started: it never does
-                return Stats.stopped_unstarted(start, len(prompt_ids))
-            sent: list[tuple[str, float]] = []
-            cut = StopText(settings.stop)
-            generation = pump(lambda emit: self._generate(prompt_ids, settings, emit, stop),
-                              abandon=stop.set, name=f"{self.name}-generate")
-            ids = yield from _before_stop(_whole_characters(generation, sent), cut)
-            first = sent[0][1] if sent else None
-        finally:
-            self.slots.release()
-        end = time.perf_counter()
+    def _pieces(self, prompt: Prompt | str, settings: GenerationSettings, stop: threading.Event,
+                cut: StopText) -> Generator[str, None, Outcome]:
+        """`_generate` in a thread of its own, in whole characters; the outcome counts the
+        ids, and the text is decoded from them at once (a streamer may have held some back)."""
+        prompt_ids = self.prompt_ids(prompt)
+        generation = pump(lambda emit: self._generate(prompt_ids, settings, emit, stop),
+                          abandon=stop.set, name=f"{self.name}-generate")
+        ids = yield from _whole_characters(generation)
         ids = [i for i in ids if i not in self.eos_ids]
-        # An answer cut by max_new_tokens can end inside a character: drop that half.
         decoded = self.decode(ids)
-        whole = decoded.rstrip("\ufffd")
-        text = cut.cut(whole)
-        if decoded == text and self.decode(ids, keep_special=True) == text:  # the ids say just the text
-            self.memory.remember((prompt if isinstance(prompt, str) else prompt.text) + text, prompt_ids + ids)
-        streamed = cut.emitted
-        if len(text) > len(streamed) and text.startswith(streamed):
-            yield text[len(streamed):]  # what a streamer held back when it was told to stop
-        first = first or end
-        tokens = len(ids)
-        at_stop_string = cut.matched or text != whole
-        finish = ("stopped" if stop.is_set() else
-                  "length" if tokens >= settings.max_new_tokens and not at_stop_string else "stop")
-        return Stats(
-            prompt_tokens=len(prompt_ids),
-            answer_tokens=tokens,
-            ttft_s=first - start,
-            tokens_per_s=(tokens - 1) / (end - first) if tokens > 1 and end > first else 0.0,
-            total_s=end - start,
-            stopped=stop.is_set(),
-            text=text,
-            finish=finish,
-        )
+        whole = decoded.rstrip("\ufffd")  # max new tokens can end an answer inside a character: drop that half
+        if decoded == cut.cut(whole) and self.decode(ids, keep_special=True) == decoded:  # the ids say just the text
+            self.memory.remember((prompt if isinstance(prompt, str) else prompt.text) + decoded, prompt_ids + ids)
+        return Outcome(len(prompt_ids), len(ids), length=len(ids) >= settings.max_new_tokens, text=whole)
 
 
-def take_slot(slots: threading.Semaphore, stop: threading.Event) -> bool:
-    """Wait for one of an engine's `--concurrency` slots; False, holding none, if a Stop
-    comes first (an answer waiting in line can be stopped too)."""
-    while not slots.acquire(timeout=0.05):
-        if stop.is_set():
-            return False
-    return True
-
-
-def _whole_characters(pieces: Generator[str, None, list[int]],
-                      sent: list[tuple[str, float]]) -> Generator[str, None, list[int]]:
-    """Pass text on, holding back half a character until the rest comes; note each chunk
-    with the time it was sent. Returns what `pieces` returns."""
+def _whole_characters(pieces: Generator[str, None, list[int]]) -> Generator[str, None, list[int]]:
+    """Pass text on, holding back half a character until the rest comes. Returns what
+    `pieces` returns."""
     held = ""
     try:
         while True:
@@ -350,7 +424,6 @@ def _whole_characters(pieces: Generator[str, None, list[int]],
                 return end.value
             held += piece
             if held and not held.endswith("\ufffd"):
-                sent.append((held, time.perf_counter()))
                 yield held
                 held = ""
     finally:
@@ -402,8 +475,12 @@ class StopText:
         return text
 
 
-def _before_stop(pieces: Generator[str, None, list[int]], cut: StopText) -> Generator[str, None, list[int]]:
-    """Pass text on up to the first stop string (`StopText`). Returns what `pieces` returns."""
+
+def _before_stop(pieces: Generator[str, None, Outcome],
+                 cut: StopText) -> Generator[str, None, tuple[float | None, Outcome]]:
+    """Pass text on up to the first stop string (`StopText`). Returns when the first text
+    came (`time.perf_counter()`, None if none did) and what `pieces` returns."""
+    first = None
     try:
         while True:
             try:
@@ -411,7 +488,8 @@ def _before_stop(pieces: Generator[str, None, list[int]], cut: StopText) -> Gene
             except StopIteration as end:
                 if rest := cut.flush():
                     yield rest
-                return end.value
+                return first, end.value
+            first = first or time.perf_counter()
             if shown := cut.feed(piece):
                 yield shown
     finally:

@@ -1,9 +1,9 @@
-"""The engines by name, and loading one.
+"""The local engines by kind name (`phi3ui.settings.ENGINES`), and loading one.
 
 `genai` (openvino-genai) is the default; with a concurrency above one it batches answers
-(`phi3ui.batching`). `optimum` is optimum-intel's OVModelForCausalLM. The third engine name,
+(`phi3ui.batching`). `optimum` is optimum-intel's OVModelForCausalLM. The remote kind,
 `openai` (`phi3ui.remote_engine`), has no model here: `ChatBackend` connects it to a remote
-server instead of loading anything, so it is not in this registry.
+server instead of loading anything, so it has no class here.
 """
 
 from __future__ import annotations
@@ -14,17 +14,22 @@ from .batching import BatchingEngine
 from .engine import Engine, available_devices, resolve_device
 from .genai_engine import GenAIEngine
 from .optimum_engine import OptimumEngine
-from .settings import RuntimeSettings
+from .settings import LOCAL_ENGINES, RuntimeSettings, SettingsError
 
-ENGINES: dict[str, type[Engine]] = {engine.name: engine for engine in (GenAIEngine, OptimumEngine)}
+CLASSES: dict[str, type[Engine]] = {engine.kind.name: engine for engine in (GenAIEngine, OptimumEngine)}
+BATCHING: dict[str, type[Engine]] = {BatchingEngine.kind.name: BatchingEngine}  # for kinds that batch
+assert set(CLASSES) == set(LOCAL_ENGINES), "every local engine kind has a class"
 
-__all__ = ["ENGINES", "Engine", "available_devices", "load_engine", "resolve_device"]
+__all__ = ["CLASSES", "Engine", "available_devices", "load_engine", "resolve_device"]
 
 
 def load_engine(folder: Path, runtime: RuntimeSettings, concurrency: int = 1) -> Engine:
-    """The engine for `runtime`; genai with `concurrency` > 1 batches that many answers at once.
-    The others answer one at a time, the rest waiting for their turn."""
+    """The engine for `runtime`; a kind that batches answers `concurrency` at once. The
+    others answer one at a time, the rest waiting for their turn."""
     runtime.validate()
-    if runtime.engine == GenAIEngine.name and concurrency > 1:
-        return BatchingEngine(folder, runtime, concurrency)
-    return ENGINES[runtime.engine](folder, runtime, concurrency=1)
+    kind = runtime.kind
+    if kind.remote:
+        raise SettingsError(f"The {kind.name} engine has no model to load here: ChatBackend connects it.")
+    if kind.batches and concurrency > 1:
+        return BATCHING[kind.name](folder, runtime, concurrency)
+    return CLASSES[kind.name](folder, runtime, concurrency=1)

@@ -1,13 +1,26 @@
-"""Failures as visitors and API clients may read them (the log always has the details).
+"""Failures, and the one table that says how each door tells them (the log always has the
+details).
 
-Nothing here imports Gradio or an engine: the page (`ui.py`) and `/v1` (`openai_api.py`)
-share these words.
+`problem(exc, locked)` turns any exception raised while serving an answer into a `Problem`:
+the HTTP status and OpenAI error code `/v1` answers with, and the text a visitor may read.
+The page and `/chat` show that text; `/v1` sends it in OpenAI's error shape. Nothing here
+imports Gradio or an engine.
 """
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
+
+from .export import ExportError
+from .fairness import LimitReached
+from .prompt import MessageTooLong, PromptError
+from .settings import SettingsError
+
 # What a locked server's visitors read when the model fails (the log has the details).
 MODEL_FAILED = "The model could not finish this answer. The details are in the server's log."
+LOADING_RETRY_S = 5  # suggested wait when the server is full or has no model yet
+log = logging.getLogger(__name__)
 
 
 class RemoteError(Exception):
@@ -22,6 +35,77 @@ class RemoteError(Exception):
         super().__init__(f"{message} It said: {detail}" if detail else message)
         self.message, self.detail = message, detail
         self.status, self.code, self.retry_after_s = status, code, retry_after_s
+
+
+class ServerBusy(Exception):
+    """Every place in line is taken: as many answers generate and wait as the server takes."""
+
+    def __init__(self) -> None:
+        super().__init__("The server has as many requests waiting as it takes; try again shortly.")
+
+
+class ModelNotLoaded(SettingsError):
+    """No model is loaded yet (the server is starting, or loading failed)."""
+
+
+class SystemPromptLocked(SettingsError):
+    """A request asked for another system prompt than the one the host locked."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """How a failure is told: `text` is what the visitor may read."""
+
+    status: int
+    code: str | None
+    text: str
+    kind: str = "invalid_request_error"  # OpenAI's error type
+    param: str | None = None
+    retry_after_s: float | None = None
+
+    @property
+    def refused(self) -> bool:
+        """The request was turned away (the visitor's to change or retry), not failed."""
+        return self.status < 500 or self.code in ("server_busy", "model_not_loaded")
+
+
+# Exception → status, code, OpenAI error type, the request field it concerns. First match wins,
+# so subclasses come before their bases. The exception's own text is written for visitors.
+TABLE: tuple[tuple[type[BaseException], int, str | None, str, str | None], ...] = (
+    (ServerBusy, 503, "server_busy", "server_error", None),
+    (ModelNotLoaded, 503, "model_not_loaded", "server_error", None),
+    (SystemPromptLocked, 400, "system_prompt_locked", "invalid_request_error", "messages"),
+    (MessageTooLong, 400, "context_length_exceeded", "invalid_request_error", "messages"),
+    (PromptError, 400, None, "invalid_request_error", "messages"),
+    (SettingsError, 400, None, "invalid_request_error", None),
+    (ExportError, 400, None, "invalid_request_error", None),
+)
+
+
+def problem(exc: BaseException, locked: bool) -> Problem:
+    """How to tell `exc`. Refusals keep their own text (written for visitors). A model's
+    failure is the host's to read: a locked server's visitors get a plain sentence."""
+    if isinstance(exc, LimitReached):
+        code = "rate_limit_exceeded" if exc.limit == "rate" else "one_at_a_time"
+        return Problem(429, code, str(exc), "rate_limit_error", retry_after_s=exc.retry_after_s)
+    for kind, status, code, error_type, param in TABLE:
+        if isinstance(exc, kind):
+            retry = LOADING_RETRY_S if status == 503 else None
+            return Problem(status, code, str(exc), error_type, param, retry)
+    if isinstance(exc, RemoteError):
+        error_type = "invalid_request_error" if exc.status == 400 else "server_error"
+        return Problem(exc.status, exc.code, public_error(exc, locked), error_type, retry_after_s=exc.retry_after_s)
+    return Problem(500, "model_failed", public_error(exc, locked), "server_error")
+
+
+def report(exc: BaseException, locked: bool, door: str) -> Problem:
+    """`problem`, with a failure's details logged (a refusal was logged where it was made)."""
+    told = problem(exc, locked)
+    if not told.refused:
+        log.error("%s answer failed", door, exc_info=exc)
+    elif isinstance(exc, RemoteError):
+        log.warning("%s answer refused by the remote engine: %s", door, exc)
+    return told
 
 
 def public_error(exc: BaseException, locked: bool) -> str:

@@ -33,12 +33,22 @@ PUBLIC_RATE_PER_MINUTE = 20
 # server-wide limit otherwise (settings.Limits.max_new_tokens).
 LOCKED_MAX_NEW_TOKENS = 1024
 BUSY_RETRY_S = 2  # suggested wait after "one answer at a time": an answer's length is unknown
+# Answers generated at once on a public server: with one answer at a time per client, a
+# flooder holds one slot, so a newcomer finds a free one instead of waiting for a whole
+# answer (bench/burst.py measures it). The genai engine batches them.
+PUBLIC_CONCURRENCY = 4
 
 
 def default_rate_limit(share: bool, spaces: bool) -> int:
     """Requests per minute per client: on for public links and Spaces, off on one's own
     machine (where parallel API clients from one address are the owner's own)."""
     return PUBLIC_RATE_PER_MINUTE if share or spaces else 0
+
+
+def default_concurrency(public: bool) -> int:
+    """Answers generated at once: a few on a public server, one on one's own machine (where
+    one answer at a time is fastest for its one user)."""
+    return PUBLIC_CONCURRENCY if public else 1
 
 
 def default_max_new_tokens_cap(locked: bool, unlocked_limit: int) -> int:
@@ -121,41 +131,44 @@ class Gate:
     _busy: set[str] = field(default_factory=set)  # sessions and clients with an answer in flight
 
     def check(self, client: str, session: str | None) -> None:
-        """`LimitReached` if `admit` would refuse now; takes nothing. For a request at the
-        door, before it waits in line: a refusal that had to wait its turn would hold up
-        everyone queued behind it. (`admit` decides again when its turn comes.)"""
-        self.admit(client, session, take=False)
-
-    def admit(self, client: str, session: str | None, take: bool = True) -> Ticket:
-        """A place for one answer, or `LimitReached`."""
-        keys = (f"session:{session}",) if session else ()
-        if self.policy.per_client:
-            keys += (f"client:{client}",)
+        """`LimitReached` if `admit` would refuse now; takes nothing. For a web framework's
+        own door, before a request costs it anything (`admit` still decides)."""
         with self._lock:
-            now = self.clock()
-            if any(key in self._busy for key in keys):
-                who = ("this address" if f"client:{client}" in self._busy
-                       and not (session and f"session:{session}" in self._busy) else "this chat")
-                raise LimitReached(
-                    "busy", BUSY_RETRY_S,
-                    f"One answer at a time: {who} already has one being written. Wait until it has "
-                    f"finished (or stop it), then try again; retry in {BUSY_RETRY_S} s at the earliest.")
-            if self.policy.per_client:
-                bucket = self._refill(client, now)
-                if bucket.tokens < 1:
-                    wait = math.ceil((1 - bucket.tokens) / self._per_second)
-                    raise LimitReached(
-                        "rate", wait,
-                        f"Too many requests: at most {self.policy.rate_per_minute} a minute from one "
-                        f"address. Try again in {wait} s.")
-                if not take:
-                    return Ticket(self, (), released=True)
-                bucket.tokens -= 1
-                self._forget_idle(now)
-            if not take:
-                return Ticket(self, (), released=True)
+            self._refusal(client, session, self._keys(client, session), self.clock(), take=False)
+
+    def admit(self, client: str, session: str | None) -> Ticket:
+        """A place for one answer, taken when the request arrives (so requests still
+        waiting for a slot count), or `LimitReached`."""
+        keys = self._keys(client, session)
+        with self._lock:
+            self._refusal(client, session, keys, self.clock(), take=True)
             self._busy.update(keys)
         return Ticket(self, keys)
+
+    def _keys(self, client: str, session: str | None) -> tuple[str, ...]:
+        keys = (f"session:{session}",) if session else ()
+        return keys + (f"client:{client}",) if self.policy.per_client else keys
+
+    def _refusal(self, client: str, session: str | None, keys: tuple[str, ...], now: float, take: bool) -> None:
+        """Raise `LimitReached` if a limit refuses; with `take`, spend a request's token."""
+        if any(key in self._busy for key in keys):
+            who = ("this address" if f"client:{client}" in self._busy
+                   and not (session and f"session:{session}" in self._busy) else "this chat")
+            raise LimitReached(
+                "busy", BUSY_RETRY_S,
+                f"One answer at a time: {who} already has one being written. Wait until it has "
+                f"finished (or stop it), then try again; retry in {BUSY_RETRY_S} s at the earliest.")
+        if self.policy.per_client:
+            bucket = self._refill(client, now)
+            if bucket.tokens < 1:
+                wait = math.ceil((1 - bucket.tokens) / self._per_second)
+                raise LimitReached(
+                    "rate", wait,
+                    f"Too many requests: at most {self.policy.rate_per_minute} a minute from one "
+                    f"address. Try again in {wait} s.")
+            if take:
+                bucket.tokens -= 1
+                self._forget_idle(now)
 
     @property
     def _per_second(self) -> float:

@@ -8,7 +8,7 @@ import threading
 
 from . import prompt as prompts
 from .engine import Emit, Engine
-from .settings import GenerationSettings, SettingsError
+from .settings import ENGINES, GenerationSettings, SettingsError
 
 # Prompt lookup guesses up to 4 tokens after a matching n-gram of up to 3: checking 4 guesses
 # costs a step about 1.2 times a plain one on the Phi-3 shape (bench/decode_profile.py
@@ -30,7 +30,7 @@ def tokenized(ids: list[int]):
 class GenAIEngine(Engine):
     """The default engine: openvino-genai's LLMPipeline and its own tokenizer."""
 
-    name = "genai"
+    kind = ENGINES["genai"]
 
     def _load(self) -> None:
         self.require_openvino_tokenizer()

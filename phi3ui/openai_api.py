@@ -26,10 +26,8 @@ import math
 import secrets
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import anyio
@@ -42,11 +40,12 @@ from starlette.routing import Mount
 from starlette.types import Receive
 
 from . import prompt as prompts
-from .answer import Answer, Stats
 from .chat import ChatBackend, Loaded
-from .fairness import Gate, LimitReached, Ticket, client_address
+from .fairness import Gate, client_address
+from .openai_wire import DONE, Completion, finish_reason, sse, usage
 from .pump import pump
-from .errors import RemoteError, public_error
+from .errors import report
+from .service import LEFT, Caller, ChatService, Turn
 from .settings import GenerationSettings, Limits, SettingsError, stop_strings
 
 log = logging.getLogger(__name__)
@@ -305,123 +304,48 @@ def parse_chat(body: object, limits: Limits) -> ChatCall:
                     include_usage=bool(request.stream_options and request.stream_options.include_usage))
 
 
-# --- responses ---------------------------------------------------------------------------
-def usage(stats: Stats | None, prompt_tokens: int) -> dict:
-    prompt = stats.prompt_tokens if stats and stats.prompt_tokens else prompt_tokens
-    answer = stats.answer_tokens if stats else 0
-    return {"prompt_tokens": prompt, "completion_tokens": answer, "total_tokens": prompt + answer}
-
-
-def finish_reason(stats: Stats | None) -> str:
-    """OpenAI's reasons: "length" when max tokens cut the answer, "stop" otherwise."""
-    return "length" if stats is not None and stats.finish == "length" else "stop"
-
-
-@dataclass(frozen=True)
-class Completion:
-    """What every object of one answer carries, and those objects in OpenAI's shapes."""
-
-    model: str
-    id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
-    created: int = field(default_factory=lambda: int(time.time()))
-
-    def _head(self, kind: str) -> dict:
-        return {"id": self.id, "object": kind, "created": self.created, "model": self.model,
-                "system_fingerprint": None}
-
-    def whole(self, text: str, finish: str, counts: dict) -> dict:
-        """The non-streamed answer."""
-        message = {"role": "assistant", "content": text, "refusal": None}
-        return {**self._head("chat.completion"), "usage": counts,
-                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}]}
-
-    def chunk(self, delta: dict, finish: str | None = None, with_usage: bool = False) -> dict:
-        """One streamed piece; with `with_usage` it says `usage: null` as OpenAI's do then."""
-        chunk = {**self._head("chat.completion.chunk"),
-                 "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
-        return {**chunk, "usage": None} if with_usage else chunk
-
-    def usage_chunk(self, counts: dict) -> dict:
-        """The last chunk when `stream_options.include_usage`: no choices, the usage."""
-        return {**self._head("chat.completion.chunk"), "choices": [], "usage": counts}
-
-
-def sse(data: dict | str) -> str:
-    """One server-sent event."""
-    text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    return f"data: {text}\n\n"
-
-
-DONE = sse("[DONE]")
-
-
 def model_id(loaded: Loaded) -> str:
     """The loaded model's name: what `--model` named, a local folder by its name only; on a
     remote engine, the remote's model name ("" while the remote has not said it yet)."""
-    if loaded.engine.remote:
-        return loaded.engine.model_name
-    source = loaded.exported.source
-    return Path(source).expanduser().resolve().name if Path(source).expanduser().exists() else source
+    return loaded.model_name()
 
 
 # --- answering --------------------------------------------------------------------------
-@dataclass
-class Place:
-    """An admitted request's fair-use ticket and place in line; both go back once."""
-
-    ticket: Ticket
-    line: threading.BoundedSemaphore
-    released: bool = False
-
-    def release(self) -> None:
-        if not self.released:
-            self.released = True
-            self.ticket.release()
-            self.line.release()
-
-
 class Reading:
-    """One answer, read in a thread of its own (`pump`) and handed out chunk by chunk.
-    `close` stops it, waits until its generation has ended (the engine slot is free
-    again) and gives the request's place back; it is safe to call more than once."""
+    """A `Turn`'s answer, read in a thread of its own (`pump`) and handed out chunk by chunk
+    to async code. `close` stops it, waits until its generation has ended (the engine slot
+    is free again) and closes the turn, which gives the request's place back; it is safe
+    to call more than once, and before reading ever began."""
 
-    def __init__(self, answer: Answer, place: Place, limiter: anyio.CapacityLimiter):
-        self.answer = answer
-        self._place = place
+    def __init__(self, turn: Turn, limiter: anyio.CapacityLimiter):
+        self.turn = turn
         self._limiter = limiter
-        self._chunks = pump(self._read, abandon=answer.stop, name="openai-answer")
+        self._chunks = pump(self._read, abandon=turn.stop, name="openai-answer")
         self._lock = threading.Lock()  # one call into the pump at a time
         self._closed = False
 
-    def _read(self, emit: Callable[[str], None]) -> Stats | None:
-        with self.answer:
-            for chunk in self.answer:
-                emit(chunk)
-        return self.answer.stats
+    def _read(self, emit: Callable[[str], None]) -> None:
+        for chunk in self.turn:
+            emit(chunk)
 
     def next(self) -> str | None:
         """The next chunk, None at the end; blocks until it comes."""
         with self._lock:
             return None if self._closed else next(self._chunks, None)
 
+    def stop(self) -> None:
+        """The client went away: end the answer within about a token."""
+        self.turn.stop(LEFT)
+
     def close(self) -> None:
-        """Blocks until the generation has ended; logs how the answer ended."""
+        """Blocks until the generation has ended."""
         self.stop()  # first: a `next` waiting for a token returns at once
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             self._chunks.close()
-        self._place.release()
-        stats = self.answer.stats
-        log.info("/v1 answer %s after %d tokens",
-                 "stopped (the client went away)" if stats is None or stats.stopped else "done",
-                 stats.answer_tokens if stats else 0)
-
-    def stop(self) -> None:
-        """End the answer within about a token, unless it has already ended."""
-        if not self.answer.done:
-            self.answer.stop()
+        self.turn.close()  # the pump's thread, the answer's reader, has finished
 
     async def texts(self) -> AsyncIterator[str]:
         """The chunks, to async code; leaving early (a client gone) closes the answer."""
@@ -453,17 +377,17 @@ class OpenAIApi:
     access: Access = field(default_factory=Access)
     lock_settings: bool = False  # visitors read no exception text (the log has it)
     trust_proxy: bool = False  # the client is the first X-Forwarded-For entry
-    waiting: int = 64  # answers that may wait for a generation slot beyond those generating (--queue-size)
+    # The one way in for answers, shared with the page (its line and gate); made from `gate` if not given.
+    service: ChatService | None = None
     created: int = field(default_factory=lambda: int(time.time()))
-    _line: threading.BoundedSemaphore = field(init=False)
     _limiter: anyio.CapacityLimiter = field(init=False)
 
     def __post_init__(self) -> None:
-        places = self.backend.concurrency + self.waiting
-        self._line = threading.BoundedSemaphore(places)
+        if self.service is None:
+            self.service = ChatService(self.backend, self.gate)
         # Each answer's reader waits for its next chunk in a worker thread, and its close may
         # need one more: threads of their own, so the page's are never taken.
-        self._limiter = anyio.CapacityLimiter(2 * places)
+        self._limiter = anyio.CapacityLimiter(2 * self.service.places)
 
     def mount(self) -> Mount:
         return Mount(PREFIX, app=self.app())
@@ -494,14 +418,10 @@ class OpenAIApi:
                                 f"{PREFIX}/models and POST {PREFIX}/chat/completions.",
                         code="unknown_url").response()
 
-    def public(self, exc: BaseException) -> str:
-        """An error as a client may read it: a plain sentence when locked (`public_error`)."""
-        return public_error(exc, self.lock_settings)
-
-    def failure(self, exc: BaseException, what: str = "/v1 answer failed") -> ApiError:
-        """An unexpected failure: the log gets the details, the client a sentence."""
-        log.error(what, exc_info=exc)
-        return ApiError(500, self.public(exc), code="model_failed", kind="server_error")
+    def error(self, exc: BaseException) -> ApiError:
+        """A refusal or failure in OpenAI's shape, as `errors.problem` tells it."""
+        told = report(exc, self.lock_settings, "/v1")
+        return ApiError(told.status, told.text, told.param, told.code, told.kind, told.retry_after_s)
 
     def loaded(self) -> Loaded:
         loaded = self.backend.loaded
@@ -516,21 +436,9 @@ class OpenAIApi:
         return {"id": model_id(loaded), "object": "model", "created": self.created, "owned_by": "phi3ui",
                 "context_window": self.backend.limits.window(loaded.engine.context_window)}
 
-    def admit(self, request: Request) -> Place:
-        """A place in line, then the fair-use gate's ticket, or a 503 / 429 saying when to retry."""
-        if not self._line.acquire(blocking=False):
-            raise ApiError(503, "The server has as many requests waiting as it takes; try again shortly.",
-                           code="server_busy", kind="server_error", retry_after_s=5)
-        client = client_address(request.client.host if request.client else None,
-                                request.headers.get("x-forwarded-for"), self.trust_proxy)
-        try:
-            ticket = self.gate.admit(client, None)
-        except LimitReached as exc:
-            self._line.release()
-            log.info("/v1 refused (%s limit): retry in %s s", exc.limit, exc.retry_after_s)
-            raise ApiError(429, str(exc), code="rate_limit_exceeded" if exc.limit == "rate" else "one_at_a_time",
-                           kind="rate_limit_error", retry_after_s=exc.retry_after_s) from None
-        return Place(ticket, self._line)
+    def caller(self, request: Request) -> Caller:
+        return Caller("/v1", client_address(request.client.host if request.client else None,
+                                            request.headers.get("x-forwarded-for"), self.trust_proxy))
 
     # --- routes ---------------------------------------------------------------------------
     async def models(self) -> JSONResponse:
@@ -551,65 +459,30 @@ class OpenAIApi:
             raise ApiError(404, f"The model `{call.model}` does not exist here; this server serves `{current}` "
                                 f"(see {PREFIX}/models).", "model", code="model_not_found")
         try:
-            self.backend.host_prompt.system_for(call.system)
-        except SettingsError as exc:
-            raise ApiError(400, str(exc), "messages", code="system_prompt_locked") from None
-        place = self.admit(request)
+            turn = self.service.admit(self.caller(request))
+        except Exception as exc:  # noqa: BLE001 - refused at the door: errors.problem says how
+            raise self.error(exc) from None
+        reading, handed = Reading(turn, self._limiter), False
         try:
-            fitted = await anyio.to_thread.run_sync(self.backend.prepare, call.history, call.message, call.settings,
-                                                    limiter=self._limiter)
-            answer = self.backend.start(fitted, call.settings)
-        except BaseException as exc:
-            place.release()
-            raise self.refusal(exc) from None
-        reading = Reading(answer, place, self._limiter)
-        completion = Completion(current or call.model)
-        if call.stream:
-            # The first chunk is read before the 200, watching for the client to leave (a wait
-            # for a slot or a remote's first token is stopped like any other). An answer that
-            # fails at once (a remote that is down or refuses) gets its own status, not an event.
-            try:
+            await anyio.to_thread.run_sync(turn.begin, self.backend, call.history, call.message, call.settings,
+                                           limiter=self._limiter)
+            completion = Completion(current or call.model)
+            if call.stream:
+                # The first chunk is read before the 200, watching for the client to leave (a wait
+                # for a slot or a remote's first token is stopped like any other). An answer that
+                # fails at once (a remote that is down or refuses) gets its own status, not an event.
                 first = await self.first_chunk(reading, request)
-            except RemoteError as exc:
-                await reading.aclose()
-                raise self.remote_refusal(exc) from None
-            except Exception as exc:  # noqa: BLE001 - the client gets a sentence, the log the details
-                await reading.aclose()
-                raise self.failure(exc) from None
-            return StreamingResponse(self.events(reading, completion, call, fitted.prompt_tokens, first),
-                                     media_type="text/event-stream", background=BackgroundTask(reading.aclose),
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        try:
+                handed = True
+                return StreamingResponse(self.events(reading, completion, call, first),
+                                         media_type="text/event-stream", background=BackgroundTask(reading.aclose),
+                                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
             text = await self.collect(reading, request)
-        except RemoteError as exc:
-            raise self.remote_refusal(exc) from None
-        except Exception as exc:  # noqa: BLE001 - the client gets a sentence, the log the details
-            raise self.failure(exc) from None
-        stats = answer.stats
-        return JSONResponse(completion.whole(text, finish_reason(stats), usage(stats, fitted.prompt_tokens)))
-
-    def remote_refusal(self, exc: RemoteError) -> ApiError:
-        """A remote engine's failure, in OpenAI's shape with the front end's status; the
-        remote's own words only as `public_error` allows (the log has them)."""
-        log.warning("/v1 answer failed on the remote engine: %s", exc)
-        kind = "invalid_request_error" if exc.status == 400 else "server_error"
-        return ApiError(exc.status, self.public(exc), code=exc.code, kind=kind, retry_after_s=exc.retry_after_s)
-
-    def refusal(self, exc: BaseException) -> BaseException:
-        """What a failure to start an answer tells the client."""
-        if isinstance(exc, prompts.MessageTooLong):
-            return ApiError(400, str(exc), "messages", code="context_length_exceeded")
-        if isinstance(exc, prompts.PromptError):
-            return ApiError(400, str(exc), "messages")
-        if isinstance(exc, SettingsError) and self.backend.loaded is None:
-            return ApiError(503, str(exc), code="model_not_loaded", kind="server_error", retry_after_s=5)
-        if isinstance(exc, SettingsError):
-            return ApiError(400, str(exc))
-        if isinstance(exc, RemoteError):  # a remote asked for its model at the start
-            return self.remote_refusal(exc)
-        if not isinstance(exc, Exception):
-            return exc  # cancelled: nothing to tell
-        return self.failure(exc, "/v1 could not start an answer")
+            return JSONResponse(completion.whole(text, finish_reason(turn.stats), usage(turn.stats, turn.prompt_tokens)))
+        except Exception as exc:  # noqa: BLE001 - the client gets what errors.problem allows
+            raise self.error(exc) from None
+        finally:
+            if not handed:  # also when cancelled: the place and ticket go back
+                await reading.aclose()
 
     async def first_chunk(self, reading: Reading, request: Request) -> str | None:
         """The answer's first chunk (None for an empty answer)."""
@@ -645,27 +518,23 @@ class OpenAIApi:
         return result  # type: ignore[return-value]
 
     async def events(self, reading: Reading, completion: Completion, call: ChatCall,
-                     prompt_tokens: int, first: str | None = None) -> AsyncIterator[str]:
+                     first: str | None = None) -> AsyncIterator[str]:
         """The answer as server-sent events: the role, text deltas, the finish reason, usage
-        if asked for, then [DONE]. A model failure midway is an error event instead.
-        `first` is a chunk already read (a remote engine's, read before the 200)."""
+        if asked for, then [DONE]. A failure midway is an error event instead. `first` is a
+        chunk already read before the 200."""
         yield sse(completion.chunk({"role": "assistant", "content": ""}, with_usage=call.include_usage))
         try:
             if first:
                 yield sse(completion.chunk({"content": first}, with_usage=call.include_usage))
             async for text in reading.texts():
                 yield sse(completion.chunk({"content": text}, with_usage=call.include_usage))
-        except RemoteError as exc:
-            refusal = self.remote_refusal(exc)
-            yield sse(ApiError(refusal.status, refusal.message, code=exc.code, kind="server_error").body())
+        except Exception as exc:  # noqa: BLE001 - the client gets what errors.problem allows
+            yield sse(self.error(exc).body())
             return
-        except Exception as exc:  # noqa: BLE001 - the client gets a sentence, the log the details
-            yield sse(self.failure(exc).body())
-            return
-        stats = reading.answer.stats
+        stats = reading.turn.stats
         yield sse(completion.chunk({}, finish_reason(stats), with_usage=call.include_usage))
         if call.include_usage:
-            yield sse(completion.usage_chunk(usage(stats, prompt_tokens)))
+            yield sse(completion.usage_chunk(usage(stats, reading.turn.prompt_tokens)))
         yield DONE
 
 

@@ -6,14 +6,14 @@ import threading
 
 from . import prompt as prompts
 from .engine import Emit, Engine
-from .settings import GenerationSettings
+from .settings import ENGINES, GenerationSettings
 
 
 class OptimumEngine(Engine):
     """OVModelForCausalLM: re-reads the whole prompt every turn (no prefix cache), but runs
     any model optimum-intel exports, with or without an OpenVINO tokenizer."""
 
-    name = "optimum"
+    kind = ENGINES["optimum"]
 
     def _load(self) -> None:
         from optimum.intel import OVModelForCausalLM

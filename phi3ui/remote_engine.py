@@ -1,7 +1,9 @@
 """`--engine openai`: the answers come from an OpenAI-compatible server (OVMS's /v3, vLLM,
 llama.cpp's server, another phi3ui's /v1); this process holds no model.
 
-How each part of a local engine is done here:
+The slots, Stop before the start, stop strings and stats are `AnswerEngine`'s, as for a
+local engine; the request and stream shapes are `phi3ui.openai_wire`'s. How each part of a
+local engine is done here:
 
 - The prompt: the conversation goes out as structured `messages` to the remote's
   `/chat/completions`, and the remote applies its own chat template. `render` therefore
@@ -12,9 +14,11 @@ How each part of a local engine is done here:
   the remote's counts, so `phi3ui.window`'s cached counts and its cut stay the same, on
   every replica; the prompt sent is counted whole, and the remote's 400 refuses one that
   is still too long. The answer's stats show the remote's counts.
-- The window: `--context-window`, else what the remote's `/models` says (phi3ui's own
-  `context_window`, vLLM's `max_model_len`; kept apart as `reported_window`), else 4096
-  with a notice saying so. A remote that cannot be asked is asked again (`refresh`, at
+- The window: `--context-window` or what the remote's `/models` says (phi3ui's own
+  `context_window`, vLLM's `max_model_len`; kept apart as `reported_window`), the smaller
+  when both are known (a longer prompt would only get the remote's 400); else 4096 with a
+  notice saying so. A `--context-window` above what the remote says at the start is
+  refused, as one above a local model's is. A remote that cannot be asked is asked again (`refresh`, at
   most every `RETRY_S`) until it answers; `notices` are its state now.
 - Stop: the answer ends here at once, and the HTTP stream is closed: its socket is shut
   down, which ends a read that is waiting for the remote. The socket is known from the
@@ -43,18 +47,17 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
-from functools import partial
 from typing import ClassVar
 
 import httpx
 
 from . import prompt as prompts
-from .answer import Answer, Stats
-from .engine import StopText, TokenMemory, take_slot
+from .engine import AnswerEngine, Outcome, StopText
 from .errors import RemoteError
-from .settings import GenerationSettings, RemoteSettings, SettingsError
+from .openai_wire import Tally, chat_body, events, remote_message
+from .settings import ENGINES, REMOTE_ENGINE, GenerationSettings, RemoteSettings
 from .structured import STRUCTURE_MARK
 
 log = logging.getLogger(__name__)
@@ -64,23 +67,6 @@ WINDOW_FIELDS = ("context_window", "max_model_len")  # phi3ui's own /v1/models, 
 
 
 # --- failures (RemoteError is in phi3ui.errors: the page and /v1 read it without this module)
-
-
-def remote_message(body: str) -> str:
-    """The error text of a remote's error body (OpenAI's shape, or plain text), shortened."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        data = None
-    if isinstance(data, dict):
-        error = data.get("error", data)
-        text = error.get("message") if isinstance(error, dict) else error
-        if text is None and isinstance(data.get("detail"), str):
-            text = data["detail"]
-        if text is not None:
-            body = str(text)
-    body = " ".join(body.split())
-    return body[:300] + ("…" if len(body) > 300 else "")
 
 
 def http_failure(status: int, body: str, model: str = "") -> RemoteError:
@@ -162,67 +148,7 @@ class TokenEstimate:
         return math.ceil(chars * self.tokens_per_char) + self.per_message * len(prompt.messages) + self.fixed
 
 
-# --- the request and its stream --------------------------------------------------------------
-def chat_body(prompt: MessagesPrompt, settings: GenerationSettings, model: str) -> dict:
-    """The streamed chat completion request for `settings` (OpenAI's fields only)."""
-    body: dict = {"model": model, "messages": prompt.as_json(), "stream": True,
-                  "stream_options": {"include_usage": True}, "max_tokens": settings.max_new_tokens,
-                  "temperature": settings.temperature}
-    if not settings.greedy:
-        body["top_p"] = settings.top_p
-        if settings.seed is not None:
-            body["seed"] = settings.seed
-    if settings.stop:
-        body["stop"] = list(settings.stop)
-    return body
-
-
-def events(lines: Iterable[str]) -> Iterator[dict]:
-    """The JSON objects of a server-sent event stream's `data:` lines, up to `[DONE]`."""
-    for line in lines:
-        if not line.startswith("data:"):
-            continue  # blank separators, comments (": ping"), event names
-        data = line[5:].strip()
-        if data == "[DONE]":
-            return
-        if not data:
-            continue
-        try:
-            event = json.loads(data)
-        except ValueError:
-            raise RemoteError("The remote engine sent something that is not an OpenAI stream.") from None
-        if isinstance(event, dict):
-            yield event
-
-
-@dataclass
-class Tally:
-    """What a chat completion stream said besides its text: finish reason and usage."""
-
-    finish: str = ""
-    usage: dict | None = None
-    pieces: int = 0  # content deltas: a count of tokens when the remote sends no usage (about one each)
-
-    def feed(self, event: dict) -> str:
-        """The text of one event; raises RemoteError for an error event."""
-        if "error" in event:
-            said = remote_message(json.dumps(event))
-            log.warning("remote engine failed mid-answer: %s", said)
-            raise RemoteError("The remote engine failed in the middle of the answer.", 502, "remote_failed",
-                              detail=said)
-        if isinstance(event.get("usage"), dict):
-            self.usage = event["usage"]
-        text = ""
-        for choice in event.get("choices") or []:
-            delta = choice.get("delta") or {}
-            if isinstance(delta.get("content"), str) and delta["content"]:
-                text += delta["content"]
-                self.pieces += 1
-            if choice.get("finish_reason"):
-                self.finish = choice["finish_reason"]
-        return text
-
-
+# --- the stream's socket ------------------------------------------------------------------
 class _Line:
     """The socket of a streamed request, to shut down from another thread: that ends a
     read waiting for the remote at once, and the remote sees its client go. The socket is
@@ -270,25 +196,18 @@ class _Line:
 
 
 # --- the engine ------------------------------------------------------------------------
-class RemoteEngine:
-    """What `ChatBackend` uses of an engine (`phi3ui.engine.ChatEngine`), answered by a
-    remote OpenAI-compatible server."""
+class RemoteEngine(AnswerEngine):
+    """An engine answered by a remote OpenAI-compatible server: `AnswerEngine` does the
+    slots, Stop, stop strings and stats; this sends the messages and reads the stream."""
 
-    name = "openai"
-    remote: ClassVar[bool] = True
+    kind = ENGINES[REMOTE_ENGINE]
     device = "remote"
-    device_warning: str | None = None
     system_ok = True  # the remote's template decides where a system message goes
-    prompt_lookup = False
     RETRY_S: ClassVar[float] = 2.0  # an undiscovered remote is asked again at most this often
 
     def __init__(self, settings: RemoteSettings, concurrency: int = 1, window: int | None = None):
-        if concurrency < 1:
-            raise SettingsError(f"Concurrency must be at least 1, not {concurrency}.")
+        super().__init__(concurrency)
         self.settings = settings.validate()
-        self.concurrency = concurrency
-        self.slots = threading.BoundedSemaphore(concurrency)
-        self.memory = TokenMemory()  # stays empty: the remote keeps its own prefix cache
         self.estimate = TokenEstimate()
         self.model_name = settings.model.strip()
         self.window_flag = window  # --context-window
@@ -312,11 +231,28 @@ class RemoteEngine:
 
     @property
     def context_window(self) -> int:
-        return self.window_flag or self.reported_window or DEFAULT_WINDOW
+        """The smaller of --context-window and the remote's window where both are known: a
+        prompt longer than the remote's would only get its 400."""
+        known = [w for w in (self.window_flag, self.reported_window) if w]
+        return min(known) if known else DEFAULT_WINDOW
 
     @property
     def window_source(self) -> str:
-        return "--context-window" if self.window_flag else "remote" if self.reported_window else "assumed"
+        if self.window_flag and self.context_window == self.window_flag:
+            return "--context-window"
+        return "remote" if self.reported_window else "assumed"
+
+    def window_text(self, cap: int = 0) -> str:
+        """The window as it is now (the remote's may be learnt after the start); `cap` is
+        --context-window, which this engine already applies."""
+        window, reported = self.context_window, self.reported_window
+        if self.window_source == "assumed":
+            return f"{window}-token window (assumed)"
+        if self.window_source == "--context-window":
+            return f"{window}-token window (--context-window" + (f"; the remote's is {reported})" if reported else ")")
+        if self.window_flag:
+            return f"{window}-token window (the remote's; --context-window {self.window_flag} is above it)"
+        return f"{window}-token window"
 
     @property
     def notices(self) -> tuple[str, ...]:
@@ -335,15 +271,11 @@ class RemoteEngine:
         return f"{self.name} (remote)"
 
     def describe(self, where: bool = True) -> str:
-        """The remote model and, with `where`, its URL (`Loaded.describe` adds the window)."""
-        place = f" at `{self.settings.base}`" if where else ""
-        return f"**{self.model_name or 'remote model'}** · remote OpenAI-compatible engine{place}"
+        """With `where`, the remote's URL (the host's to see; `Loaded.describe` names the model)."""
+        return "remote OpenAI-compatible engine" + (f" at `{self.settings.base}`" if where else "")
 
     def close(self) -> None:
         self.client.close()
-
-    def warm_up(self) -> float:
-        return 0.0  # the remote warms itself up
 
     # --- the remote's model ---------------------------------------------------------------
     def discover(self) -> None:
@@ -399,74 +331,33 @@ class RemoteEngine:
     def count_tokens(self, prompt: MessagesPrompt) -> int:
         return self.estimate.count(prompt)
 
-    def answer(self, prompt: MessagesPrompt, settings: GenerationSettings) -> Answer:
-        return Answer(partial(self._produce, prompt, settings))
-
-    def _produce(self, prompt: MessagesPrompt, settings: GenerationSettings,
-                 stop: threading.Event) -> Generator[str, None, Stats]:
-        start = time.perf_counter()
-        if not take_slot(self.slots, stop):
-            return Stats.stopped_unstarted(start)
+    def _pieces(self, prompt: MessagesPrompt, settings: GenerationSettings, stop: threading.Event,
+                cut: StopText) -> Generator[str, None, Outcome]:
+        """The remote's text as it streams. A Stop, a stop string matched here, or a reader
+        that left shuts the stream's socket, so the remote sees its client go."""
+        tally, line = Tally(), _Line()
+        pieces = self._stream(chat_body(prompt.as_json(), settings, self.ensure_model()), tally, line)
+        ended = False  # the reading thread is done with the stream
         try:
-            if stop.is_set():
-                return Stats.stopped_unstarted(start, self.count_tokens(prompt))
-            model = self.ensure_model()
-            body = chat_body(prompt, settings, model)
-            tally, cut, line = Tally(), StopText(settings.stop), _Line()
-            pieces = self._stream(body, tally, line)
-            first, ended = None, False  # ended: the reading thread is done with the stream
-            try:
-                while True:
-                    try:
-                        item = pieces.get(timeout=0.05)
-                    except queue.Empty:
-                        if stop.is_set():
-                            line.shut()  # the remote sees its client go and ends the generation
-                            break
-                        continue
-                    if item is None:
-                        ended = True
-                        break
-                    if isinstance(item, BaseException):
-                        ended = True
-                        if stop.is_set():
-                            break  # the shut socket's own error
-                        raise item
+            while not (stop.is_set() or cut.matched):
+                try:
+                    item = pieces.get(timeout=0.05)
+                except queue.Empty:
+                    continue
+                if item is None:
+                    ended = True
+                    break
+                if isinstance(item, BaseException):
+                    ended = True
                     if stop.is_set():
-                        line.shut()
-                        break
-                    if shown := cut.feed(item):
-                        first = first or time.perf_counter()
-                        yield shown
-                    if cut.matched:  # a stop string matched here: the remote need not go on
-                        line.shut()
-                        break
-                if not stop.is_set() and (rest := cut.flush()):
-                    first = first or time.perf_counter()
-                    yield rest
-            finally:
-                if not ended:
-                    line.shut()  # stopped, or a reader that left early: the stream goes too
+                        break  # the shut socket's own error
+                    raise item
+                yield item
         finally:
-            self.slots.release()
-        end = time.perf_counter()
-        counts = tally.usage or {}
-        stopped = stop.is_set()
-        said = counts.get("prompt_tokens")
-        prompt_tokens = said if type(said) is int and said > 0 else self.count_tokens(prompt)
-        tokens = counts.get("completion_tokens")
-        tokens = tokens if type(tokens) is int and tokens >= 0 else tally.pieces
-        first = first or end
-        return Stats(
-            prompt_tokens=prompt_tokens,
-            answer_tokens=tokens,
-            ttft_s=first - start,
-            tokens_per_s=(tokens - 1) / (end - first) if tokens > 1 and end > first else 0.0,
-            total_s=end - start,
-            stopped=stopped,
-            text=cut.emitted,
-            finish="stopped" if stopped else "stop" if cut.matched else "length" if tally.finish == "length" else "stop",
-        )
+            if not ended:
+                line.shut()
+        prompt_tokens, tokens = tally.tokens(self.count_tokens(prompt))
+        return Outcome(prompt_tokens, tokens, length=tally.finish == "length")
 
     def _stream(self, body: dict, tally: Tally, line: _Line) -> queue.Queue:
         """Read the streamed answer in a thread of its own: text pieces go into the queue,

@@ -14,13 +14,16 @@ from pathlib import Path
 from .chat import ChatBackend, HostPrompt
 from .fairness import (
     LOCKED_MAX_NEW_TOKENS,
+    PUBLIC_CONCURRENCY,
     PUBLIC_RATE_PER_MINUTE,
     FairUse,
     Gate,
+    default_concurrency,
     default_max_new_tokens_cap,
     default_rate_limit,
 )
 from .export import ExportError, add_export_arguments, settings_from_args
+from .service import ChatService
 from .settings import DEFAULT_MODEL, ENGINES, REMOTE_ENGINE, Limits, RemoteSettings, RuntimeSettings, SettingsError
 
 log = logging.getLogger("phi3ui")
@@ -72,8 +75,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="make a public link [PHI3UI_SHARE]")
     parser.add_argument("--auth", default=_env("PHI3UI_AUTH", None),
                         help="user:password, or a file with one per line [PHI3UI_AUTH]")
-    parser.add_argument("--concurrency", type=int, default=_env("PHI3UI_CONCURRENCY", 1),
-                        help="answers generated at once [PHI3UI_CONCURRENCY]")
+    parser.add_argument("--concurrency", type=int, default=_env("PHI3UI_CONCURRENCY", None),
+                        help=f"answers generated at once (batched on the genai engine). Default "
+                             f"{PUBLIC_CONCURRENCY} on a public server (--share, --auth, Spaces), so a visitor "
+                             "never waits for another's whole answer; 1 otherwise [PHI3UI_CONCURRENCY]")
     parser.add_argument("--queue-size", type=int, default=_env("PHI3UI_QUEUE_SIZE", 64),
                         help="requests that may wait [PHI3UI_QUEUE_SIZE]")
     parser.add_argument("--max-message-chars", type=int, default=_env("PHI3UI_MAX_MESSAGE_CHARS", 16_000),
@@ -113,6 +118,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.rate_limit is None:
         args.rate_limit = default_rate_limit(args.share, on_spaces())
+    if args.concurrency is None:
+        args.concurrency = default_concurrency(public=args.share or on_spaces() or bool(args.auth))
     if args.max_new_tokens_cap is None:
         args.max_new_tokens_cap = default_max_new_tokens_cap(args.lock_settings, Limits.max_new_tokens)
     if args.rate_limit < 0:
@@ -176,20 +183,20 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.share and not auth:
         log.warning("Sharing a public link without --auth: anyone with the link can use this machine's model.")
-    if args.concurrency > 1 and backend.engine.name not in ("genai", REMOTE_ENGINE):
+    if args.concurrency > 1 and not backend.engine.kind.batches:
         log.info("The %s engine answers one message at a time; --concurrency %d lets the others wait "
                  "in line. The genai engine answers them together.", backend.engine.name, args.concurrency)
 
     from .openai_api import Access, OpenAIApi  # FastAPI, which comes with Gradio
     from .ui import Page  # Gradio loads only when serving
 
-    gate = Gate(FairUse(rate_per_minute=args.rate_limit))  # one for the page and /v1: the same limits
-    page = Page(backend, lock_settings=args.lock_settings, concurrency_limit=args.concurrency,
-                gate=gate, trust_proxy=args.trust_proxy)
+    # One way in for the page, /chat and /v1: the same line, the same fair-use limits.
+    service = ChatService(backend, Gate(FairUse(rate_per_minute=args.rate_limit)), waiting=args.queue_size)
+    page = Page(backend, lock_settings=args.lock_settings, service=service, trust_proxy=args.trust_proxy)
     access = Access.decide(args.api_key, host=args.host, share=args.share, spaces=on_spaces(),
                            page_login=bool(auth), behind_proxy=args.trust_proxy)
-    api = OpenAIApi(backend, gate, access, lock_settings=args.lock_settings, trust_proxy=args.trust_proxy,
-                    waiting=args.queue_size)
+    api = OpenAIApi(backend, access=access, service=service, lock_settings=args.lock_settings,
+                    trust_proxy=args.trust_proxy)
     log.info("Fair use: %s; at most %d new tokens a request; clients told apart by %s.",
              f"{args.rate_limit} requests a minute and one answer at a time per client address"
              if args.rate_limit else "no per-client limits (one answer at a time per browser session)",
@@ -199,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     # /v1 is mounted ahead of the page's routes, outside Gradio's login (it checks its own key).
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
                 show_error=not args.lock_settings, max_file_size="5mb", footer_links=["api"], prevent_thread_lock=True,
+                # Answers waiting for a slot each hold a worker thread: room for all of them
+                # besides Gradio's own 40 for everything else.
+                max_threads=40 + service.places,
                 app_kwargs={"routes": [api.mount()]})
     log.info("%s", access.describe(f"{demo.local_url.rstrip('/')}/v1"))
     if problem := report_share(args.share, demo.share_url, demo.local_url):

@@ -9,6 +9,7 @@ belongs to, so those races have one well-defined outcome.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from .answer import Answer
@@ -24,12 +25,36 @@ class _Session:
 
 
 class Sessions:
-    def __init__(self) -> None:
+    """Raw HTTP clients choose session ids and a Stop alone creates an entry, so at most
+    `max_sessions` are kept, the least recently used forgotten first (as fairness.Gate does)."""
+
+    def __init__(self, max_sessions: int = 10_000) -> None:
+        self.max_sessions = max_sessions
         self._lock = threading.Lock()
-        self._sessions: dict[str, _Session] = {}
+        self._sessions: OrderedDict[str, _Session] = OrderedDict()  # least recently used first
 
     def _get(self, session: str) -> _Session:
-        return self._sessions.setdefault(session, _Session())
+        state = self._sessions.get(session)
+        if state is not None:
+            self._sessions.move_to_end(session)
+            return state
+        self._make_room()
+        state = self._sessions[session] = _Session()
+        return state
+
+    def _make_room(self) -> None:
+        """Forget the least recently used sessions until a new one fits. One with an answer
+        in flight is kept, or its Stop, Clear and closed tab would no longer reach it."""
+        while len(self._sessions) >= self.max_sessions:
+            idle = next((key for key, state in self._sessions.items() if state.answer is None), None)
+            if idle is None:
+                return
+            del self._sessions[idle]
+
+    def tracked(self) -> int:
+        """Sessions with state kept (for tests and the log)."""
+        with self._lock:
+            return len(self._sessions)
 
     def begin_turn(self, session: str) -> int:
         """An answer is being asked for in the chat on screen; returns that chat's number."""

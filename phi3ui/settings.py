@@ -16,10 +16,29 @@ from urllib.parse import urlsplit
 DEFAULT_MODEL = "microsoft/Phi-3-mini-4k-instruct"
 BUNDLED = "bundled"
 WEIGHT_FORMATS = ("int4", "int8", "fp16")
-LOCAL_ENGINES = ("genai", "optimum")
-# `openai`: no model here; answers come from an OpenAI-compatible server (phi3ui/remote_engine.py).
-REMOTE_ENGINE = "openai"
-ENGINES = (*LOCAL_ENGINES, REMOTE_ENGINE)
+
+
+@dataclass(frozen=True)
+class EngineKind:
+    """An engine by name and what it can do, so callers ask the kind instead of testing
+    names or classes. The classes are looked up by name in `phi3ui.engines` (settings
+    imports no engine)."""
+
+    name: str
+    summary: str  # one line for the page's engine choice
+    batches: bool = False  # answers `--concurrency` messages at once; otherwise they wait in line
+    prompt_lookup: bool = False  # can check guessed tokens and take back the wrong ones
+    remote: bool = False  # no model here: an OpenAI-compatible server answers (phi3ui/remote_engine.py)
+
+
+# The one registry of engines, in the order they are offered.
+ENGINES: dict[str, EngineKind] = {kind.name: kind for kind in (
+    EngineKind("genai", "openvino-genai, answers batched with --concurrency", batches=True, prompt_lookup=True),
+    EngineKind("optimum", "optimum-intel's OVModelForCausalLM, one answer at a time"),
+    EngineKind("openai", "a remote OpenAI-compatible server answers, no model here", batches=True, remote=True),
+)}
+LOCAL_ENGINES = tuple(name for name, kind in ENGINES.items() if not kind.remote)
+REMOTE_ENGINE = next(name for name, kind in ENGINES.items() if kind.remote)
 DEFAULT_ENGINE = "genai"
 
 WeightFormat = Literal["int4", "int8", "fp16"]
@@ -169,12 +188,16 @@ class RuntimeSettings:
     remote: RemoteSettings | None = None  # with engine "openai" only
 
     @property
-    def is_remote(self) -> bool:
-        return self.engine == REMOTE_ENGINE
-
-    def validate(self) -> RuntimeSettings:
+    def kind(self) -> EngineKind:
         if self.engine not in ENGINES:
             raise SettingsError(f"Engine {self.engine!r} is not one of {', '.join(ENGINES)}.")
+        return ENGINES[self.engine]
+
+    @property
+    def is_remote(self) -> bool:
+        return self.kind.remote
+
+    def validate(self) -> RuntimeSettings:
         if self.is_remote:
             if self.remote is None:
                 raise SettingsError("The openai engine needs the remote server's URL: --api-base.")
@@ -184,8 +207,9 @@ class RuntimeSettings:
             return self
         if self.remote is not None:
             raise SettingsError(f"--api-base applies to --engine {REMOTE_ENGINE} only, not {self.engine}.")
-        if self.prompt_lookup and self.engine != "genai":
-            raise SettingsError("Prompt lookup needs the genai engine: the optimum engine's model keeps "
+        if self.prompt_lookup and not self.kind.prompt_lookup:
+            able = " or ".join(name for name, kind in ENGINES.items() if kind.prompt_lookup)
+            raise SettingsError(f"Prompt lookup needs the {able} engine: the {self.engine} engine's model keeps "
                                 "its KV cache inside and cannot take back guessed tokens that were wrong.")
         return self
 

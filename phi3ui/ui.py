@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,14 +37,17 @@ from .display import (
     stored_chat,
     to_display,
 )
-from .engines import ENGINES, available_devices
-from .errors import public_error
+from .engines import available_devices
+from .errors import Problem, report
 from .export import ExportError, default_settings
-from .fairness import Gate, LimitReached, Ticket, client_address
+from .fairness import Gate, LimitReached, client_address
 from .pump import pump
+from .service import Caller, ChatService
 from .sessions import Sessions
 from .settings import (
     BUNDLED_EXPORT,
+    ENGINES,
+    LOCAL_ENGINES,
     PRESETS,
     WEIGHT_FORMATS,
     ExportSettings,
@@ -59,7 +61,7 @@ from .structured import STRUCTURE_MARK
 
 log = logging.getLogger(__name__)
 
-STREAM_INTERVAL_S = 0.05  # batch tokens: one page update per 50 ms at most
+STREAM_INTERVAL_S = 0.05  # one update of a streamed answer per 50 ms at most (page and /chat)
 EXAMPLES = [
     "Explain what int4 weight compression does to a language model, in three sentences.",
     "Write a Python function that checks whether a string is a palindrome.",
@@ -234,17 +236,22 @@ class Page:
 
     backend: ChatBackend
     lock_settings: bool = False
-    concurrency_limit: int = 1
     # Each browser session's answer in flight, early Stops, and which chat is on screen.
     sessions: Sessions = field(default_factory=Sessions)
     # Fair use: one answer at a time per session (and per client), a request rate per client.
     gate: Gate = field(default_factory=Gate)
     trust_proxy: bool = False  # the client is the first X-Forwarded-For entry (fairness.client_address)
+    # The one way in for answers, shared with /v1 (its line and gate); made from `gate` if not given.
+    service: ChatService | None = None
     # Budget lines being worked out now. They run outside the queue (on every keystroke), so
     # raw HTTP calls could otherwise ask for any number at once.
     _budget_slots: threading.BoundedSemaphore = field(default_factory=lambda: threading.BoundedSemaphore(4))
     # What `refresh` fills after every change to the chat, in its output order.
     SHOWN: ClassVar[tuple[str, ...]] = ("dl_json", "dl_md", "budget_md", "inspector")
+
+    def __post_init__(self) -> None:
+        if self.service is None:
+            self.service = ChatService(self.backend, self.gate)
 
     # --- helpers -----------------------------------------------------------------------
     @staticmethod
@@ -263,22 +270,18 @@ class Page:
         # Visitors of a locked server get no server paths: the model's name, not its folder.
         return f"Loaded: {loaded.describe(folder=not self.lock_settings)}{notices}"
 
-    def public_error(self, exc: BaseException) -> str:
-        """An unexpected error as a visitor may read it: its text unlocked (the host is the
-        visitor), a plain sentence when locked (the log has the details)."""
-        return public_error(exc, self.lock_settings)
+    def problem(self, exc: BaseException, door: str = "page") -> Problem:
+        """How a refusal or failure reads to this page's visitors (errors.problem): a
+        locked server's visitors get no exception text; a failure's details go to the log."""
+        return report(exc, self.lock_settings, door)
 
-    def admit(self, request: gr.Request | None) -> Ticket:
-        """A fair-use place for one answer for this request's session and client, or
-        `LimitReached` saying which limit was hit and when to retry."""
-        return self.gate.admit(*self.identify(request))
-
-    def identify(self, request: gr.Request | None) -> tuple[str, str | None]:
-        """The request's client address and browser session (fairness.client_address)."""
+    def caller(self, door: str, request: gr.Request | None) -> Caller:
+        """Who the request comes from: its client address (fairness.client_address) and
+        browser session."""
         client = getattr(request, "client", None)
         headers = getattr(request, "headers", None) or {}
         address = client_address(getattr(client, "host", None), headers.get("x-forwarded-for"), self.trust_proxy)
-        return address, getattr(request, "session_hash", None)
+        return Caller(door, address, getattr(request, "session_hash", None))
 
     def preview(self, display: list, message: str, settings: GenerationSettings) -> prompts.Fitted:
         """The prompt for the chat plus the box's text. An empty box still shows the
@@ -323,70 +326,47 @@ class Page:
         return {**box, "value": ""}, [*display, {"role": "user", "content": shown(message)}], send, stop
 
     def respond(self, request: gr.Request, display: list, *gen) -> Iterator[list]:
-        """`_respond`, if the fair-use limits let this session and client start an answer now;
-        otherwise a note under the message saying which limit and when to retry."""
-        if not display or display[-1]["role"] != "user":
-            yield from self._respond(request, display, *gen)  # nothing to answer: no place taken
-            return
-        try:
-            ticket = self.admit(request)
-        except LimitReached as exc:
-            log.info("refused (%s limit): retry in %s s", exc.limit, exc.retry_after_s)
-            yield [*display, note("⚠️ Not sent", str(exc))]
-            return
-        with ticket:  # released however the answer ends, also when Gradio closes this
-            yield from self._respond(request, display, *gen)
-
-    def _respond(self, request: gr.Request, display: list, *gen) -> Iterator[list]:
         """Stream the answer to the last user message into the chat, one update per
-        STREAM_INTERVAL_S at most, and end with the stats note. If the page goes away,
-        Gradio closes this generator, and closing the answer stops the engine."""
+        STREAM_INTERVAL_S at most, and end with the stats note; a refusal is a note under
+        the message. If the page goes away, Gradio closes this generator, and leaving the
+        turn stops the engine."""
         session = request.session_hash
         chat = self.sessions.begin_turn(session)
         if not display or display[-1]["role"] != "user":
-            return
+            return  # nothing to answer
         messages = chat_messages(display)
         try:
-            settings = self.settings(*gen)
-            fitted = self.backend.prepare(messages[:-1], messages[-1]["content"], settings)
-        except USER_ERRORS as exc:
-            yield [*display, note("⚠️ Not sent", str(exc))]
+            turn = self.service.open(self.caller("page", request), messages[:-1], messages[-1]["content"],
+                                     self.settings(*gen))
+        except Exception as exc:  # noqa: BLE001 - every refusal is shown under the message
+            yield [*display, note("⚠️ Not sent", self.problem(exc).text)]
             return
-        display = window.mark_cut(display, fitted.dropped_exchanges)  # before what the model still sees
-        answer = self.backend.start(fitted, settings)
-        self.sessions.attach(session, answer)  # a Stop pressed while this waited applies now
-        text, last, ended = "", 0.0, "closed by the client"
+        display = window.mark_cut(display, turn.fitted.dropped_exchanges)  # before what the model still sees
+        self.sessions.attach(session, turn.answer)  # a Stop pressed while this waited applies now
 
         def answered() -> list:
-            return [{"role": "assistant", "content": shown(text)}] if text else []
+            return [{"role": "assistant", "content": shown(turn.text)}] if turn.text else []
 
         try:
-            with answer:
-                for chunk in answer:
-                    text += chunk
+            with turn:
+                for _ in turn.texts(STREAM_INTERVAL_S, end=False):  # the end comes with its stats
                     if not self.sessions.is_current(session, chat):
                         return  # the chat was replaced: write nothing into the new one
-                    if time.monotonic() - last >= STREAM_INTERVAL_S:
-                        last = time.monotonic()
-                        yield [*display, *answered()]
+                    yield [*display, *answered()]
         except Exception as exc:  # noqa: BLE001 - shown in the page, not only the log
-            ended = f"failed: {exc}"
-            log.exception("generation failed")
-            yield [*display, *answered(), note("⚠️ The model failed", self.public_error(exc))]
+            yield [*display, *answered(), note("⚠️ The model failed", self.problem(exc).text)]
             return
         finally:
-            self.sessions.detach(session, answer)
-            stats = answer.stats
-            log.info("answer ended (%s) after %d characters", ended if stats is None else
-                     "stopped" if stats.stopped else "done", len(text))
+            self.sessions.detach(session, turn.answer)
         if not self.sessions.is_current(session, chat):
             return
-        stats = answer.stats
+        stats = turn.stats
         if stats is not None and stats.stopped and not stats.answer_tokens:
             yield [*display, note(f"{STOPPED} before it started")]
             return
-        body = (f"{fitted.dropped_exchanges} oldest exchange(s) were left out of the prompt, to fit the "
-                "context window and the server's history limits." if fitted.dropped_exchanges else "")
+        dropped = turn.fitted.dropped_exchanges
+        body = (f"{dropped} oldest exchange(s) were left out of the prompt, to fit the "
+                "context window and the server's history limits." if dropped else "")
         yield [*display, *answered(), note(stats_title(stats) if stats else STOPPED, body)]
 
     def stop(self, request: gr.Request) -> None:
@@ -420,7 +400,10 @@ class Page:
 
     # --- files ---------------------------------------------------------------------------
     @staticmethod
-    def files(display: list, session: str) -> tuple[str, str]:
+    def files(display: list, session: str) -> tuple[str | None, str | None]:
+        """The chat as files to download; none without a session id (no folder of its own)."""
+        if not session:
+            return None, None
         return downloads.write_files(chat_messages(display) if display else [], session)
 
     # --- conversations ---------------------------------------------------------------------
@@ -725,38 +708,25 @@ class Page:
                  temperature: float = 0.0, top_p: float = 1.0, top_k: int = 50,
                  repetition_penalty: float = 1.0, seed: int | None = None,
                  system_prompt: str = "", request: gr.Request | None = None) -> Iterator[str]:
-        """Stream the answer to `message` after `history` ({role, content} messages). The
-        fair-use limits come first, so a refused call costs no tokenizing; an unexpected
-        error reaches a locked server's clients as a plain sentence, its details in the log."""
+        """Stream the answer to `message` after `history` ({role, content} messages), the
+        text so far with each update. A refusal or failure is a `gr.Error` with its text."""
         try:
-            ticket = self.admit(request)
-        except LimitReached as exc:
-            log.info("refused (%s limit): retry in %s s", exc.limit, exc.retry_after_s)
-            raise gr.Error(str(exc)) from None
-        with ticket:
-            try:
-                settings = self.settings(max_new_tokens, temperature, top_p, top_k, repetition_penalty,
-                                         seed, system_prompt)
-                fitted = self.backend.prepare(history or [], message, settings)
-                text = ""
-                with self.backend.start(fitted, settings) as answer:
-                    for chunk in answer:
-                        text += chunk
-                        yield text
-            except USER_ERRORS as exc:
-                raise gr.Error(str(exc)) from None
-            except Exception as exc:  # noqa: BLE001 - the client gets a sentence, the log the details
-                log.exception("API answer failed")
-                raise gr.Error(self.public_error(exc)) from None
+            settings = self.settings(max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed,
+                                     system_prompt)
+            with self.service.open(self.caller("/chat", request), history or [], message, settings) as turn:
+                yield from turn.texts(STREAM_INTERVAL_S)
+        except Exception as exc:  # noqa: BLE001 - the client gets the text errors.problem allows
+            raise gr.Error(self.problem(exc, "/chat").text) from None
 
     def api_door(self, request: gr.Request, *values: Any) -> tuple:
-        """/chat's check before the call is queued: a call a fair-use limit would refuse is
-        refused here, at once, instead of waiting its turn in the queue and holding up the
-        calls behind it (a flood's refusals would otherwise delay everyone)."""
+        """/chat's check before the call is queued: a client that already has an answer
+        (or its rate) used up is refused at once. `api_chat` still takes the ticket: a burst
+        that arrives all at once passes this check together and is refused there."""
+        caller = self.caller("/chat", request)
         try:
-            self.gate.check(*self.identify(request))
+            self.service.gate.check(caller.client, caller.session)
         except LimitReached as exc:
-            log.info("refused at the door (%s limit): retry in %s s", exc.limit, exc.retry_after_s)
+            log.info("/chat refused at the door (%s limit): retry in %s s", exc.limit, exc.retry_after_s)
             raise gr.Error(str(exc)) from None
         return tuple(gr.validate(True, "") for _ in values)
 
@@ -802,7 +772,7 @@ class Page:
                 gr.Markdown("### Model")
                 self.model_md = gr.Markdown(self.model_info(), elem_id="model-info")
                 # A remote engine (--engine openai) has nothing here to export, load or place on a device.
-                remote = bool(loaded and loaded.engine.remote)
+                remote = bool(loaded and loaded.engine.kind.remote)
                 with gr.Accordion("Export and load", open=False, visible=not (self.lock_settings or remote)):
                     self.model_box = gr.Textbox(
                         label="Model id or folder", value=loaded.exported.source if loaded else "",
@@ -825,8 +795,9 @@ class Page:
                                                   elem_id="export-all-layers")
                     self.device = gr.Dropdown([*available_devices(), "AUTO"], allow_custom_value=True,
                                               value=loaded.engine.device if loaded else "CPU", label="Device")
-                    self.engine = gr.Radio(list(ENGINES), value=loaded.engine.name if loaded else "genai",
-                                           label="Engine")
+                    self.engine = gr.Radio(list(LOCAL_ENGINES), value=loaded.engine.name if loaded else "genai",
+                                           label="Engine", info=" · ".join(f"{name}: {ENGINES[name].summary}"
+                                                                          for name in LOCAL_ENGINES))
                     self.prompt_lookup = gr.Checkbox(loaded.runtime.prompt_lookup if loaded else False,
                                                      label="Prompt lookup", elem_id="prompt-lookup",
                                                      info="genai only: answers that repeat the conversation "
@@ -900,7 +871,7 @@ class Page:
         controls = [self.message, self.send, self.stop_btn]
         sent = [self.message, self.chatbot, self.send, self.stop_btn]
         generate = dict(fn=self.respond, inputs=[self.chatbot, *gen], outputs=self.chatbot,
-                        concurrency_limit=self.concurrency_limit, concurrency_id="generate",
+                        concurrency_limit=self.service.places, concurrency_id="generate",
                         api_visibility="private", show_progress="hidden")
         shown = [getattr(self, name) for name in self.SHOWN]
         settle = dict(fn=self.settle, inputs=[self.chatbot, self.message, *gen],
@@ -1005,9 +976,10 @@ class Page:
             [self.export_log, self.model_md], concurrency_limit=1, concurrency_id="export",
             api_visibility="private",
         )
-        chat = gr.api(self.api_chat, api_name="chat", concurrency_limit=self.concurrency_limit,
+        chat = gr.api(self.api_chat, api_name="chat", concurrency_limit=self.service.places,
                       concurrency_id="generate")
-        # gr.api takes no validator; Gradio runs a function's validator before queueing it.
+        # A refusal before Gradio queues the call costs it nothing (no session state of its
+        # own); gr.api takes no validator, so it is set on the event as Gradio keeps it.
         demo.fns[chat["id"]].validator = self.api_door
 
     def replace_chat(self, request: gr.Request) -> None:
@@ -1017,7 +989,8 @@ class Page:
 
     def leave(self, request: gr.Request) -> None:
         """The tab closed: stop its answer, in case Gradio has not closed the generator yet."""
-        downloads.remove_files(request.session_hash)
+        if request.session_hash:
+            downloads.remove_files(request.session_hash)
         if self.sessions.forget(request.session_hash):
             log.info("page closed mid-answer: stopping it")
 

@@ -26,10 +26,10 @@ for name in ("GRADIO_ANALYTICS_ENABLED", "HF_HUB_DISABLE_TELEMETRY"):
 from bench.app_process import AppProcess  # noqa: E402
 from phi3ui.engines import Engine, load_engine  # noqa: E402
 from phi3ui.export import Exported, ensure_exported  # noqa: E402
-from phi3ui.settings import BUNDLED, ExportSettings, RuntimeSettings, cache_root  # noqa: E402
+from phi3ui.settings import BUNDLED, LOCAL_ENGINES, ExportSettings, RuntimeSettings, cache_root  # noqa: E402
 from tests.phi3_fixtures import make_phi3_tokenizer, make_tiny_phi3  # noqa: E402
 
-ENGINE_NAMES = ("genai", "optimum")
+ENGINE_NAMES = LOCAL_ENGINES
 TINY_PHI3_VERSION = "2"  # bump when phi3_fixtures changes what it builds
 
 

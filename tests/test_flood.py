@@ -19,13 +19,13 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
 from bench.app_process import AppProcess
+from bench.burst import Reply, ask_chat
 from phi3ui.settings import BUNDLED, cache_root
 
 # Requests a minute per client address. Lower than the public default (20) so the flood's
@@ -33,42 +33,8 @@ from phi3ui.settings import BUNDLED, cache_root
 # sends 9 requests in about 20 s, within its own bucket.
 RATE = 12
 NORMAL, FLOODER = "198.51.100.7", "203.0.113.66"
-QUESTION = "What is the capital of France?"
 FLOOD_THREADS = 4
 FLOOD_SECONDS = 30  # at most: the flood ends once the normal client is done
-DEFAULTS = [0.0, 1.0, 50, 1.0, None, ""]  # temperature, top-p, top-k, repetition penalty, seed, system prompt
-
-
-@dataclass
-class Reply:
-    text: str = ""
-    ttft_s: float | None = None
-    error: str | None = None
-
-
-def ask(http: httpx.Client, url: str, address: str, message: str = QUESTION, tokens: int = 16) -> Reply:
-    """One /chat call as a client behind a proxy; the stream read to its end."""
-    headers = {"X-Forwarded-For": address}
-    started = time.perf_counter()
-    joined = http.post(f"{url}gradio_api/call/chat", json={"data": [message, [], tokens, *DEFAULTS]}, headers=headers)
-    if joined.status_code != 200:
-        return Reply(error=f"HTTP {joined.status_code}: {joined.text}")
-    reply, kind = Reply(), ""
-    with http.stream("GET", f"{url}gradio_api/call/chat/{joined.json()['event_id']}", headers=headers) as stream:
-        for line in stream.iter_lines():
-            if line.startswith("event:"):
-                kind = line.removeprefix("event:").strip()
-            elif line.startswith("data:"):
-                data = json.loads(line.removeprefix("data:"))
-                if kind == "error":
-                    reply.error = str(data)
-                    break
-                if kind in ("generating", "complete") and data and data[0]:
-                    reply.text = data[0]
-                    reply.ttft_s = reply.ttft_s or time.perf_counter() - started
-                if kind == "complete":
-                    break
-    return reply
 
 
 def rss_mb(pid: int) -> float:
@@ -92,9 +58,8 @@ def app(bundled):
 @pytest.mark.server
 @pytest.mark.slow
 def test_a_flood_does_not_starve_another_client(app):
-    http = httpx.Client(timeout=60)
-    ask(http, app.url, NORMAL)  # warm-up: the first call does one-off work
-    alone = [ask(http, app.url, NORMAL) for _ in range(3)]
+    ask_chat(app.url, NORMAL)  # warm-up: the first call does one-off work
+    alone = [ask_chat(app.url, NORMAL) for _ in range(3)]
     assert all("Paris" in r.text for r in alone), alone
     ttft_alone = statistics.median(r.ttft_s for r in alone)
     rss_before = rss_mb(app.process.pid)
@@ -105,14 +70,13 @@ def test_a_flood_does_not_starve_another_client(app):
     lock = threading.Lock()
 
     def flooder() -> None:
-        with httpx.Client(timeout=60) as own:
-            while not stop.is_set():
-                try:
-                    reply = ask(own, app.url, FLOODER, "Tell me a story about a dragon.", 16)
-                except httpx.HTTPError as exc:
-                    reply = Reply(error=f"{type(exc).__name__}: {exc}")
-                with lock:
-                    flood.append(reply)
+        while not stop.is_set():
+            try:
+                reply = ask_chat(app.url, FLOODER, "Tell me a story about a dragon.", 16)
+            except httpx.HTTPError as exc:
+                reply = Reply(error=f"{type(exc).__name__}: {exc}")
+            with lock:
+                flood.append(reply)
 
     threads = [threading.Thread(target=flooder) for _ in range(FLOOD_THREADS)]
     started = time.monotonic()
@@ -129,7 +93,7 @@ def test_a_flood_does_not_starve_another_client(app):
         rss_drained = rss_mb(app.process.pid)  # after the answered burst, which fills KV cache pages
         during = []
         for _ in range(5):
-            during.append(ask(http, app.url, NORMAL))
+            during.append(ask_chat(app.url, NORMAL))
             time.sleep(1)
         flood_s = time.monotonic() - started
     finally:
@@ -173,6 +137,5 @@ def test_locked_server_shows_no_server_paths(app):
                 if c.get("props", {}).get("elem_id") == "model-info")
     assert "bundled" in info and cache not in info and "/" not in info.replace("tokens/s", "")
     assert cache not in config and cache not in httpx.get(app.url, timeout=30).text
-    with httpx.Client(timeout=60) as http:
-        refused = ask(http, app.url, "192.0.2.1", "hi", 5000)
+    refused = ask_chat(app.url, "192.0.2.1", "hi", 5000)
     assert refused.error and "between 1 and 1024" in refused.error and cache not in refused.error

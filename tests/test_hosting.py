@@ -78,7 +78,7 @@ def test_trust_remote_code_cannot_be_set_from_the_page():
     params = inspect.signature(Page.export_and_load).parameters
     assert not [name for name in params if "trust" in name or "remote" in name]
     seen = []
-    backend = SimpleNamespace(loaded=None, load=lambda model, export, runtime, progress=None: seen.append(export))
+    backend = SimpleNamespace(loaded=None, concurrency=1, load=lambda model, export, runtime, progress=None: seen.append(export))
     page = Page(backend)  # type: ignore[arg-type]
     args = {"model": "someone/model", "weight_format": "int4", "group_size": 128, "ratio": 0.6,
             "sym": True, "all_layers": False, "device": "CPU", "engine": "genai", "prompt_lookup": False}
@@ -93,7 +93,7 @@ def test_locked_page_refuses_to_export():
 
     from phi3ui.ui import Page
 
-    backend = SimpleNamespace(loaded=None, load=lambda *a, **k: pytest.fail("locked page loaded a model"))
+    backend = SimpleNamespace(loaded=None, concurrency=1, load=lambda *a, **k: pytest.fail("locked page loaded a model"))
     page = Page(backend, lock_settings=True)  # type: ignore[arg-type]
     with pytest.raises(gr.Error, match="locked"):
         next(page.export_and_load("bundled", "int4", 64, 0.6, True, False, "CPU", "genai", False))
@@ -104,7 +104,7 @@ def test_page_refuses_prompt_lookup_on_the_optimum_engine_before_loading():
 
     from phi3ui.ui import Page
 
-    backend = SimpleNamespace(loaded=None, load=lambda *a, **k: pytest.fail("an impossible runtime was loaded"))
+    backend = SimpleNamespace(loaded=None, concurrency=1, load=lambda *a, **k: pytest.fail("an impossible runtime was loaded"))
     page = Page(backend)  # type: ignore[arg-type]
     with pytest.raises(gr.Error, match="Prompt lookup needs the genai engine"):
         next(page.export_and_load("bundled", "int4", 64, 0.6, True, False, "CPU", "optimum", True))

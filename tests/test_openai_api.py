@@ -332,6 +332,15 @@ def test_in_process_a_locked_server_keeps_the_remotes_words_to_its_log(caplog) -
     assert response.status_code == 400 and "maximum context length" in response.text
 
 
+def chat_scope(data: bytes) -> dict:
+    """The ASGI scope of a chat completion POST from 127.0.0.1, for driving the app by hand."""
+    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+            "scheme": "http", "path": "/chat/completions", "raw_path": b"/chat/completions", "query_string": b"",
+            "root_path": "", "headers": [(b"host", b"127.0.0.1:7860"), (b"content-type", b"application/json"),
+                                         (b"content-length", str(len(data)).encode())],
+            "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 7860)}
+
+
 def test_in_process_a_client_that_leaves_before_the_first_token_stops_the_answer() -> None:
     """The wait for a (remote's) first token happens before the 200, watched for a disconnect."""
     class SlowFirst(FakeBackend):
@@ -350,11 +359,7 @@ def test_in_process_a_client_that_leaves_before_the_first_token_stops_the_answer
     backend = SlowFirst([])
     app = OpenAIApi(backend).app()
     data = json.dumps(body(stream=True)).encode()
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-             "scheme": "http", "path": "/chat/completions", "raw_path": b"/chat/completions", "query_string": b"",
-             "root_path": "", "headers": [(b"host", b"127.0.0.1:7860"), (b"content-type", b"application/json"),
-                                          (b"content-length", str(len(data)).encode())],
-             "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 7860)}
+    scope = chat_scope(data)
 
     async def run() -> float:
         sent = iter([{"type": "http.request", "body": data, "more_body": False}])
@@ -663,3 +668,40 @@ def test_a_server_open_to_the_network_without_a_key_serves_no_v1(bundled) -> Non
         assert httpx.get(app.url, timeout=30).status_code == 200  # the page is served as before
     finally:
         app.stop()
+
+
+def test_in_process_a_cancelled_request_gives_its_place_back() -> None:
+    """A request cancelled while it waits for its first chunk (a timeout or a shutdown in
+    front of the app, not a disconnect) releases its fair-use ticket and place in line."""
+    class NeverFirst(FakeBackend):
+        def produce(self, stop):
+            self.started = True
+            stop.wait(10)
+            self.closed = True
+            return Stats(5, 0, 0.0, 0.0, 0.3, stopped=True)
+            yield
+
+    backend, gate = NeverFirst([]), Gate(FairUse(rate_per_minute=100))
+    app = OpenAIApi(backend, gate=gate).app()
+    data = json.dumps(body(stream=True)).encode()
+    scope = chat_scope(data)
+
+    async def run() -> None:
+        sent = iter([{"type": "http.request", "body": data, "more_body": False}])
+
+        async def receive() -> dict:
+            try:
+                return next(sent)
+            except StopIteration:
+                await anyio.sleep_forever()
+
+        async def send(message: dict) -> None:
+            pass
+
+        with anyio.move_on_after(0.5):
+            await app(scope, receive, send)
+
+    with ThreadPoolExecutor(1) as pool:  # a thread of its own: see the test above
+        pool.submit(anyio.run, run).result()
+    assert backend.started and backend.closed
+    gate.admit("127.0.0.1", None).release()  # LimitReached if the cancelled request kept its ticket

@@ -24,6 +24,7 @@ class FakeBackend:
     started never starts, and a Stop ends it before the next chunk."""
 
     limits = Limits()
+    concurrency = 1
     engine = SimpleNamespace(render=lambda messages: "".join(m["content"] for m in messages), count_tokens=len,
                              context_window=100, system_ok=True, remote=False, notices=())
 

@@ -16,7 +16,7 @@ from phi3ui.display import shown
 from phi3ui.errors import MODEL_FAILED
 from phi3ui.export import Exported
 from phi3ui.fairness import FairUse, Gate
-from phi3ui.settings import BUNDLED_EXPORT, Limits
+from phi3ui.settings import BUNDLED_EXPORT, ENGINES, Limits
 from phi3ui.ui import Page
 from tests.test_page import ASKED, GEN, FakeBackend
 
@@ -38,8 +38,9 @@ class Backend(FakeBackend):
     def __init__(self, *args, cap: int = 4096, **kwargs):
         super().__init__(*args, **kwargs)
         self.limits = Limits(max_new_tokens=cap)
-        engine = SimpleNamespace(context_window=8192, label="openvino-genai", device="CPU", name="genai", remote=False,
-                                 notices=())
+        engine = SimpleNamespace(context_window=8192, label="openvino-genai", device="CPU", name="genai",
+                                 kind=ENGINES["genai"], notices=(), describe=lambda where=True: "genai engine on CPU",
+                                 window_text=lambda cap=0: "8192-token window")
         self.loaded = Loaded(engine, Exported(Path(SECRET_PATH).parent, "bundled", BUNDLED_EXPORT, cached=True),
                              SimpleNamespace(engine="genai", prompt_lookup=False), ())
 

@@ -32,13 +32,11 @@ from playwright.sync_api import Page, expect
 from bench.app_process import AppProcess, free_port
 from phi3ui.chat import ChatBackend
 from phi3ui.errors import public_error
+from phi3ui.openai_wire import Tally, chat_body, events
 from phi3ui.remote_engine import (
     MessagesPrompt,
     RemoteError,
-    Tally,
     TokenEstimate,
-    chat_body,
-    events,
     http_failure,
     transport_failure,
 )
@@ -58,11 +56,11 @@ LEFT = "/v1 answer stopped (the client went away)"
 # --- without a server --------------------------------------------------------------------------
 def test_a_conversation_goes_out_as_messages_with_openais_fields() -> None:
     prompt = MessagesPrompt.of([{"role": "system", "content": "Be brief."}, *ASK])
-    greedy = chat_body(prompt, GenerationSettings(max_new_tokens=32, stop=("\n\n",), top_k=7, seed=3), "bundled")
+    greedy = chat_body(prompt.as_json(), GenerationSettings(max_new_tokens=32, stop=("\n\n",), top_k=7, seed=3), "bundled")
     assert greedy == {"model": "bundled", "messages": [{"role": "system", "content": "Be brief."}, *ASK],
                       "stream": True, "stream_options": {"include_usage": True}, "max_tokens": 32,
                       "temperature": 0.0, "stop": ["\n\n"]}
-    sampled = chat_body(prompt, GenerationSettings(temperature=0.7, top_p=0.9, seed=5), "m")
+    sampled = chat_body(prompt.as_json(), GenerationSettings(temperature=0.7, top_p=0.9, seed=5), "m")
     assert (sampled["temperature"], sampled["top_p"], sampled["seed"]) == (0.7, 0.9, 5)
     assert "top_k" not in sampled and "repetition_penalty" not in sampled  # not OpenAI's fields
 
@@ -339,6 +337,24 @@ def test_the_hosts_context_window_is_kept_and_shown_over_the_remotes(scripted) -
     flagged = remote.backend(model="b")  # a JSON true is no window
     assert flagged.engine.context_window == 4096 and "(assumed)" in flagged.loaded.describe()
     flagged.engine.close()
+
+
+def test_a_hosts_context_window_above_the_remotes_is_cut_to_the_remotes(scripted) -> None:
+    """Known at the start, it is refused like a cap above a local model's; learnt later
+    (the remote was down), prompts are fitted to the remote's window, not sent to its 400."""
+    remote = scripted(models=[{"id": "m", "object": "model", "context_window": 2048}])
+    with pytest.raises(SettingsError, match="larger than the model's own 2048"):
+        remote.backend(limits=Limits(context_window=4096))
+    remote.fail_models = 1
+    backend = remote.backend(limits=Limits(context_window=4096))
+    engine = backend.engine
+    assert engine.context_window == 4096 and "(--context-window)" in backend.loaded.describe()
+    engine.RETRY_S = 0  # type: ignore[misc]
+    assert backend.reply([], QUESTION, GenerationSettings(max_new_tokens=8)).text() == "Paris"
+    assert engine.context_window == 2048 and engine.reported_window == 2048
+    assert backend.prepare([], QUESTION, GenerationSettings(max_new_tokens=8)).window == 2048
+    assert "2048-token window (the remote's; --context-window 4096 is above it)" in backend.loaded.describe()
+    engine.close()
 
 
 # --- an engine process and a front end in front of it ------------------------------------------

@@ -86,3 +86,41 @@ def test_many_threads_at_once_leave_consistent_state() -> None:
     for thread in threads:
         thread.join()
     assert all(sessions.stop(f"s{i}") is False for i in range(10))  # nothing left attached
+
+
+def test_stops_from_many_ids_keep_at_most_max_sessions() -> None:
+    sessions = Sessions(max_sessions=50)
+    for i in range(100_000):
+        sessions.stop(f"raw-{i}")
+    assert sessions.tracked() <= 50
+    assert Sessions().max_sessions == 10_000
+
+
+def test_a_session_with_an_answer_in_flight_survives_eviction() -> None:
+    sessions, answer = Sessions(max_sessions=3), idle_answer()
+    sessions.begin_turn("busy")
+    sessions.attach("busy", answer)
+    for i in range(1_000):
+        sessions.stop(f"raw-{i}")
+    assert sessions.tracked() <= 3
+    assert sessions.stop("busy") is True and answer.stopped
+    sessions.detach("busy", answer)
+
+
+def test_an_early_stop_for_a_recent_session_applies_when_its_answer_attaches() -> None:
+    sessions, answer = Sessions(max_sessions=3), idle_answer()
+    sessions.stop("old")
+    sessions.stop("s")
+    sessions.stop("other")
+    sessions.stop("old")  # now the most recently used
+    sessions.stop("newest")  # evicts "s"
+    sessions.attach("old", answer)
+    assert answer.stopped
+
+
+def test_eviction_keeps_the_chat_number_of_recent_sessions() -> None:
+    sessions = Sessions(max_sessions=2)
+    sessions.replace_chat("s")
+    chat = sessions.chat_number("s")
+    sessions.stop("raw-1")
+    assert sessions.is_current("s", chat) and sessions.ever_replaced("s")

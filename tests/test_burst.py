@@ -1,0 +1,96 @@
+"""A burst from one client cannot hold a public server: the real app on the bundled model,
+started as a Space starts it and with the defaults `--share` gives, over loopback.
+
+One or two flooders send 10 long requests each at once, through `/chat` (raw HTTP) or `/v1`
+(the `openai` client); once the flood is answering, a newcomer asks a short question. What
+is checked is what a visitor sees, not seconds (bench/burst.py measures those):
+- the newcomer gets an answer, not a refusal, and its first text comes while a flooder's
+  answer is still being written (it did not wait for a whole answer);
+- each flooder gets one answer, and clear "one answer at a time" refusals for the rest;
+- the server stays up, its memory flat over repeated bursts.
+"""
+
+from __future__ import annotations
+
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from bench import burst as b
+from phi3ui import server
+from phi3ui.fairness import PUBLIC_CONCURRENCY, PUBLIC_RATE_PER_MINUTE
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+RSS: dict[str, list[float]] = {}
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+@pytest.fixture(scope="module", params=list(b.SETUPS))
+def app(request, bundled):
+    app = b.start(request.param)
+    app.setup = request.param
+    yield app
+    app.stop()
+
+
+@pytest.fixture(scope="module")
+def alone(app) -> dict[str, float]:
+    return {"/chat": b.alone(b.ask_chat, app.url, runs=1), "/v1": b.alone(b.ask_v1, app.url, runs=1)}
+
+
+def check(run: b.Burst, app) -> None:
+    newcomer, answered = run.newcomer, run.answered()
+    print(f"\n{app.setup} {run.door} x{run.flooders}: newcomer {newcomer.ttft_s} s (alone {run.alone_s:.2f} s), "
+          f"flood answered {len(answered)}, refused {len(run.refused())}")
+    assert newcomer.error is None and "Paris" in newcomer.text, newcomer
+    # One answer per flooder, the rest refused at the door, saying why.
+    assert len(answered) == run.flooders, [r.error for r in run.flood]
+    assert all("One answer at a time" in (r.error or "") for r in run.refused()), [r.error for r in run.refused()]
+    # The newcomer did not wait for a whole answer: its first text came while one was still written.
+    assert newcomer.first is not None and newcomer.first < max(r.ended for r in answered)
+    assert app.process.poll() is None and urllib.request.urlopen(app.url, timeout=10).status == 200
+    RSS.setdefault(app.setup, []).append(rss_mb(app.process.pid))
+
+
+def test_public_defaults_batch_so_a_newcomer_finds_a_free_slot(monkeypatch) -> None:
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    for flags in (["--share"], ["--auth", "a:b"]):
+        args = server.parse_args(flags)
+        assert args.concurrency == PUBLIC_CONCURRENCY
+    assert server.parse_args(["--share"]).rate_limit == PUBLIC_RATE_PER_MINUTE
+    assert server.parse_args([]).concurrency == 1  # one's own machine: one answer at a time is fastest
+    assert server.parse_args(["--share", "--concurrency", "1"]).concurrency == 1  # the host decides
+    monkeypatch.setenv("SPACE_ID", "someone/phi3ui")
+    args = server.parse_args([])
+    assert (args.concurrency, args.rate_limit, args.trust_proxy) == (PUBLIC_CONCURRENCY, PUBLIC_RATE_PER_MINUTE, True)
+    # bench.burst's "share" setup is what --share resolves to, plus --trust-proxy to tell loopback clients apart
+    share_args, _ = b.SETUPS["share"]
+    assert share_args[share_args.index("--concurrency") + 1] == str(PUBLIC_CONCURRENCY)
+    assert share_args[share_args.index("--rate-limit") + 1] == str(PUBLIC_RATE_PER_MINUTE)
+
+
+def test_one_client_bursting_chat(app, alone) -> None:
+    check(b.burst(b.ask_chat, app.url, "/chat", 1, alone["/chat"]), app)
+
+
+def test_one_client_bursting_v1(app, alone) -> None:
+    check(b.burst(b.ask_v1, app.url, "/v1", 1, alone["/v1"]), app)
+
+
+def test_two_clients_bursting_v1(app, alone) -> None:
+    check(b.burst(b.ask_v1, app.url, "/v1", 2, alone["/v1"]), app)
+
+
+def test_memory_stays_flat_over_bursts(app, alone) -> None:
+    """A fourth burst after the three above: the KV cache pages and the server's
+    bookkeeping are in place by now, so what grows is per-request growth."""
+    check(b.burst(b.ask_chat, app.url, "/chat", 1, alone["/chat"]), app)
+    seen = RSS[app.setup]
+    assert len(seen) >= 2 and seen[-1] - seen[-2] < 64, f"RSS {seen} MB"
