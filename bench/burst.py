@@ -175,7 +175,7 @@ def burst(ask: Ask, url: str, door: str, flooders: int, alone_s: float) -> Burst
 
 SETUPS: dict[str, tuple[list[str], dict]] = {
     "spaces": ([], {"SPACE_ID": "phi3ui/burst", "PHI3UI_API_KEY": KEY}),
-    "share": (["--rate-limit", "20", "--concurrency", "4", "--trust-proxy", "--lock-settings"],
+    "share": (["--rate-limit", "20", "--concurrency", "4", "--trust-proxy"],
               {"PHI3UI_API_KEY": KEY}),
 }
 

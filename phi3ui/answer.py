@@ -59,9 +59,13 @@ class Answer:
         self._reader: Generator[str, None, None] | None = None
         self._guard = threading.Lock()
         self.stats: Stats | None = None  # set once the last chunk has come
+        self.stopped_because = ""
 
-    def stop(self) -> None:
-        """End the answer within about a token, keeping what was generated."""
+    def stop(self, why: str = "Stop") -> None:
+        """End the answer within about a token, keeping what was generated. `why` is for the
+        log; the first reason given is kept."""
+        if not self._stop.is_set():
+            self.stopped_because = why
         self._stop.set()
 
     @property
@@ -104,7 +108,7 @@ class Answer:
     def close(self) -> None:
         """Stop the answer and wait until its generation has ended. Call it from the thread
         that reads the answer (a generator cannot be closed from another thread)."""
-        self.stop()
+        self.stop("its reader left")
         if self._reader is not None:
             self._reader.close()
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from . import prompt as prompts
 from . import window as window_policy
 from .answer import Answer
-from .engine import ChatEngine
+from .engine import AnswerEngine
 from .engines import load_engine
 from .errors import ModelNotLoaded, SystemPromptLocked
 from .export import (
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 class Loaded:
     """The model in memory, how it got there, and anything the user should be told."""
 
-    engine: ChatEngine
+    engine: AnswerEngine
     exported: Exported
     runtime: RuntimeSettings
     start_notices: tuple[str, ...] = ()  # from loading (a fallback, the device)
@@ -192,7 +192,7 @@ class ChatBackend:
         progress(f"Loading failed; back on {self.loaded.describe()}")
 
     @property
-    def engine(self) -> ChatEngine:
+    def engine(self) -> AnswerEngine:
         if self.loaded is None:
             raise ModelNotLoaded("No model is loaded yet; try again in a moment.")
         return self.loaded.engine

@@ -23,7 +23,13 @@ from typing import Any, ClassVar
 from . import prompt as prompts
 from .answer import Answer, Stats
 from .pump import pump
-from .settings import EngineKind, GenerationSettings, RuntimeSettings, SettingsError, cache_root
+from .settings import (
+    EngineKind,
+    GenerationSettings,
+    RuntimeSettings,
+    SettingsError,
+    cache_root,
+)
 from .structured import Prompt, encode_prompt, render_prompt, split_text_encoder
 
 Emit = Callable[[str], None]
@@ -159,6 +165,7 @@ class Slots:
     def __init__(self, count: int):
         if count < 1:
             raise SettingsError(f"Concurrency must be at least 1, not {count}.")
+        self.count = count
         self.free = count
         self._line: deque[threading.Event] = deque()
         self._changed = threading.Condition()
@@ -211,6 +218,7 @@ class AnswerEngine(ABC):
     kind: ClassVar[EngineKind]
     notices: tuple[str, ...] = ()  # what the page says about the engine's state now (a remote's change)
     model_name: str = ""  # the remote's model name; a local model is named by its export
+    unavailable: str = ""  # why the engine cannot answer now, as far as it knows ("" when it can)
     device_warning: str | None = None
     prompt_lookup: bool = False
     context_window: int  # the most tokens a prompt and its answer may take
@@ -302,7 +310,6 @@ class AnswerEngine(ABC):
         )
 
 
-ChatEngine = AnswerEngine  # what ChatBackend, the page and /v1 hold: a local or a remote engine
 
 
 class Engine(AnswerEngine):

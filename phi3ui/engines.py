@@ -18,7 +18,8 @@ from .settings import LOCAL_ENGINES, RuntimeSettings, SettingsError
 
 CLASSES: dict[str, type[Engine]] = {engine.kind.name: engine for engine in (GenAIEngine, OptimumEngine)}
 BATCHING: dict[str, type[Engine]] = {BatchingEngine.kind.name: BatchingEngine}  # for kinds that batch
-assert set(CLASSES) == set(LOCAL_ENGINES), "every local engine kind has a class"
+if set(CLASSES) != set(LOCAL_ENGINES):
+    raise ImportError(f"Engine kinds without a class: {set(LOCAL_ENGINES) ^ set(CLASSES)}")
 
 __all__ = ["CLASSES", "Engine", "available_devices", "load_engine", "resolve_device"]
 

@@ -19,7 +19,6 @@ from .settings import SettingsError
 
 # What a locked server's visitors read when the model fails (the log has the details).
 MODEL_FAILED = "The model could not finish this answer. The details are in the server's log."
-LOADING_RETRY_S = 5  # suggested wait when the server is full or has no model yet
 log = logging.getLogger(__name__)
 
 
@@ -54,7 +53,8 @@ class SystemPromptLocked(SettingsError):
 
 @dataclass(frozen=True)
 class Problem:
-    """How a failure is told: `text` is what the visitor may read."""
+    """How a failure is told: `text` is what the visitor may read; `refused`: the request was
+    turned away (the visitor's to change or retry), not failed."""
 
     status: int
     code: str | None
@@ -62,24 +62,24 @@ class Problem:
     kind: str = "invalid_request_error"  # OpenAI's error type
     param: str | None = None
     retry_after_s: float | None = None
-
-    @property
-    def refused(self) -> bool:
-        """The request was turned away (the visitor's to change or retry), not failed."""
-        return self.status < 500 or self.code in ("server_busy", "model_not_loaded")
+    refused: bool = True
 
 
-# Exception → status, code, OpenAI error type, the request field it concerns. First match wins,
-# so subclasses come before their bases. The exception's own text is written for visitors.
-TABLE: tuple[tuple[type[BaseException], int, str | None, str, str | None], ...] = (
-    (ServerBusy, 503, "server_busy", "server_error", None),
-    (ModelNotLoaded, 503, "model_not_loaded", "server_error", None),
-    (SystemPromptLocked, 400, "system_prompt_locked", "invalid_request_error", "messages"),
-    (MessageTooLong, 400, "context_length_exceeded", "invalid_request_error", "messages"),
-    (PromptError, 400, None, "invalid_request_error", "messages"),
-    (SettingsError, 400, None, "invalid_request_error", None),
-    (ExportError, 400, None, "invalid_request_error", None),
+RETRY_S = 5  # suggested wait when the server is full or has no model yet
+# Exception → status, code, OpenAI error type, the request field it concerns, retry-after.
+# First match wins, so subclasses come before their bases. Each exception's own text is
+# written for visitors; all of these are refusals.
+TABLE: tuple[tuple[type[BaseException], int, str | None, str, str | None, float | None], ...] = (
+    (ServerBusy, 503, "server_busy", "server_error", None, RETRY_S),
+    (ModelNotLoaded, 503, "model_not_loaded", "server_error", None, RETRY_S),
+    (SystemPromptLocked, 400, "system_prompt_locked", "invalid_request_error", "messages", None),
+    (MessageTooLong, 400, "context_length_exceeded", "invalid_request_error", "messages", None),
+    (PromptError, 400, None, "invalid_request_error", "messages", None),
+    (SettingsError, 400, None, "invalid_request_error", None, None),
+    (ExportError, 400, None, "invalid_request_error", None, None),
 )
+# A remote engine's statuses that say "not now" or "not this request" rather than "broken".
+REMOTE_REFUSALS = (400, 429, 503)
 
 
 def problem(exc: BaseException, locked: bool) -> Problem:
@@ -88,23 +88,23 @@ def problem(exc: BaseException, locked: bool) -> Problem:
     if isinstance(exc, LimitReached):
         code = "rate_limit_exceeded" if exc.limit == "rate" else "one_at_a_time"
         return Problem(429, code, str(exc), "rate_limit_error", retry_after_s=exc.retry_after_s)
-    for kind, status, code, error_type, param in TABLE:
+    for kind, status, code, error_type, param, retry in TABLE:
         if isinstance(exc, kind):
-            retry = LOADING_RETRY_S if status == 503 else None
             return Problem(status, code, str(exc), error_type, param, retry)
     if isinstance(exc, RemoteError):
         error_type = "invalid_request_error" if exc.status == 400 else "server_error"
-        return Problem(exc.status, exc.code, public_error(exc, locked), error_type, retry_after_s=exc.retry_after_s)
-    return Problem(500, "model_failed", public_error(exc, locked), "server_error")
+        return Problem(exc.status, exc.code, public_error(exc, locked), error_type, retry_after_s=exc.retry_after_s,
+                       refused=exc.status in REMOTE_REFUSALS)
+    return Problem(500, "model_failed", public_error(exc, locked), "server_error", refused=False)
 
 
 def report(exc: BaseException, locked: bool, door: str) -> Problem:
     """`problem`, with a failure's details logged (a refusal was logged where it was made)."""
     told = problem(exc, locked)
-    if not told.refused:
+    if isinstance(exc, RemoteError):  # the remote's own words; its traceback says nothing
+        log.warning("%s answer failed on the remote engine: %s", door, exc)
+    elif not told.refused:
         log.error("%s answer failed", door, exc_info=exc)
-    elif isinstance(exc, RemoteError):
-        log.warning("%s answer refused by the remote engine: %s", door, exc)
     return told
 
 

@@ -39,10 +39,10 @@ BUSY_RETRY_S = 2  # suggested wait after "one answer at a time": an answer's len
 PUBLIC_CONCURRENCY = 4
 
 
-def default_rate_limit(share: bool, spaces: bool) -> int:
-    """Requests per minute per client: on for public links and Spaces, off on one's own
-    machine (where parallel API clients from one address are the owner's own)."""
-    return PUBLIC_RATE_PER_MINUTE if share or spaces else 0
+def default_rate_limit(public: bool) -> int:
+    """Requests per minute per client: on for a public server (`--share`, `--auth`, a Space),
+    off on one's own machine (where parallel API clients from one address are the owner's own)."""
+    return PUBLIC_RATE_PER_MINUTE if public else 0
 
 
 def default_concurrency(public: bool) -> int:

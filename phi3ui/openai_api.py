@@ -41,10 +41,10 @@ from starlette.types import Receive
 
 from . import prompt as prompts
 from .chat import ChatBackend, Loaded
-from .fairness import Gate, client_address
+from .errors import ModelNotLoaded, report
+from .fairness import client_address
 from .openai_wire import DONE, Completion, finish_reason, sse, usage
 from .pump import pump
-from .errors import report
 from .service import LEFT, Caller, ChatService, Turn
 from .settings import GenerationSettings, Limits, SettingsError, stop_strings
 
@@ -156,16 +156,16 @@ class Access:
             "open to this machine without a key"
         return f"OpenAI API: {url}, {who}."
 
-    def check(self, authorization: str | None, host: str | None = None) -> None:
+    def check(self, authorization: str | None, host: str | None = None, what: str = "The OpenAI API") -> None:
         """Refuse a request this server may not answer: 403 when /v1 is off or, without a key,
         when the request names a Host that is not loopback (DNS rebinding); 401 without the key."""
         if self.off_because:
-            raise ApiError(403, "The OpenAI API is off on this server: it can be reached beyond its own machine "
+            raise ApiError(403, f"{what} is off on this server: it can be reached beyond its own machine "
                                 f"and has no API key. {KEY_HINT}", code="api_disabled", kind="permission_error")
         if self.key is None:
             if not is_loopback(host_of(host or "")):
-                raise ApiError(403, "Without an API key, this server's OpenAI API answers only requests addressed "
-                                    "to localhost, 127.0.0.1 or [::1] (the Host header). " + KEY_HINT,
+                raise ApiError(403, f"{what} answers only requests addressed to localhost, 127.0.0.1 or [::1] "
+                                    "(the Host header) on a server without an API key. " + KEY_HINT,
                                code="host_not_allowed", kind="permission_error")
             return
         scheme, _, token = (authorization or "").strip().partition(" ")
@@ -304,12 +304,6 @@ def parse_chat(body: object, limits: Limits) -> ChatCall:
                     include_usage=bool(request.stream_options and request.stream_options.include_usage))
 
 
-def model_id(loaded: Loaded) -> str:
-    """The loaded model's name: what `--model` named, a local folder by its name only; on a
-    remote engine, the remote's model name ("" while the remote has not said it yet)."""
-    return loaded.model_name()
-
-
 # --- answering --------------------------------------------------------------------------
 class Reading:
     """A `Turn`'s answer, read in a thread of its own (`pump`) and handed out chunk by chunk
@@ -320,7 +314,7 @@ class Reading:
     def __init__(self, turn: Turn, limiter: anyio.CapacityLimiter):
         self.turn = turn
         self._limiter = limiter
-        self._chunks = pump(self._read, abandon=turn.stop, name="openai-answer")
+        self._chunks = pump(self._read, abandon=self.stop, name="openai-answer")
         self._lock = threading.Lock()  # one call into the pump at a time
         self._closed = False
 
@@ -370,21 +364,21 @@ async def until_disconnected(receive: Receive) -> None:
 
 @dataclass
 class OpenAIApi:
-    """The /v1 app around the page's backend and fair-use gate."""
+    """The /v1 app around the page's backend and its way in for answers."""
 
     backend: ChatBackend
-    gate: Gate = field(default_factory=Gate)
     access: Access = field(default_factory=Access)
     lock_settings: bool = False  # visitors read no exception text (the log has it)
     trust_proxy: bool = False  # the client is the first X-Forwarded-For entry
-    # The one way in for answers, shared with the page (its line and gate); made from `gate` if not given.
+    # The one way in for answers, with the fair-use limits, shared with the page; a default one
+    # (no per-client limits) when not given.
     service: ChatService | None = None
     created: int = field(default_factory=lambda: int(time.time()))
     _limiter: anyio.CapacityLimiter = field(init=False)
 
     def __post_init__(self) -> None:
         if self.service is None:
-            self.service = ChatService(self.backend, self.gate)
+            self.service = ChatService(self.backend)
         # Each answer's reader waits for its next chunk in a worker thread, and its close may
         # need one more: threads of their own, so the page's are never taken.
         self._limiter = anyio.CapacityLimiter(2 * self.service.places)
@@ -426,14 +420,13 @@ class OpenAIApi:
     def loaded(self) -> Loaded:
         loaded = self.backend.loaded
         if loaded is None:
-            raise ApiError(503, "No model is loaded yet; try again in a moment.", code="model_not_loaded",
-                           kind="server_error", retry_after_s=5)
+            raise self.error(ModelNotLoaded("No model is loaded yet; try again in a moment."))
         return loaded
 
     def card(self, loaded: Loaded) -> dict:
         """The model, with the context window prompts are fitted to (a front end with
         `--engine openai` reads it; OpenAI's own cards have no such field)."""
-        return {"id": model_id(loaded), "object": "model", "created": self.created, "owned_by": "phi3ui",
+        return {"id": loaded.model_name(), "object": "model", "created": self.created, "owned_by": "phi3ui",
                 "context_window": self.backend.limits.window(loaded.engine.context_window)}
 
     def caller(self, request: Request) -> Caller:
@@ -454,11 +447,12 @@ class OpenAIApi:
 
     async def chat_completions(self, request: Request) -> Response:
         call = parse_chat(await read_json(request), self.backend.limits)
-        current = model_id(self.loaded())
+        current = self.loaded().model_name()
         if current and call.model != current:
             raise ApiError(404, f"The model `{call.model}` does not exist here; this server serves `{current}` "
                                 f"(see {PREFIX}/models).", "model", code="model_not_found")
         try:
+            self.backend.host_prompt.system_for(call.system)  # before the door: a 400 costs no ticket
             turn = self.service.admit(self.caller(request))
         except Exception as exc:  # noqa: BLE001 - refused at the door: errors.problem says how
             raise self.error(exc) from None
@@ -522,20 +516,23 @@ class OpenAIApi:
         """The answer as server-sent events: the role, text deltas, the finish reason, usage
         if asked for, then [DONE]. A failure midway is an error event instead. `first` is a
         chunk already read before the 200."""
-        yield sse(completion.chunk({"role": "assistant", "content": ""}, with_usage=call.include_usage))
         try:
-            if first:
-                yield sse(completion.chunk({"content": first}, with_usage=call.include_usage))
-            async for text in reading.texts():
-                yield sse(completion.chunk({"content": text}, with_usage=call.include_usage))
-        except Exception as exc:  # noqa: BLE001 - the client gets what errors.problem allows
-            yield sse(self.error(exc).body())
-            return
-        stats = reading.turn.stats
-        yield sse(completion.chunk({}, finish_reason(stats), with_usage=call.include_usage))
-        if call.include_usage:
-            yield sse(completion.usage_chunk(usage(stats, reading.turn.prompt_tokens)))
-        yield DONE
+            yield sse(completion.chunk({"role": "assistant", "content": ""}, with_usage=call.include_usage))
+            try:
+                if first:
+                    yield sse(completion.chunk({"content": first}, with_usage=call.include_usage))
+                async for text in reading.texts():
+                    yield sse(completion.chunk({"content": text}, with_usage=call.include_usage))
+            except Exception as exc:  # noqa: BLE001 - the client gets what errors.problem allows
+                yield sse(self.error(exc).body())
+                return
+            stats = reading.turn.stats
+            yield sse(completion.chunk({}, finish_reason(stats), with_usage=call.include_usage))
+            if call.include_usage:
+                yield sse(completion.usage_chunk(usage(stats, reading.turn.prompt_tokens)))
+            yield DONE
+        finally:  # however the stream ends, also cancelled between two events
+            await reading.aclose()
 
 
 async def read_json(request: Request) -> object:

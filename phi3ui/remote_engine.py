@@ -255,6 +255,10 @@ class RemoteEngine(AnswerEngine):
         return f"{window}-token window"
 
     @property
+    def unavailable(self) -> str:
+        return f"The remote engine could not be reached: {self.failure}" if self.failure else ""
+
+    @property
     def notices(self) -> tuple[str, ...]:
         """What the page tells about the remote now (not frozen at start)."""
         notices = []

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .chat import ChatBackend, HostPrompt
+from .export import ExportError, add_export_arguments, settings_from_args
 from .fairness import (
     LOCKED_MAX_NEW_TOKENS,
     PUBLIC_CONCURRENCY,
@@ -22,9 +23,16 @@ from .fairness import (
     default_max_new_tokens_cap,
     default_rate_limit,
 )
-from .export import ExportError, add_export_arguments, settings_from_args
 from .service import ChatService
-from .settings import DEFAULT_MODEL, ENGINES, REMOTE_ENGINE, Limits, RemoteSettings, RuntimeSettings, SettingsError
+from .settings import (
+    DEFAULT_MODEL,
+    ENGINES,
+    REMOTE_ENGINE,
+    Limits,
+    RemoteSettings,
+    RuntimeSettings,
+    SettingsError,
+)
 
 log = logging.getLogger("phi3ui")
 
@@ -99,8 +107,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "only says one is in force) [PHI3UI_SHOW_SYSTEM_PROMPT]")
     parser.add_argument("--rate-limit", type=int, default=_env("PHI3UI_RATE_LIMIT", None),
                         help="requests a minute one client address may send; also at most one answer at a "
-                             f"time per address. 0 = off; default {PUBLIC_RATE_PER_MINUTE} with --share or on "
-                             "Spaces, otherwise off [PHI3UI_RATE_LIMIT]")
+                             f"time per address. 0 = off; default {PUBLIC_RATE_PER_MINUTE} on a public server (--share, "
+                             "--auth, "
+                             "Spaces), otherwise off [PHI3UI_RATE_LIMIT]")
     parser.add_argument("--max-new-tokens-cap", type=int, default=_env("PHI3UI_MAX_NEW_TOKENS_CAP", None),
                         help="most new tokens a request may ask for; more is refused. Default "
                              f"{LOCKED_MAX_NEW_TOKENS} with --lock-settings, otherwise {Limits.max_new_tokens} "
@@ -116,10 +125,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "the proxy's (default on Spaces) [PHI3UI_TRUST_PROXY]")
     add_export_arguments(parser)
     args = parser.parse_args(argv)
+    public = args.share or on_spaces() or bool(args.auth)
     if args.rate_limit is None:
-        args.rate_limit = default_rate_limit(args.share, on_spaces())
+        args.rate_limit = default_rate_limit(public)
     if args.concurrency is None:
-        args.concurrency = default_concurrency(public=args.share or on_spaces() or bool(args.auth))
+        args.concurrency = default_concurrency(public)
     if args.max_new_tokens_cap is None:
         args.max_new_tokens_cap = default_max_new_tokens_cap(args.lock_settings, Limits.max_new_tokens)
     if args.rate_limit < 0:
@@ -188,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                  "in line. The genai engine answers them together.", backend.engine.name, args.concurrency)
 
     from .openai_api import Access, OpenAIApi  # FastAPI, which comes with Gradio
+    from .status import StatusApi
     from .ui import Page  # Gradio loads only when serving
 
     # One way in for the page, /chat and /v1: the same line, the same fair-use limits.
@@ -209,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                 # Answers waiting for a slot each hold a worker thread: room for all of them
                 # besides Gradio's own 40 for everything else.
                 max_threads=40 + service.places,
-                app_kwargs={"routes": [api.mount()]})
+                app_kwargs={"routes": [api.mount(), *StatusApi(service, access).routes()]})
     log.info("%s", access.describe(f"{demo.local_url.rstrip('/')}/v1"))
     if problem := report_share(args.share, demo.share_url, demo.local_url):
         log.warning(problem)

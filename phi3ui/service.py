@@ -22,14 +22,15 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from . import prompt as prompts
 from .answer import Answer, Stats
 from .chat import ChatBackend
-from .errors import ServerBusy
+from .errors import ServerBusy, problem
 from .fairness import Gate, LimitReached, Ticket
+from .metrics import Metrics
 from .settings import GenerationSettings
 
 log = logging.getLogger(__name__)
@@ -46,25 +47,29 @@ class Caller:
 
 
 class Turn:
-    """One request's answer, from the door to its release. Safe to close from any thread,
-    more than once; iterate it (once) for the answer's text."""
+    """One request's answer, from the door to its release. Iterate it (once) for the answer's
+    text; close it (more than once is safe) from the thread that read it, or once that reader
+    has finished. `stop` works from any thread."""
 
-    def __init__(self, caller: Caller, ticket: Ticket, line: threading.Semaphore):
+    def __init__(self, caller: Caller, ticket: Ticket, leave: Callable[[Turn], None]):
         self.caller = caller
         self._ticket = ticket
-        self._line = line
+        self._leave = leave  # gives the place in line back and reports how the turn ended
         self._lock = threading.Lock()
         self._closed = False
         self.fitted: prompts.Fitted | None = None
         self.answer: Answer | None = None
         self.failure: Exception | None = None
         self.text = ""  # the answer so far
-        self._why = ""  # who stopped the answer, when this turn did
 
     def begin(self, backend: ChatBackend, history: object, message: object, settings: GenerationSettings) -> Answer:
         """Fit the conversation into the window and make its answer (it starts when read)."""
-        self.fitted = backend.prepare(history, message, settings)
-        self.answer = backend.start(self.fitted, settings)
+        try:
+            self.fitted = backend.prepare(history, message, settings)
+            self.answer = backend.start(self.fitted, settings)
+        except Exception as exc:
+            self.failure = exc
+            raise
         return self.answer
 
     @property
@@ -97,12 +102,11 @@ class Turn:
         if end and self.text != shown:
             yield self.text
 
-    def stop(self, why: str = "stopped") -> None:
+    def stop(self, why: str) -> None:
         """End the answer within about a token (or before it starts), keeping what came;
         `why` is for the log."""
         if self.answer is not None and not self.answer.done:
-            self._why = self._why or why
-            self.answer.stop()
+            self.answer.stop(why)
 
     def close(self) -> None:
         """Stop the answer, wait until its generation has ended, give the place back. Call it
@@ -116,20 +120,29 @@ class Turn:
                 self.answer.close()
         finally:
             self._ticket.release()
-            self._line.release()
-            log.info("%s answer %s", self.caller.door, self.outcome())
+            self._leave(self)
 
+    @property
     def outcome(self) -> str:
-        """How the answer ended, for the log."""
+        """How the request ended: one of metrics.OUTCOMES."""
         if self.failure is not None:
-            return f"failed ({type(self.failure).__name__})"
-        if self.answer is None:
-            return "not started"
+            return "refused" if self.answer is None and problem(self.failure, True).refused else "failed"
         stats = self.stats
         if stats is None:
-            return f"stopped ({LEFT})"  # its reader left before the end
-        if stats.stopped:
-            return f"stopped ({self._why or 'Stop'}) after {stats.answer_tokens} tokens"
+            return "left" if self.answer is not None else "refused"  # left: its reader went before the end
+        return "stopped" if stats.stopped else "done"
+
+    def describe(self) -> str:
+        """How the answer ended, for the log."""
+        outcome, stats = self.outcome, self.stats
+        if self.failure is not None:
+            return f"{outcome} ({type(self.failure).__name__})"
+        if outcome == "left":
+            return f"stopped ({LEFT})"
+        if stats is None:
+            return "not started"
+        if outcome == "stopped":
+            return f"stopped ({self.answer.stopped_because}) after {stats.answer_tokens} tokens"
         return f"done after {stats.answer_tokens} tokens"
 
     def __enter__(self) -> Turn:
@@ -146,29 +159,60 @@ class ChatService:
     backend: ChatBackend
     gate: Gate = field(default_factory=Gate)
     waiting: int = 64  # answers that may wait for a generation slot beyond those generating
-    _line: threading.BoundedSemaphore = field(init=False)
+    metrics: Metrics = field(default_factory=Metrics)
+    _in_line: int = field(default=0, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def __post_init__(self) -> None:
-        self._line = threading.BoundedSemaphore(self.places)
+        self.metrics.watch(in_line=lambda: self._in_line, waiting=lambda: self._slots("waiting"),
+                           slots=lambda: self._slots("count"), busy=lambda: self._slots("busy"))
 
     @property
     def places(self) -> int:
         """Answers generating or waiting at most."""
         return self.backend.concurrency + self.waiting
 
+    def _slots(self, what: str) -> int:
+        """The loaded engine's slots, for the gauges (0 while no model is loaded)."""
+        loaded = self.backend.loaded
+        if loaded is None:
+            return 0
+        slots = loaded.engine.slots
+        return {"waiting": slots.waiting, "count": slots.count, "busy": slots.count - slots.free}[what]
+
     def admit(self, caller: Caller) -> Turn:
         """A place in line and the client's fair-use ticket, taken now; `ServerBusy` or
         `LimitReached` when either is not to be had. Nothing is tokenized before this."""
-        if not self._line.acquire(blocking=False):
-            log.info("%s refused: every place in line is taken", caller.door)
-            raise ServerBusy()
+        with self._lock:
+            if self._in_line >= self.places:
+                self.refused(caller.door, "queue_full")
+                raise ServerBusy()
+            self._in_line += 1
         try:
             ticket = self.gate.admit(caller.client, caller.session)
         except LimitReached as exc:
-            self._line.release()
-            log.info("%s refused (%s limit): retry in %s s", caller.door, exc.limit, exc.retry_after_s)
+            self._give_back()
+            self.refused(caller.door, exc.limit, f"retry in {exc.retry_after_s} s")
             raise
-        return Turn(caller, ticket, self._line)
+        return Turn(caller, ticket, self._leave)
+
+    def refused(self, door: str, limit: str, detail: str = "") -> None:
+        """A request turned away at a door (also a web framework's own, before it reaches this)."""
+        log.info("%s refused (%s limit)%s", door, limit, f": {detail}" if detail else "")
+        self.metrics.refused(door, limit)
+
+    def _give_back(self) -> None:
+        with self._lock:
+            self._in_line -= 1
+
+    def _leave(self, turn: Turn) -> None:
+        self._give_back()
+        log.info("%s answer %s", turn.caller.door, turn.describe())
+        if turn.outcome == "refused":
+            self.metrics.refused(turn.caller.door, "invalid")
+        else:
+            cut = bool(turn.fitted and turn.fitted.dropped_exchanges)
+            self.metrics.ended(turn.caller.door, turn.outcome, turn.stats, cut)
 
     def open(self, caller: Caller, history: object, message: object, settings: GenerationSettings) -> Turn:
         """`admit`, then the answer to `message` after `history`; a request that cannot be

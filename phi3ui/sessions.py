@@ -71,7 +71,7 @@ class Sessions:
             state.answer = answer
             if state.stop_early:
                 state.stop_early = False
-                answer.stop()
+                answer.stop("Stop")
 
     def detach(self, session: str, answer: Answer) -> None:
         with self._lock:
@@ -85,7 +85,7 @@ class Sessions:
         with self._lock:
             state = self._get(session)
             if state.answer is not None:
-                state.answer.stop()
+                state.answer.stop("Stop")
                 return True
             state.stop_early = True
             return False
@@ -103,7 +103,7 @@ class Sessions:
             state.chat += 1
             state.replaced = True
             if state.answer is not None:
-                state.answer.stop()
+                state.answer.stop("the chat was replaced")
 
     def chat_number(self, session: str) -> int:
         """The number of the chat on screen, for `is_current` later."""
@@ -130,6 +130,6 @@ class Sessions:
         with self._lock:
             state = self._sessions.pop(session, None)
         if state is not None and state.answer is not None:
-            state.answer.stop()
+            state.answer.stop("the tab closed")
             return True
         return False

@@ -35,6 +35,7 @@ class EngineKind:
 ENGINES: dict[str, EngineKind] = {kind.name: kind for kind in (
     EngineKind("genai", "openvino-genai, answers batched with --concurrency", batches=True, prompt_lookup=True),
     EngineKind("optimum", "optimum-intel's OVModelForCausalLM, one answer at a time"),
+    # batches: answers --concurrency requests at once (the remote server does the batching)
     EngineKind("openai", "a remote OpenAI-compatible server answers, no model here", batches=True, remote=True),
 )}
 LOCAL_ENGINES = tuple(name for name, kind in ENGINES.items() if not kind.remote)

@@ -40,7 +40,7 @@ from .display import (
 from .engines import available_devices
 from .errors import Problem, report
 from .export import ExportError, default_settings
-from .fairness import Gate, LimitReached, client_address
+from .fairness import LimitReached, client_address
 from .pump import pump
 from .service import Caller, ChatService
 from .sessions import Sessions
@@ -238,10 +238,9 @@ class Page:
     lock_settings: bool = False
     # Each browser session's answer in flight, early Stops, and which chat is on screen.
     sessions: Sessions = field(default_factory=Sessions)
-    # Fair use: one answer at a time per session (and per client), a request rate per client.
-    gate: Gate = field(default_factory=Gate)
     trust_proxy: bool = False  # the client is the first X-Forwarded-For entry (fairness.client_address)
-    # The one way in for answers, shared with /v1 (its line and gate); made from `gate` if not given.
+    # The one way in for answers, with the fair-use limits, shared with /v1; a default one
+    # (no per-client limits) when not given.
     service: ChatService | None = None
     # Budget lines being worked out now. They run outside the queue (on every keystroke), so
     # raw HTTP calls could otherwise ask for any number at once.
@@ -251,7 +250,7 @@ class Page:
 
     def __post_init__(self) -> None:
         if self.service is None:
-            self.service = ChatService(self.backend, self.gate)
+            self.service = ChatService(self.backend)
 
     # --- helpers -----------------------------------------------------------------------
     @staticmethod
@@ -341,17 +340,18 @@ class Page:
         except Exception as exc:  # noqa: BLE001 - every refusal is shown under the message
             yield [*display, note("⚠️ Not sent", self.problem(exc).text)]
             return
-        display = window.mark_cut(display, turn.fitted.dropped_exchanges)  # before what the model still sees
-        self.sessions.attach(session, turn.answer)  # a Stop pressed while this waited applies now
 
         def answered() -> list:
             return [{"role": "assistant", "content": shown(turn.text)}] if turn.text else []
 
         try:
             with turn:
+                display = window.mark_cut(display, turn.fitted.dropped_exchanges)  # before what the model still sees
+                self.sessions.attach(session, turn.answer)  # a Stop pressed while this waited applies now
                 for _ in turn.texts(STREAM_INTERVAL_S, end=False):  # the end comes with its stats
                     if not self.sessions.is_current(session, chat):
-                        return  # the chat was replaced: write nothing into the new one
+                        turn.stop("the chat was replaced")
+                        return  # write nothing into the new one
                     yield [*display, *answered()]
         except Exception as exc:  # noqa: BLE001 - shown in the page, not only the log
             yield [*display, *answered(), note("⚠️ The model failed", self.problem(exc).text)]
@@ -726,7 +726,7 @@ class Page:
         try:
             self.service.gate.check(caller.client, caller.session)
         except LimitReached as exc:
-            log.info("/chat refused at the door (%s limit): retry in %s s", exc.limit, exc.retry_after_s)
+            self.service.refused(caller.door, exc.limit, f"before the queue; retry in {exc.retry_after_s} s")
             raise gr.Error(str(exc)) from None
         return tuple(gr.validate(True, "") for _ in values)
 

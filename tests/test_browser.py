@@ -105,8 +105,9 @@ def wait_growing(page: Page, min_chars: int = 20, timeout: float = 30) -> str:
 
 
 def ended_answers(app) -> list[str]:
-    """How each of the page's answers ended, from the app's log: done, stopped, failed."""
-    return re.findall(r"page answer (done|stopped|failed|not started)", app.output())
+    """How each of the page's answers ended, from the app's log: "done", "stopped (why)",
+    "failed (what)"."""
+    return re.findall(r"page answer (done|stopped \([^)]*\)|failed \([^)]*\)|not started)", app.output())
 
 
 def test_answer_streams_with_stats(page: Page) -> None:
@@ -139,7 +140,7 @@ def test_stop_ends_generation_and_next_message_works(page: Page, browser_app) ->
     stopped = answer_text(page)
     time.sleep(1)
     assert answer_text(page) == stopped, "the answer kept growing after Stop"
-    assert ended_answers(browser_app)[-1] == "stopped"
+    assert ended_answers(browser_app)[-1] == "stopped (Stop)"
     assert answer_tokens(page) < 1000
 
     set_max_new_tokens(page, 16)
@@ -353,7 +354,7 @@ def test_closing_the_tab_ends_generation(open_page, browser_app) -> None:
     while len(ended_answers(browser_app)) == before:
         assert time.monotonic() < deadline, "generation went on after the tab closed"
         time.sleep(0.2)
-    assert ended_answers(browser_app)[-1] != "done"
+    assert ended_answers(browser_app)[-1] in ("stopped (the tab closed)", "stopped (the client went away)")
 
     second = open_page()
     set_max_new_tokens(second, 8)

@@ -12,9 +12,11 @@ is checked is what a visitor sees, not seconds (bench/burst.py measures those):
 
 from __future__ import annotations
 
+import time
 import urllib.request
 from pathlib import Path
 
+import httpx
 import pytest
 
 from bench import burst as b
@@ -94,3 +96,45 @@ def test_memory_stays_flat_over_bursts(app, alone) -> None:
     check(b.burst(b.ask_chat, app.url, "/chat", 1, alone["/chat"]), app)
     seen = RSS[app.setup]
     assert len(seen) >= 2 and seen[-1] - seen[-2] < 64, f"RSS {seen} MB"
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """One sample's value from Prometheus' text (0 when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
+def test_health_and_metrics_tell_what_the_bursts_did(app, alone) -> None:
+    """After the bursts above: /health is up, and /metrics (behind the API key) counts what
+    each door answered and refused."""
+    health = httpx.get(f"{app.url}health", timeout=10)
+    assert health.status_code == 200, health.text
+    state = health.json()
+    assert state["status"] == "ok" and state["model"] == "bundled" and state["slots"] == 4
+    assert state["slots_busy"] == 0 and state["waiting"] == 0
+
+    assert httpx.get(f"{app.url}metrics", timeout=10).status_code == 401  # the key is required
+
+    def scrape() -> str:
+        response = httpx.get(f"{app.url}metrics", headers={"Authorization": f"Bearer {b.KEY}"}, timeout=10)
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+        return response.text
+
+    # A streamed /v1 answer gives its place back just after its last event: wait for that.
+    deadline = time.monotonic() + 30
+    while metric(text := scrape(), "phi3ui_requests_in_line") != 0:
+        assert time.monotonic() < deadline, "a place in line was never given back"
+    for door in ("/chat", "/v1"):
+        assert metric(text, "phi3ui_requests_total", door=door, outcome="done") >= 4
+        assert metric(text, "phi3ui_refusals_total", door=door, limit="busy") >= 9
+        assert metric(text, "phi3ui_time_to_first_token_seconds_count", door=door) >= 4
+    assert metric(text, "phi3ui_answer_tokens_total") > metric(text, "phi3ui_requests_total", door="/v1",
+                                                               outcome="done")
+    assert metric(text, "phi3ui_prompt_tokens_total") > 0
+    assert metric(text, "phi3ui_slots") == 4
+    assert "phi3ui_window_cuts_total" in text and "phi3ui_tokens_per_second_bucket" in text

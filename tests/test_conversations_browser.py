@@ -230,7 +230,7 @@ def test_switching_while_an_answer_streams_stops_it_in_its_own_conversation(new_
     while len(ended_answers(browser_app)) == before:
         assert time.monotonic() < deadline, "the answer went on after the switch"
         time.sleep(0.2)
-    assert ended_answers(browser_app)[-1] != "done"
+    assert ended_answers(browser_app)[-1] == "stopped (the chat was replaced)"
 
     open_conversation(page, "Write a long story")
     assert chat(page) == [LONG_PROMPT]

@@ -18,8 +18,8 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from bench.app_process import AppProcess
-from phi3ui.chat import ChatBackend, Loaded
 from phi3ui.answer import Stats
+from phi3ui.chat import ChatBackend, Loaded
 from phi3ui.engine import StopText
 from phi3ui.errors import MODEL_FAILED, RemoteError
 from phi3ui.fairness import FairUse, Gate
@@ -34,6 +34,7 @@ from phi3ui.openai_api import (
     sse,
     usage,
 )
+from phi3ui.service import Caller, ChatService
 from phi3ui.settings import BUNDLED, GenerationSettings, Limits, RuntimeSettings
 from tests.test_public_page import INTERNAL, Backend, exposes
 
@@ -262,12 +263,14 @@ def test_in_process_errors() -> None:
 
 def test_in_process_fair_use_refusal_says_when_to_retry() -> None:
     gate = Gate(FairUse(rate_per_minute=100))
+    backend = FakeBackend(["ok"])
+    service = ChatService(backend, gate)
     held = gate.admit("testclient", None)  # an answer of this address in flight (the page's or /v1's)
-    response = in_process(FakeBackend(["ok"]), gate=gate).post("/v1/chat/completions", json=body())
+    response = in_process(backend, service=service).post("/v1/chat/completions", json=body())
     assert response.status_code == 429 and response.headers["retry-after"] == "2"
     assert response.json()["error"]["code"] == "one_at_a_time"
     held.release()
-    assert in_process(FakeBackend(["ok"]), gate=gate).post("/v1/chat/completions", json=body()).status_code == 200
+    assert in_process(backend, service=service).post("/v1/chat/completions", json=body()).status_code == 200
 
 
 def test_in_process_locked_server_hides_model_errors(caplog) -> None:
@@ -345,8 +348,6 @@ def test_in_process_a_client_that_leaves_before_the_first_token_stops_the_answer
     """The wait for a (remote's) first token happens before the 200, watched for a disconnect."""
     class SlowFirst(FakeBackend):
         """A remote whose first token takes 10 s, unless the answer is stopped."""
-
-        engine = SimpleNamespace(**{**vars(FakeBackend.engine), "remote": True})
 
         def produce(self, stop):
             self.started = True
@@ -670,33 +671,40 @@ def test_a_server_open_to_the_network_without_a_key_serves_no_v1(bundled) -> Non
         app.stop()
 
 
-def test_in_process_a_cancelled_request_gives_its_place_back() -> None:
-    """A request cancelled while it waits for its first chunk (a timeout or a shutdown in
-    front of the app, not a disconnect) releases its fair-use ticket and place in line."""
-    class NeverFirst(FakeBackend):
-        def produce(self, stop):
-            self.started = True
-            stop.wait(10)
-            self.closed = True
-            return Stats(5, 0, 0.0, 0.0, 0.3, stopped=True)
-            yield
+class Stalls(FakeBackend):
+    """An answer that writes `chunks`, then waits (for its first token, or midway) until stopped."""
 
-    backend, gate = NeverFirst([]), Gate(FairUse(rate_per_minute=100))
-    app = OpenAIApi(backend, gate=gate).app()
+    def produce(self, stop):
+        self.started = True
+        yield from self.chunks
+        stop.wait(10)
+        self.closed = True
+        return Stats(5, len(self.chunks), 0.0, 0.0, 0.3, stopped=True)
+
+
+@pytest.mark.parametrize("chunks", [[], ["Par"]], ids=["before the 200", "mid-stream"])
+def test_in_process_a_cancelled_request_gives_its_place_back(chunks) -> None:
+    """A request cancelled while it waits for its first chunk, or between two events of its
+    stream (a timeout or a shutdown in front of the app, not a disconnect), releases its
+    fair-use ticket and its place in line."""
+    backend, gate = Stalls(chunks), Gate(FairUse(rate_per_minute=100))
+    service = ChatService(backend, gate, waiting=0)  # one place: a kept one would refuse the next request
+    app = OpenAIApi(backend, service=service).app()
     data = json.dumps(body(stream=True)).encode()
     scope = chat_scope(data)
+    sent: list[dict] = []
 
     async def run() -> None:
-        sent = iter([{"type": "http.request", "body": data, "more_body": False}])
+        request = iter([{"type": "http.request", "body": data, "more_body": False}])
 
         async def receive() -> dict:
             try:
-                return next(sent)
+                return next(request)
             except StopIteration:
                 await anyio.sleep_forever()
 
         async def send(message: dict) -> None:
-            pass
+            sent.append(message)
 
         with anyio.move_on_after(0.5):
             await app(scope, receive, send)
@@ -704,4 +712,5 @@ def test_in_process_a_cancelled_request_gives_its_place_back() -> None:
     with ThreadPoolExecutor(1) as pool:  # a thread of its own: see the test above
         pool.submit(anyio.run, run).result()
     assert backend.started and backend.closed
-    gate.admit("127.0.0.1", None).release()  # LimitReached if the cancelled request kept its ticket
+    assert any(m.get("status") == 200 for m in sent) == bool(chunks)
+    service.admit(Caller("/v1", "127.0.0.1")).close()  # ServerBusy or LimitReached if anything was kept

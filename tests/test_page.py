@@ -26,7 +26,7 @@ class FakeBackend:
     limits = Limits()
     concurrency = 1
     engine = SimpleNamespace(render=lambda messages: "".join(m["content"] for m in messages), count_tokens=len,
-                             context_window=100, system_ok=True, remote=False, notices=())
+                             context_window=100, system_ok=True, notices=())
 
     def __init__(self, chunks: list[str], delay: float = 0.0, error: Exception | None = None,
                  stopped: bool = False, dropped: int = 0):

@@ -16,6 +16,7 @@ from phi3ui.display import shown
 from phi3ui.errors import MODEL_FAILED
 from phi3ui.export import Exported
 from phi3ui.fairness import FairUse, Gate
+from phi3ui.service import ChatService
 from phi3ui.settings import BUNDLED_EXPORT, ENGINES, Limits
 from phi3ui.ui import Page
 from tests.test_page import ASKED, GEN, FakeBackend
@@ -121,7 +122,8 @@ def test_a_second_answer_in_the_same_session_is_refused_until_the_first_ends() -
 
 
 def test_api_clients_are_rate_limited_by_address_behind_a_trusted_proxy() -> None:
-    page = Page(Backend(["ok"]), gate=Gate(FairUse(rate_per_minute=3)), trust_proxy=True)
+    backend = Backend(["ok"])
+    page = Page(backend, service=ChatService(backend, Gate(FairUse(rate_per_minute=3))), trust_proxy=True)
     flood = visitor(host="10.0.0.1", forwarded="203.0.113.9")
     for i in range(3):
         assert api(page, visitor(host="10.0.0.1", session=f"f{i}", forwarded="203.0.113.9"))[-1] == "ok"
@@ -137,7 +139,8 @@ def test_api_clients_are_rate_limited_by_address_behind_a_trusted_proxy() -> Non
 
 
 def test_an_api_client_gets_one_answer_at_a_time_whatever_session_it_claims() -> None:
-    page = Page(Backend(["a"] * 20), gate=Gate(FairUse(rate_per_minute=100)))
+    backend = Backend(["a"] * 20)
+    page = Page(backend, service=ChatService(backend, Gate(FairUse(rate_per_minute=100))))
     running = page.api_chat("hi", [], 16, request=visitor(session="one"))
     next(running)
     with pytest.raises(gr.Error, match="One answer at a time: this address already has one"):
