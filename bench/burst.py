@@ -148,16 +148,17 @@ def alone(ask: Ask, url: str, runs: int = 3) -> float:
     return statistics.median(t for t in times if t is not None)
 
 
-def burst(ask: Ask, url: str, door: str, flooders: int, alone_s: float) -> Burst:
-    """Each flooder sends BURST long requests at once; once one of them is answering, the
-    newcomer asks. Returns when every request has ended."""
+def burst(ask: Ask, url: str, door: str, flooders: int, alone_s: float, message: str = LONG,
+          tokens: int = FLOOD_TOKENS) -> Burst:
+    """Each flooder sends BURST requests for a long answer at once; once one of them is
+    answering, the newcomer asks. Returns when every request has ended."""
     flood: list[Reply] = []
     lock = threading.Lock()
     go = threading.Event()
 
     def flood_one(address: str) -> None:
         go.wait()
-        reply = ask(url, address, LONG, FLOOD_TOKENS)
+        reply = ask(url, address, message, tokens)
         with lock:
             flood.append(reply)
 

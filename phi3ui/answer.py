@@ -45,6 +45,8 @@ class Stats:
         )
 
 
+READER_LEFT = "its reader left"  # `stopped_because` of an answer closed before its end
+
 # Makes an answer's text: given the answer's stop event, yields text chunks and returns Stats.
 Producer = Callable[[threading.Event], Generator[str, None, Stats]]
 
@@ -108,7 +110,7 @@ class Answer:
     def close(self) -> None:
         """Stop the answer and wait until its generation has ended. Call it from the thread
         that reads the answer (a generator cannot be closed from another thread)."""
-        self.stop("its reader left")
+        self.stop(READER_LEFT)
         if self._reader is not None:
             self._reader.close()
 

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from . import prompt as prompts
-from .answer import Answer, Stats
+from .answer import READER_LEFT, Answer, Stats
 from .chat import ChatBackend
 from .errors import ServerBusy, problem
 from .fairness import Gate, LimitReached, Ticket
@@ -128,8 +128,10 @@ class Turn:
         if self.failure is not None:
             return "refused" if self.answer is None and problem(self.failure, True).refused else "failed"
         stats = self.stats
-        if stats is None:
-            return "left" if self.answer is not None else "refused"  # left: its reader went before the end
+        if self.answer is None:
+            return "refused"
+        if stats is None:  # its reader went before the end: on its own, or after a stop said why
+            return "stopped" if self.answer.stopped_because not in ("", READER_LEFT) else "left"
         return "stopped" if stats.stopped else "done"
 
     def describe(self) -> str:
@@ -139,10 +141,11 @@ class Turn:
             return f"{outcome} ({type(self.failure).__name__})"
         if outcome == "left":
             return f"stopped ({LEFT})"
-        if stats is None:
+        if outcome == "refused":
             return "not started"
         if outcome == "stopped":
-            return f"stopped ({self.answer.stopped_because}) after {stats.answer_tokens} tokens"
+            tokens = f" after {stats.answer_tokens} tokens" if stats else ""
+            return f"stopped ({self.answer.stopped_because}){tokens}"
         return f"done after {stats.answer_tokens} tokens"
 
     def __enter__(self) -> Turn:

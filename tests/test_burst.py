@@ -25,6 +25,9 @@ from phi3ui.fairness import PUBLIC_CONCURRENCY, PUBLIC_RATE_PER_MINUTE
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 RSS: dict[str, list[float]] = {}
+# The flood's answers must still be written when the newcomer asks (a second later) for the
+# order to mean anything: a long story, up to the public cap of new tokens.
+STORY, STORY_TOKENS = "Write a long story about a dragon who learns to bake bread.", 1000
 
 
 def rss_mb(pid: int) -> float:
@@ -79,21 +82,21 @@ def test_public_defaults_batch_so_a_newcomer_finds_a_free_slot(monkeypatch) -> N
 
 
 def test_one_client_bursting_chat(app, alone) -> None:
-    check(b.burst(b.ask_chat, app.url, "/chat", 1, alone["/chat"]), app)
+    check(b.burst(b.ask_chat, app.url, "/chat", 1, alone["/chat"], STORY, STORY_TOKENS), app)
 
 
 def test_one_client_bursting_v1(app, alone) -> None:
-    check(b.burst(b.ask_v1, app.url, "/v1", 1, alone["/v1"]), app)
+    check(b.burst(b.ask_v1, app.url, "/v1", 1, alone["/v1"], STORY, STORY_TOKENS), app)
 
 
 def test_two_clients_bursting_v1(app, alone) -> None:
-    check(b.burst(b.ask_v1, app.url, "/v1", 2, alone["/v1"]), app)
+    check(b.burst(b.ask_v1, app.url, "/v1", 2, alone["/v1"], STORY, STORY_TOKENS), app)
 
 
 def test_memory_stays_flat_over_bursts(app, alone) -> None:
     """A fourth burst after the three above: the KV cache pages and the server's
     bookkeeping are in place by now, so what grows is per-request growth."""
-    check(b.burst(b.ask_chat, app.url, "/chat", 1, alone["/chat"]), app)
+    check(b.burst(b.ask_chat, app.url, "/chat", 1, alone["/chat"], STORY, STORY_TOKENS), app)
     seen = RSS[app.setup]
     assert len(seen) >= 2 and seen[-1] - seen[-2] < 64, f"RSS {seen} MB"
 

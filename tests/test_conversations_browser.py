@@ -99,13 +99,16 @@ def new_chat(page: Page) -> None:
 
 
 def ask(page: Page, text: str) -> None:
-    """Send, and wait until the answer is in and kept in the browser."""
+    """Send, and wait until the answer is in, kept in the browser and the list shows it
+    (the last step after an answer: a click on the list before it could be lost)."""
     send(page, text)
     wait_idle(page)
     deadline = time.monotonic() + 20
     while not any(answered(r, text) for r in stored(page)):
         assert time.monotonic() < deadline, f"{text!r} and its answer were not kept"
         time.sleep(0.1)
+    current = page.locator("#conv-title input").input_value() or text
+    expect(page.locator("#conv-list label.selected", has_text=current[:40])).to_have_count(1)
 
 
 def answered(record: dict, text: str) -> bool:
@@ -334,16 +337,21 @@ def test_two_tabs_never_overwrite_each_other(new_page) -> None:
     expect(second.locator(USER)).to_have_count(2)  # an idle tab shows the other's change
     assert chat(second) == ["Name a color.", "Name another color."]
 
-    # both answer in the same conversation at once: neither overwrites the other
-    send(first, "Tell me about red.")
+    # both answer in the same conversation at once: neither overwrites the other. The first
+    # answer is long and still streaming when the second tab sends; then it is stopped.
+    set_max_new_tokens(first, 1000)
+    send(first, LONG_PROMPT)
+    wait_growing(first)
     send(second, "Tell me about blue.")
+    assert first.locator("#stop").is_visible(), "the first answer ended before the second was sent"
+    first.locator("#stop").click()
     wait_idle(first)
     wait_idle(second)
     for tab in (first, second):
         expect_titles(tab, ["Name a color. (copy)", "Name a color.", "Name a fruit."])
     versions = {tuple(m["content"] for m in r["messages"] if m["role"] == "user") for r in stored(first)}
     common = ("Name a color.", "Name another color.")
-    assert {(*common, "Tell me about red."), (*common, "Tell me about blue.")} <= versions
+    assert {(*common, LONG_PROMPT), (*common, "Tell me about blue.")} <= versions
     copied = second if "(copy)" in second.locator("#conv-title input").input_value() else first
     expect(copied.locator("#conv-note")).to_contain_text("changed in another tab")
 
