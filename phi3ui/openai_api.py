@@ -42,7 +42,6 @@ from starlette.types import Receive
 from . import prompt as prompts
 from .chat import ChatBackend, Loaded
 from .errors import ModelNotLoaded, report
-from .fairness import client_address
 from .openai_wire import DONE, Completion, finish_reason, sse, usage
 from .pump import pump
 from .service import LEFT, Caller, ChatService, Turn
@@ -430,8 +429,7 @@ class OpenAIApi:
                 "context_window": self.backend.limits.window(loaded.engine.context_window)}
 
     def caller(self, request: Request) -> Caller:
-        return Caller("/v1", client_address(request.client.host if request.client else None,
-                                            request.headers.get("x-forwarded-for"), self.trust_proxy))
+        return Caller.of("/v1", request, self.trust_proxy)
 
     # --- routes ---------------------------------------------------------------------------
     async def models(self) -> JSONResponse:

@@ -24,12 +24,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import prompt as prompts
 from .answer import READER_LEFT, Answer, Stats
 from .chat import ChatBackend
 from .errors import ServerBusy, problem
-from .fairness import Gate, LimitReached, Ticket
+from .fairness import Gate, LimitReached, Ticket, client_address
 from .metrics import Metrics
 from .settings import GenerationSettings
 
@@ -44,6 +45,15 @@ class Caller:
     door: str
     client: str
     session: str | None = None
+
+    @classmethod
+    def of(cls, door: str, request: Any, trust_proxy: bool) -> Caller:
+        """The caller of a web request (Gradio's or Starlette's: both carry `client` and
+        `headers`; Gradio's a browser session too), told apart by fairness.client_address."""
+        client = getattr(request, "client", None)
+        headers = getattr(request, "headers", None) or {}
+        address = client_address(getattr(client, "host", None), headers.get("x-forwarded-for"), trust_proxy)
+        return cls(door, address, getattr(request, "session_hash", None))
 
 
 class Turn:

@@ -40,7 +40,7 @@ from .display import (
 from .engines import available_devices
 from .errors import Problem, report
 from .export import ExportError, default_settings
-from .fairness import LimitReached, client_address
+from .fairness import LimitReached
 from .pump import pump
 from .service import Caller, ChatService
 from .sessions import Sessions
@@ -275,12 +275,7 @@ class Page:
         return report(exc, self.lock_settings, door)
 
     def caller(self, door: str, request: gr.Request | None) -> Caller:
-        """Who the request comes from: its client address (fairness.client_address) and
-        browser session."""
-        client = getattr(request, "client", None)
-        headers = getattr(request, "headers", None) or {}
-        address = client_address(getattr(client, "host", None), headers.get("x-forwarded-for"), self.trust_proxy)
-        return Caller(door, address, getattr(request, "session_hash", None))
+        return Caller.of(door, request, self.trust_proxy)
 
     def preview(self, display: list, message: str, settings: GenerationSettings) -> prompts.Fitted:
         """The prompt for the chat plus the box's text. An empty box still shows the
