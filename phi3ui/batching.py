@@ -181,10 +181,19 @@ class BatchingEngine(GenAIEngine):
                     request.handle.cancel()
                     self._finish(request, exc)
                 active.clear()
+                self._recover()
                 continue
             for request in list(active):
                 if self._collect(request):
                     active.remove(request)
+
+    def _recover(self) -> None:
+        """After a failed step the pipeline refuses every later one ("already in scheduling
+        phase") until a step runs with the failed requests cancelled."""
+        try:
+            self.pipeline.step()
+        except Exception:  # noqa: BLE001 - the next real step reports what is still wrong
+            log.exception("Continuous batching could not recover from the failed step")
 
     def _start(self, request: Request, active: list[Request]) -> None:
         if request.stop.is_set():  # stopped while waiting for its turn

@@ -219,6 +219,7 @@ class ChatBackend:
         messages, dropped = prompts.newest(prompts.normalize(history), self.limits.max_history_messages,
                                            self.limits.max_history_chars)
         engine = self.engine
+        engine.check_settings(settings)
         if not draft:
             engine.refresh()  # a remote not asked yet: its window, before fitting to it
         fitted = prompts.fit(

@@ -57,7 +57,8 @@ NEW_TITLE = "New chat"
 TITLE_CHARS = 48  # an automatic title: the first message's first words, at most this long
 MAX_TITLE_CHARS = 200  # a title given by hand
 COPY_SUFFIX = " (copy)"
-SETTINGS = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed", "system_prompt")
+SETTINGS = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed", "system_prompt",
+            "answer_json", "json_schema")
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -166,8 +167,11 @@ def _clean_settings(value: Any) -> dict:
     kept: dict[str, Any] = {}
     for name in SETTINGS:
         v = value.get(name)
-        if name == "system_prompt":
+        if name in ("system_prompt", "json_schema"):
             if isinstance(v, str):
+                kept[name] = v
+        elif name == "answer_json":
+            if isinstance(v, bool):
                 kept[name] = v
         elif name == "seed":
             if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)):

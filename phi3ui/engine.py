@@ -24,6 +24,7 @@ from . import prompt as prompts
 from .answer import Answer, Stats
 from .pump import pump
 from .settings import (
+    ENGINES,
     EngineKind,
     GenerationSettings,
     RuntimeSettings,
@@ -263,6 +264,14 @@ class AnswerEngine(ABC):
 
     def refresh(self) -> None:
         """Bring what the engine knows about its model up to date (a remote's)."""
+
+    def check_settings(self, settings: GenerationSettings) -> None:
+        """Refuse, with a SettingsError, what this engine cannot honour (settings that are
+        valid in themselves have passed `GenerationSettings.validate`)."""
+        if settings.json_schema and not self.kind.json_answers:
+            able = " or ".join(kind.name for kind in ENGINES.values() if kind.json_answers)
+            raise SettingsError(f"Answers as JSON need the {able} engine: the {self.name} engine cannot hold "
+                                "its tokens to a schema. Turn off answers as JSON or change the engine.")
 
     def close(self) -> None:
         """Release what the engine runs in the background; the model is about to be swapped."""

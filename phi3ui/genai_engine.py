@@ -4,7 +4,11 @@ re-uses the KV cache of earlier turns, so turn 20 starts about as fast as turn 2
 from __future__ import annotations
 
 import random
+import re
+import tempfile
 import threading
+from collections import OrderedDict
+from pathlib import Path
 
 from . import prompt as prompts
 from .engine import Emit, Engine
@@ -27,6 +31,69 @@ def tokenized(ids: list[int]):
     return ov_genai.TokenizedInputs(ov.Tensor(array), ov.Tensor(np.ones_like(array)))
 
 
+def zero_logits_model(vocab_size: int):
+    """A model whose every next-token score is 0: enough to run genai's sampling, and with
+    it its grammar compiler, at no cost."""
+    import numpy as np
+    import openvino as ov
+    from openvino import opset13 as op
+
+    def named(node, name: str):
+        node.output(0).set_names({name})
+        return node
+
+    ids = named(op.parameter([-1, -1], ov.Type.i64, name="input_ids"), "input_ids")
+    inputs = [ids] + [named(op.parameter([-1, -1], ov.Type.i64, name=n), n) for n in ("attention_mask", "position_ids")]
+    inputs.append(named(op.parameter([-1], ov.Type.i32, name="beam_idx"), "beam_idx"))
+    per_position = op.unsqueeze(op.convert(op.multiply(ids, op.constant(np.int64(0))), ov.Type.f32),
+                                op.constant(np.int64(-1)))  # [batch, length, 1] of zeros
+    scores = op.add(per_position, op.constant(np.zeros((1, 1, vocab_size), dtype=np.float32)))
+    return ov.Model([named(op.result(scores), "logits")], inputs, "zero-logits")
+
+
+_COMPILER_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: (Check failed: \(.*?\) is false: )?")
+
+
+class GrammarCheck:
+    """Compiles an answer's JSON schema with the engine's own grammar compiler (XGrammar,
+    inside openvino-genai) and tokenizer, on `zero_logits_model`: a schema the compiler
+    refuses is refused before it reaches the model, where, in continuous batching, the
+    compile error would fail every answer in the batch. A check takes about a millisecond."""
+
+    def __init__(self, tokenizer, vocab_size: int, remember: int = 256):
+        import numpy as np
+        import openvino as ov
+        import openvino_genai as ov_genai
+
+        with tempfile.TemporaryDirectory() as folder:
+            ov.save_model(zero_logits_model(vocab_size), Path(folder) / "model.xml")
+            xml = (Path(folder) / "model.xml").read_text()
+            weights = ov.Tensor(np.fromfile(Path(folder) / "model.bin", dtype=np.uint8))
+        self._pipeline = ov_genai.LLMPipeline(xml, weights, tokenizer, "CPU")
+        self._known: OrderedDict[str, str | None] = OrderedDict()
+        self._remember = remember
+        self._lock = threading.Lock()  # one generate at a time on the pipeline
+
+    def problem(self, schema: str) -> str | None:
+        """The compiler's words when it refuses `schema`, or None."""
+        import openvino_genai as ov_genai
+
+        with self._lock:
+            if schema not in self._known:
+                config = self._pipeline.get_generation_config()
+                config.max_new_tokens, config.apply_chat_template = 1, False
+                config.structured_output_config = ov_genai.StructuredOutputConfig(json_schema=schema)
+                try:
+                    self._pipeline.generate("{", config)
+                    self._known[schema] = None
+                except RuntimeError as exc:
+                    self._known[schema] = _COMPILER_PREFIX.sub("", str(exc).strip().splitlines()[0]).strip()
+                while len(self._known) > self._remember:
+                    self._known.popitem(last=False)
+            self._known.move_to_end(schema)
+            return self._known[schema]
+
+
 class GenAIEngine(Engine):
     """The default engine: openvino-genai's LLMPipeline and its own tokenizer."""
 
@@ -38,6 +105,13 @@ class GenAIEngine(Engine):
         self.tokenizer = self.pipeline.get_tokenizer()
         if not self.eos_ids:
             self.eos_ids = [self.tokenizer.get_eos_token_id()]
+        self.grammar = GrammarCheck(self.tokenizer, int(self.config.get("vocab_size") or 0)
+                                    or len(self.tokenizer.get_vocab_vector()))
+
+    def check_settings(self, settings: GenerationSettings) -> None:
+        super().check_settings(settings)
+        if settings.json_schema and (problem := self.grammar.problem(settings.json_schema)):
+            raise SettingsError(f"This JSON schema cannot be used: {problem}")
 
     def make_pipeline(self):
         import openvino_genai as ov_genai
@@ -69,6 +143,8 @@ class GenAIEngine(Engine):
     def generation_config(self, settings: GenerationSettings, config):
         """`settings` on top of the model's own generation config; shared with the batching
         engine so both runtimes sample the same way."""
+        import openvino_genai as ov_genai
+
         config.max_new_tokens = settings.max_new_tokens
         config.min_new_tokens = settings.min_new_tokens
         config.stop_token_ids = set(self.eos_ids)
@@ -80,6 +156,8 @@ class GenAIEngine(Engine):
         config.include_stop_str_in_output = True
         if self.prompt_lookup:
             config.num_assistant_tokens, config.max_ngram_size = PROMPT_LOOKUP_TOKENS, PROMPT_LOOKUP_NGRAM
+        if settings.json_schema:
+            config.structured_output_config = ov_genai.StructuredOutputConfig(json_schema=settings.json_schema)
         config.do_sample = not settings.greedy
         if not settings.greedy:
             config.temperature = settings.temperature

@@ -4,7 +4,8 @@ An API client shares everything with the page's visitors: the loaded model, its 
 the host's system prompt (`ChatBackend.prepare`), the engine's generation slots, and the
 fair-use `Gate`, so a script cannot take the model away from the page. Every field of a
 request is checked; one this server cannot honour (`n` > 1, tools, ...) is refused in
-OpenAI's error shape, naming the field, never ignored.
+OpenAI's error shape, naming the field, never ignored. `response_format` json_object and
+json_schema hold the answer to a schema (`phi3ui.json_answers`).
 
 Who may call: anyone who can reach a server that listens on loopback only; holders of the
 `--api-key` otherwise. Without a key, a request must name a loopback Host (a web page the
@@ -42,6 +43,7 @@ from starlette.types import Receive
 from . import prompt as prompts
 from .chat import ChatBackend, Loaded
 from .errors import ModelNotLoaded, report
+from .json_answers import response_format_schema
 from .openai_wire import DONE, Completion, finish_reason, sse, usage
 from .pump import pump
 from .service import LEFT, Caller, ChatService, Turn
@@ -57,7 +59,7 @@ SYSTEM_ROLES = ("system", "developer")  # "developer" is OpenAI's newer name for
 # OpenAI fields that change nothing at these values: accepted at them, refused at any other.
 NEUTRAL: dict[str, object] = {
     "n": 1, "frequency_penalty": 0, "presence_penalty": 0, "logprobs": False, "store": False,
-    "tool_choice": "none", "response_format": {"type": "text"},
+    "tool_choice": "none",
 }
 # Sampling as OpenAI's API samples when a request does not say: temperature 1, top-p 1, no top-k.
 OPENAI_TEMPERATURE = 1.0
@@ -213,6 +215,7 @@ class ChatRequest(_Strict):
     top_p: float | None = None
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    response_format: dict[str, Any] | None = None  # text, json_object or json_schema (phi3ui/json_answers.py)
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -271,11 +274,14 @@ def generation_settings(request: ChatRequest, system: str, limits: Limits) -> Ge
         raise ApiError(400, "`max_tokens` and `max_completion_tokens` disagree; send one of them.", "max_tokens")
     max_param = "max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens"
     asked = request.max_completion_tokens if request.max_completion_tokens is not None else request.max_tokens
+    schema, problem = response_format_schema(request.response_format or {"type": "text"})
+    if problem:
+        raise ApiError(400, problem, "response_format")
     settings = GenerationSettings(
         max_new_tokens=asked if asked is not None else min(GenerationSettings.max_new_tokens, limits.max_new_tokens),
         temperature=OPENAI_TEMPERATURE if request.temperature is None else request.temperature,
         top_p=1.0 if request.top_p is None else request.top_p,
-        top_k=0, seed=request.seed, stop=request.stop, system_prompt=system,
+        top_k=0, seed=request.seed, stop=request.stop, system_prompt=system, json_schema=schema,
     )
     probe = GenerationSettings(max_new_tokens=1)  # valid whatever the limits: one field checked at a time
     for name, param in (("max_new_tokens", max_param), ("temperature", "temperature"), ("top_p", "top_p"),

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from . import json_answers
 from .answer import Stats
 from .errors import RemoteError
 from .settings import GenerationSettings
@@ -101,6 +102,8 @@ def chat_body(messages: list[dict], settings: GenerationSettings, model: str) ->
             body["seed"] = settings.seed
     if settings.stop:
         body["stop"] = list(settings.stop)
+    if response_format := json_answers.response_format(settings.json_schema):
+        body["response_format"] = response_format
     return body
 
 

@@ -34,6 +34,13 @@ local engine is done here:
   (`phi3ui.errors`) with a sentence for the user, the remote's own words apart (`detail`:
   logged always, shown as `public_error` allows) and the status the front end's own /v1
   answers with (502, 503, 504). Nothing is cached from a failed call, so the next message simply tries again.
+  A stream that ends before its first event is asked about once more, without streaming and
+  for one token: llama-cpp-python's server answers a prompt longer than its context with an
+  HTTP 200 and an empty stream, and only its non-streamed answer is the 400 that says why.
+- Reachable or not (`unavailable`, `/health`): a request that cannot connect marks the remote
+  down and any answer marks it up; in between, a bare TCP connect checks its port (in the
+  background, at most every `RETRY_S`). Not an HTTP request: any request to llama-cpp-python's
+  server, even `GET /models`, ends the answer it is streaming.
 
 Nothing here imports Gradio.
 """
@@ -88,14 +95,17 @@ def http_failure(status: int, body: str, model: str = "") -> RemoteError:
     return RemoteError(f"The remote engine failed (HTTP {status}).", 502, "remote_failed", detail=said)
 
 
+DOWN = ("The remote engine cannot be reached (connection refused or no route): it may be down or restarting. "
+        "Try again in a moment.")
+
+
 def transport_failure(exc: httpx.HTTPError, timeout_s: float, midway: bool = False) -> RemoteError:
     """A connection that could not be made, timed out or broke."""
     if isinstance(exc, httpx.ConnectTimeout):
         return RemoteError("The remote engine could not be reached in time; it may be down or overloaded. "
                            "Try again in a moment.", 503, "remote_unavailable", retry_after_s=5)
     if isinstance(exc, httpx.ConnectError):
-        return RemoteError("The remote engine cannot be reached (connection refused or no route): it may be down "
-                           "or restarting. Try again in a moment.", 503, "remote_unavailable", retry_after_s=5)
+        return RemoteError(DOWN, 503, "remote_unavailable", retry_after_s=5)
     if isinstance(exc, httpx.TimeoutException):
         return RemoteError(f"The remote engine sent nothing for {timeout_s:g} s (--remote-timeout), so this "
                            "answer was given up.", 504, "remote_timeout")
@@ -214,7 +224,10 @@ class RemoteEngine(AnswerEngine):
         self.reported_window = 0  # what the remote's /models says, once asked
         self.discovered = False
         self.failure = ""  # why the remote could not be asked yet (the page's notice)
+        self.down = ""  # why the remote cannot be reached now, as far as the last connection knows
         self._asked = 0.0
+        self._probed = 0.0  # when the remote's port was last checked (`unavailable`)
+        self._probing = threading.Lock()
         self._lookup = threading.Lock()
         timeout = httpx.Timeout(settings.timeout_s, connect=min(settings.connect_timeout_s, settings.timeout_s))
         # No kept-alive connections: each request opens its own, so its socket is known from
@@ -256,7 +269,38 @@ class RemoteEngine(AnswerEngine):
 
     @property
     def unavailable(self) -> str:
-        return f"The remote engine could not be reached: {self.failure}" if self.failure else ""
+        """Why the remote cannot answer now (`/health`'s reason), as last known; it is checked
+        again in the background at most every RETRY_S (`probe`), so a remote that came back is
+        seen without a message sent through this server."""
+        now = time.monotonic()
+        if now - self._probed >= self.RETRY_S and not self._probing.locked():
+            self._probed = now
+            threading.Thread(target=self.probe, name="remote-probe", daemon=True).start()
+        if self.failure:
+            return f"The remote engine could not be reached: {self.failure}"
+        return self.down
+
+    def probe(self) -> None:
+        """Whether the remote's port takes a connection: a bare TCP connect, not an HTTP
+        request (llama-cpp-python's server ends the answer it is streaming at any request).
+        A remote not yet asked about its model is asked once its port answers."""
+        if not self._probing.acquire(blocking=False):
+            return
+        try:
+            url = httpx.URL(self.settings.base)
+            port = url.port or (443 if url.scheme == "https" else 80)
+            try:
+                socket.create_connection((url.host, port), timeout=self.settings.connect_timeout_s).close()
+            except OSError as exc:
+                if not self.down:
+                    log.warning("remote engine at %s cannot be reached: %s", self.settings.base, exc)
+                self.down = DOWN
+                return
+            self.down = ""
+            if not self.discovered:
+                self.refresh()
+        finally:
+            self._probing.release()
 
     @property
     def notices(self) -> tuple[str, ...]:
@@ -370,21 +414,25 @@ class RemoteEngine(AnswerEngine):
         url = f"{self.settings.base}/chat/completions"
 
         def read() -> None:
-            started = False
+            started = seen = False
             try:
                 try:
                     with self.client.stream("POST", url, json=body, extensions={"trace": line.trace}) as response:
                         line.hold(response)
+                        self.down = ""
                         if response.status_code != 200:
                             response.read()
                             raise http_failure(response.status_code, response.text, body["model"])
                         started = True
                         for event in events(response.iter_lines()):
+                            seen = True
                             if text := tally.feed(event):
                                 pieces.put(text)
                             if line.cut:
                                 break
                         else:
+                            if not seen and not line.cut:
+                                raise self._why_empty(url, body)
                             if not tally.finish and not line.cut:
                                 raise RemoteError("The remote engine ended the answer without saying it was done "
                                                   "(it may have stopped or restarted). Try again in a moment.", 502,
@@ -396,9 +444,28 @@ class RemoteEngine(AnswerEngine):
                 pieces.put(exc)
             except httpx.HTTPError as exc:
                 log.warning("remote engine at %s: %r", self.settings.base, exc)
-                pieces.put(transport_failure(exc, self.settings.timeout_s, midway=started))
+                failure = transport_failure(exc, self.settings.timeout_s, midway=started)
+                if failure.code == "remote_unavailable":
+                    self.down = failure.message
+                pieces.put(failure)
             except Exception as exc:  # noqa: BLE001 - handed to the reader
                 pieces.put(exc)
 
         threading.Thread(target=read, name="remote-stream", daemon=True).start()
         return pieces
+
+    def _why_empty(self, url: str, body: dict) -> RemoteError:
+        """A stream that ended before its first event, asked about once more without
+        streaming and for one token. llama-cpp-python's server answers a prompt longer than
+        its context that way (HTTP 200, then nothing); asked so, it gives its 400 with the
+        reason. Any other answer leaves the plain failure."""
+        ended = RemoteError("The remote engine ended the answer before it began (it may have stopped or "
+                            "restarted). Try again in a moment.", 502, "remote_disconnected")
+        once = {k: v for k, v in body.items() if k != "stream_options"} | {"stream": False, "max_tokens": 1}
+        try:
+            response = self.client.post(url, json=once)
+        except httpx.HTTPError:
+            return ended
+        if response.status_code != 200:
+            return http_failure(response.status_code, response.text, body["model"])
+        return ended

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import ClassVar, Literal
 from urllib.parse import urlsplit
 
+from .json_answers import schema_problem
+
 DEFAULT_MODEL = "microsoft/Phi-3-mini-4k-instruct"
 BUNDLED = "bundled"
 WEIGHT_FORMATS = ("int4", "int8", "fp16")
@@ -29,14 +31,17 @@ class EngineKind:
     batches: bool = False  # answers `--concurrency` messages at once; otherwise they wait in line
     prompt_lookup: bool = False  # can check guessed tokens and take back the wrong ones
     remote: bool = False  # no model here: an OpenAI-compatible server answers (phi3ui/remote_engine.py)
+    json_answers: bool = False  # can hold an answer to a JSON schema (constrained decoding, or the remote's)
 
 
 # The one registry of engines, in the order they are offered.
 ENGINES: dict[str, EngineKind] = {kind.name: kind for kind in (
-    EngineKind("genai", "openvino-genai, answers batched with --concurrency", batches=True, prompt_lookup=True),
+    EngineKind("genai", "openvino-genai, answers batched with --concurrency", batches=True, prompt_lookup=True,
+               json_answers=True),
     EngineKind("optimum", "optimum-intel's OVModelForCausalLM, one answer at a time"),
     # batches: answers --concurrency requests at once (the remote server does the batching)
-    EngineKind("openai", "a remote OpenAI-compatible server answers, no model here", batches=True, remote=True),
+    EngineKind("openai", "a remote OpenAI-compatible server answers, no model here", batches=True, remote=True,
+               json_answers=True),
 )}
 LOCAL_ENGINES = tuple(name for name, kind in ENGINES.items() if not kind.remote)
 REMOTE_ENGINE = next(name for name, kind in ENGINES.items() if kind.remote)
@@ -264,6 +269,8 @@ class GenerationSettings:
     system_prompt: str = ""
     # The answer ends before the first of these strings (which it leaves out); the API's `stop`.
     stop: tuple[str, ...] = ()
+    # A JSON Schema the answer must fit (phi3ui/json_answers.py); "" for free text.
+    json_schema: str = ""
 
     MAX_STOP_STRINGS: ClassVar[int] = 4  # as many as OpenAI's API takes
     MAX_STOP_CHARS: ClassVar[int] = 200  # the engines match each one on every new token
@@ -298,6 +305,11 @@ class GenerationSettings:
         for ok, message in checks:
             if not ok:
                 raise SettingsError(message)
+        if self.json_schema:
+            if problem := schema_problem(self.json_schema):
+                raise SettingsError(problem)
+            if self.min_new_tokens:
+                raise SettingsError("Min new tokens must be 0 for an answer as JSON: it ends where the JSON does.")
         return self
 
     @classmethod
@@ -311,7 +323,8 @@ class GenerationSettings:
             if f.name == "stop":
                 converted["stop"] = stop_strings(value)
                 continue
-            kind = {"max_new_tokens": int, "min_new_tokens": int, "top_k": int, "seed": int, "system_prompt": str}.get(
+            kind = {"max_new_tokens": int, "min_new_tokens": int, "top_k": int, "seed": int, "system_prompt": str,
+                    "json_schema": str}.get(
                 f.name, float
             )
             try:

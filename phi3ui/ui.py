@@ -41,6 +41,7 @@ from .engines import available_devices
 from .errors import Problem, report
 from .export import ExportError, default_settings
 from .fairness import LimitReached
+from .json_answers import JSON_OBJECT
 from .pump import pump
 from .service import Caller, ChatService
 from .sessions import Sessions
@@ -254,11 +255,15 @@ class Page:
 
     # --- helpers -----------------------------------------------------------------------
     @staticmethod
-    def settings(max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, system_prompt) -> GenerationSettings:
+    def settings(max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, system_prompt,
+                 answer_json=False, json_schema="") -> GenerationSettings:
+        """The sidebar's values (in `conversations.SETTINGS` order) as settings; answers as
+        JSON with an empty schema box fit any JSON object."""
         return GenerationSettings.from_values(
             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
             repetition_penalty=repetition_penalty, seed=None if seed in (None, "", -1) else seed,
             system_prompt=system_prompt or "",
+            json_schema=((json_schema or "").strip() or JSON_OBJECT) if answer_json else "",
         )
 
     def model_info(self) -> str:
@@ -702,12 +707,14 @@ class Page:
     def api_chat(self, message: str, history: list[dict] | None = None, max_new_tokens: int = 1024,
                  temperature: float = 0.0, top_p: float = 1.0, top_k: int = 50,
                  repetition_penalty: float = 1.0, seed: int | None = None,
-                 system_prompt: str = "", request: gr.Request | None = None) -> Iterator[str]:
+                 system_prompt: str = "", json_schema: str = "",
+                 request: gr.Request | None = None) -> Iterator[str]:
         """Stream the answer to `message` after `history` ({role, content} messages), the
-        text so far with each update. A refusal or failure is a `gr.Error` with its text."""
+        text so far with each update; with a `json_schema`, the answer is JSON that fits it.
+        A refusal or failure is a `gr.Error` with its text."""
         try:
             settings = self.settings(max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed,
-                                     system_prompt)
+                                     system_prompt, bool(json_schema), json_schema)
             with self.service.open(self.caller("/chat", request), history or [], message, settings) as turn:
                 yield from turn.texts(STREAM_INTERVAL_S)
         except Exception as exc:  # noqa: BLE001 - the client gets the text errors.problem allows
@@ -812,6 +819,11 @@ class Page:
                 self.repetition_penalty = gr.Slider(0.5, 2, gen_defaults.repetition_penalty, step=0.05,
                                                     label="Repetition penalty")
                 self.seed = gr.Number(-1, precision=0, label="Seed (-1 = random)", elem_id="seed")
+                self.answer_json = gr.Checkbox(False, label="Answer as JSON", elem_id="answer-json",
+                                               info="The answer is JSON that fits the schema below "
+                                                    "(genai engine or a remote server)")
+                self.json_schema = gr.Code("", language="json", label="JSON schema (empty: any JSON object)",
+                                           interactive=True, lines=4, elem_id="json-schema")
 
             gr.Markdown("## phi3ui · chat with Phi-3 on OpenVINO, on your own machine", elem_id="page-title")
             self.chatbot = gr.Chatbot(
@@ -853,7 +865,7 @@ class Page:
             self.streaming = gr.Checkbox(False, visible=False)  # the browser fills in: is an answer on its way
             self.sync_btn = gr.Button("Sync", visible="hidden", elem_id="conv-sync")
             self.gen = [self.max_new_tokens, self.temperature, self.top_p, self.top_k, self.repetition_penalty,
-                        self.seed, self.system_prompt]
+                        self.seed, self.system_prompt, self.answer_json, self.json_schema]  # conversations.SETTINGS
             self._wire(demo)
         return demo
 

@@ -14,10 +14,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import jsonschema
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from bench.app_process import AppProcess
+from bench.json_cases import SCHEMAS
 from phi3ui.settings import BUNDLED, DEFAULT_ENGINE
 from tests.test_browser import (  # noqa: F401 - fixtures
     ANSWER,
@@ -170,6 +172,27 @@ def test_a_conversation_keeps_its_own_settings(new_page) -> None:
     expect(page.locator("#max-new-tokens input[type=number]")).to_have_value("8")
     open_conversation(page, "Name a fruit.")
     expect(page.locator("#max-new-tokens input[type=number]")).to_have_value("5")
+
+
+def test_answer_as_json_is_a_setting_each_conversation_keeps(new_page) -> None:
+    page = new_page()
+    set_max_new_tokens(page, 200)
+    page.locator("#answer-json input[type=checkbox]").check()
+    page.locator("#json-schema .cm-content").fill(json.dumps(SCHEMAS["person"]))
+    question = "Describe a famous scientist."
+    ask(page, question)
+    record = next(r for r in stored(page) if answered(r, question))
+    assert record["settings"]["answer_json"] is True
+    assert json.loads(record["settings"]["json_schema"]) == SCHEMAS["person"]
+    answer = [m for m in record["messages"] if m["role"] == "assistant" and not m.get("metadata")][-1]
+    jsonschema.validate(json.loads(answer["content"]), SCHEMAS["person"])
+    new_chat(page)
+    page.locator("#answer-json input[type=checkbox]").uncheck()
+    ask(page, "Name a fruit.")
+    open_conversation(page, question)
+    expect(page.locator("#answer-json input[type=checkbox]")).to_be_checked()
+    open_conversation(page, "Name a fruit.")
+    expect(page.locator("#answer-json input[type=checkbox]")).not_to_be_checked()
 
 
 def test_rename_search_delete_and_restore(new_page) -> None:

@@ -24,12 +24,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import jsonschema
 import openai
 import pytest
 from gradio_client import Client
 from playwright.sync_api import Page, expect
 
 from bench.app_process import AppProcess, free_port
+from bench.json_cases import PROMPTS, SCHEMAS, instruction
 from phi3ui.chat import ChatBackend
 from phi3ui.errors import public_error
 from phi3ui.openai_wire import Tally, chat_body, events
@@ -442,6 +444,19 @@ def test_the_openai_client_through_the_front_end(engine: Engine, front: AppProce
     assert short.choices[0].finish_reason == "length" and short.usage.completion_tokens == 5
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="another", messages=ASK, max_tokens=5)
+
+
+@pytest.mark.server
+def test_answers_as_json_pass_through_to_the_remote(engine: Engine, front: AppProcess) -> None:
+    asked = dict(model="bundled", temperature=0, max_tokens=200, response_format={
+        "type": "json_schema", "json_schema": {"name": "person", "schema": SCHEMAS["person"], "strict": True}},
+        messages=[{"role": "system", "content": instruction("person")}, {"role": "user", "content": PROMPTS["person"][0]}])
+    through = api(front).chat.completions.create(**asked).choices[0].message.content
+    assert through == api(engine.app).chat.completions.create(**asked).choices[0].message.content
+    jsonschema.validate(json.loads(through), SCHEMAS["person"])
+    lookahead = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "string", "pattern": "(?=a)b"}}}
+    with pytest.raises(openai.BadRequestError, match="Lookahead is not supported"):  # the remote's own check
+        api(front).chat.completions.create(**{**asked, "response_format": lookahead})
 
 
 @pytest.mark.server
