@@ -1,4 +1,4 @@
-"""Copy the benchmark results into README.md, between its `<!-- bench:NAME -->` markers.
+"""Copy the benchmark results into bench/README.md, between its `<!-- bench:NAME -->` markers.
 
     python -m bench.readme
 
@@ -18,6 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 NOTES = ROOT / "bench" / "NOTES.md"
+PAGE = ROOT / "bench" / "README.md"
 
 
 def between(text: str, start: str, end: str) -> str:
@@ -25,13 +26,13 @@ def between(text: str, start: str, end: str) -> str:
 
 
 def sections() -> dict[str, str]:
-    """Each README block, its headings moved one level down under README's '## Benchmarks'."""
-    chat = (RESULTS / "README-section.md").read_text().replace("## Benchmark\n", "### Multi-turn chat\n", 1)
-    chat = re.sub(r"^### (?!Multi-turn chat)", "#### ", chat, flags=re.M)
-    concurrency = (RESULTS / "concurrency.md").read_text().replace("## ", "### ", 1)
+    """Each block of the page, its links relative to bench/."""
+    chat = (RESULTS / "README-section.md").read_text().replace("## Benchmark\n", "## Multi-turn chat\n", 1)
+    chat = chat.replace("](bench/results/", "](results/")
+    concurrency = (RESULTS / "concurrency.md").read_text()
     decode = between(NOTES.read_text(), "<!-- README -->", "<!-- /README -->")
-    lookup = (RESULTS / "lookup.md").read_text().replace("## ", "### ", 1)
-    scale_out = (RESULTS / "scale_out.md").read_text().replace("## ", "### ", 1)
+    lookup = (RESULTS / "lookup.md").read_text()
+    scale_out = (RESULTS / "scale_out.md").read_text()
     return {"chat": chat, "concurrency": concurrency, "decode": decode, "lookup": lookup,
             "long_chat": long_chats(), "scale_out": scale_out}
 
@@ -39,7 +40,7 @@ def sections() -> dict[str, str]:
 def long_chats() -> str:
     """Each long-chat run's heading, command, summary table and plot; the per-turn tables
     stay in bench/results."""
-    parts = ["### Long chats past the context window", "",
+    parts = ["## Long chats past the context window", "",
              "The same chat twice through the app's backend, each turn adding a ~70-token message and a "
              "forced-length answer: \"before\" leaves out the fewest old exchanges each turn (the old "
              "behaviour), \"after\" is the app's policy (cut to half the window, keep the cut). Computed "
@@ -48,26 +49,26 @@ def long_chats() -> str:
     for path in sorted(RESULTS.glob("long_chat*.md")):
         head, rest = path.read_text().split("\n\n", 1)
         summary = rest.split("\n| turn |", 1)[0].strip()
-        parts += [head.replace("# ", "#### ", 1), "", summary, "",
-                  f"![Time to first token and tokens per turn](bench/results/{path.stem}.png)", "",
-                  f"Every turn: [bench/results/{path.name}](bench/results/{path.name}).", ""]
+        parts += [head.replace("# ", "### ", 1), "", summary, "",
+                  f"![Time to first token and tokens per turn](results/{path.stem}.png)", "",
+                  f"Every turn: [results/{path.name}](results/{path.name}).", ""]
     return "\n".join(parts)
 
 
-def filled(readme: str) -> str:
-    """`readme` with every `<!-- bench:NAME -->` block replaced by the current results."""
+def filled(page: str) -> str:
+    """`page` with every `<!-- bench:NAME -->` block replaced by the current results."""
+    readme = page
     for name, text in sections().items():
         marker = rf"<!-- bench:{name} -->.*?<!-- /bench:{name} -->"
         if not re.search(marker, readme, flags=re.S):
-            raise SystemExit(f"README.md has no <!-- bench:{name} --> markers")
+            raise SystemExit(f"bench/README.md has no <!-- bench:{name} --> markers")
         readme = re.sub(marker, lambda _: f"<!-- bench:{name} -->\n{text.strip()}\n<!-- /bench:{name} -->",
                         readme, flags=re.S)
     return readme
 
 
 def main() -> int:
-    readme_path = ROOT / "README.md"
-    readme_path.write_text(filled(readme_path.read_text()))
+    PAGE.write_text(filled(PAGE.read_text()))
     return 0
 
 

@@ -8,6 +8,7 @@ Not a timed test: it checks that every figure is there and positive, never how l
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.bench
 
 
 @pytest.mark.slow
@@ -51,9 +53,9 @@ def test_quick_benchmark_writes_json_plot_and_section(bundled, tmp_path: Path) -
 
 # --- fast checks of what the benchmarks publish ---------------------------------------------
 def published_commands() -> list[str]:
-    """Every `python -m bench.decode` command quoted in README.md, bench/NOTES.md and the
-    sessions decode.json records."""
-    texts = [(ROOT / "README.md").read_text(), (ROOT / "bench" / "NOTES.md").read_text()]
+    """Every `python -m bench.decode` command quoted in bench/README.md, bench/NOTES.md and
+    the sessions decode.json records."""
+    texts = [(ROOT / "bench" / "README.md").read_text(), (ROOT / "bench" / "NOTES.md").read_text()]
     sessions = json.loads((ROOT / "bench" / "results" / "decode.json").read_text())["sessions"]
     commands = [line.strip() for text in texts for line in text.splitlines()
                 if line.strip().startswith("python -m bench.decode --")]
@@ -81,10 +83,34 @@ def test_decode_lists_its_configurations_as_a_module():
     assert done.stdout.split()[0] == "llama" and "asym-cw-r1" in done.stdout.split()
 
 
-def test_readme_holds_the_current_results():
-    """README.md is what `python -m bench.readme` makes of bench/results and bench/NOTES.md."""
-    from bench.readme import filled
+def test_the_benchmark_page_holds_the_current_results():
+    """bench/README.md is what `python -m bench.readme` makes of bench/results and bench/NOTES.md."""
+    from bench.readme import PAGE, filled
 
+    page = PAGE.read_text()
+    assert filled(page) == page
+
+
+def test_the_readme_is_for_users():
+    """The Spaces front matter, the two commands first, at most 250 lines, and every link to
+    a file of the repository or a heading of the page leads somewhere."""
     readme = (ROOT / "README.md").read_text()
-    assert filled(readme) == readme
     assert readme.startswith("---\ntitle: phi3ui\n")  # the Hugging Face Spaces front matter
+    assert len(readme.splitlines()) <= 250
+    assert readme.index("bash scripts/install.sh && python app.py") < readme.index("## ")
+    for page in (ROOT / "README.md", ROOT / "docs" / "api.md", ROOT / "docs" / "serving.md", ROOT / "bench" / "README.md"):
+        text = page.read_text()
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if target.startswith("http"):
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            assert linked.exists(), f"{page.name}: {target}"
+            if anchor and linked.suffix == ".md":
+                assert anchor in headings(linked.read_text()), f"{page.name}: {target}"
+
+
+def headings(markdown: str) -> set[str]:
+    """GitHub's anchors for the headings of a Markdown page."""
+    return {re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+            for line in markdown.splitlines() if line.startswith("#")}
