@@ -297,7 +297,7 @@ class RemoteEngine(AnswerEngine):
                 self.down = DOWN
                 return
             self.down = ""
-            if not self.discovered:
+            if not self.discovered and not self.client.is_closed:
                 self.refresh()
         finally:
             self._probing.release()

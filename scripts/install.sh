@@ -14,6 +14,16 @@ python -c "import transformers, optimum.intel, openvino_genai, gradio" \
   || { echo "install.sh: the stack does not import; see the errors above" >&2; exit 1; }
 
 if [ "${1:-}" = "--test" ]; then
+  # llama-cpp-python (requirements-test.txt) compiles llama.cpp: without -march=native, with only
+  # the vector instructions this CPU has (one it lacks is a SIGILL at the first token), and no
+  # AVX-512, so the wheel pip caches runs on every machine of this kind. A CMAKE_ARGS of your own wins.
+  if [ -z "${CMAKE_ARGS:-}" ]; then
+    has() { grep -qw "$1" /proc/cpuinfo && echo ON || echo OFF; }
+    export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=$(has avx) -DGGML_AVX2=$(has avx2) -DGGML_FMA=$(has fma) \
+-DGGML_F16C=$(has f16c) -DGGML_AVX512=OFF -DGGML_AVX_VNNI=OFF -DLLAVA_BUILD=OFF"
+  fi
+  python -c "import llama_cpp" 2>/dev/null \
+    || echo "install.sh: installing llama-cpp-python; with no wheel in pip's cache it compiles (6-10 minutes on 2 cores)"
   pip_install -r requirements-test.txt
   if ! command -v chromium >/dev/null; then
     SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
