@@ -6,6 +6,7 @@
     python -m bench.decode_profile FOLDER   where a decode step's time goes
     python -m bench.lookup        prompt lookup against plain decoding and llama.cpp's
     python -m bench.quality       answer quality of export and runtime choices
+    python -m bench.stop          how soon Stop, a closed reader and a Stop in line end an answer
     python -m bench.readme        copies the results into README.md
 
 What was measured and what it showed: bench/NOTES.md; every figure: bench/results/.

@@ -38,9 +38,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bench.app_process import AppProcess, vm_hwm_mb
 from phi3ui.files import staged
 from phi3ui.settings import LOCAL_ENGINES
+from tests.app_process import AppProcess, vm_hwm_mb
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -370,14 +370,14 @@ def bench_http(model: str, folder: Path, turns: int, tokens: int, engine_run: En
 # --- the Phi-3-mini-shaped model ----------------------------------------------------------
 def build_phi3_shaped(dest: Path) -> Path:
     """Phi-3-mini-4k-instruct with random weights (bf16 on disk): its config, its tokenizer and
-    chat template (bench/phi3_tokenizer.py, checked against the original's ids) and its
+    chat template (tests/phi3_tokenizer.py, checked against the original's ids) and its
     generation config, so the weights have the real model's size and prompts its tokens."""
     if (dest / "config.json").exists():
         return dest
     import torch
     from transformers import GenerationConfig, Phi3ForCausalLM
 
-    from bench.phi3_tokenizer import phi3_generation_config, phi3_mini_config, phi3_tokenizer_folder
+    from tests.phi3_tokenizer import phi3_generation_config, phi3_mini_config, phi3_tokenizer_folder
 
     print(f"Building a Phi-3-mini-shaped model with random weights in {dest}…", file=sys.stderr, flush=True)
     with staged(dest, last="config.json") as staging:

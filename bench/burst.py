@@ -29,87 +29,23 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import httpx
-
-from bench.app_process import ROOT, AppProcess
+from tests.app_process import (  # noqa: F401
+    DEFAULTS,
+    KEY,
+    QUESTION,
+    ROOT,
+    AppProcess,
+    Reply,
+    ask_chat,
+    ask_v1,
+)
 
 RESULTS = ROOT / "bench" / "results"
-KEY = "burst-test-key"
-QUESTION = "What is the capital of France?"
 LONG = "Count from 1 to 300, writing each number in words on its own line."
 BURST = 10
 FLOOD_TOKENS = 256
 NEWCOMER = "198.51.100.7"
 FLOODERS = ("203.0.113.66", "203.0.113.77")
-DEFAULTS = [0.0, 1.0, 50, 1.0, None, ""]  # /chat: temperature, top-p, top-k, repetition penalty, seed, system
-
-
-@dataclass
-class Reply:
-    """One request as its client saw it (times from a shared monotonic clock)."""
-
-    text: str = ""
-    error: str | None = None
-    sent: float = 0.0
-    first: float | None = None  # first text
-    ended: float = 0.0
-
-    @property
-    def ttft_s(self) -> float | None:
-        return None if self.first is None else self.first - self.sent
-
-
-def ask_chat(url: str, address: str, message: str = QUESTION, tokens: int = 16) -> Reply:
-    """One `/chat` call as a client behind a proxy (raw HTTP, as a script would send it)."""
-    headers = {"X-Forwarded-For": address}
-    reply = Reply(sent=time.monotonic())
-    with httpx.Client(timeout=300) as http:
-        joined = http.post(f"{url}gradio_api/call/chat", json={"data": [message, [], tokens, *DEFAULTS]},
-                           headers=headers)
-        if joined.status_code != 200:
-            reply.error, reply.ended = f"HTTP {joined.status_code}: {joined.text}", time.monotonic()
-            return reply
-        kind = ""
-        with http.stream("GET", f"{url}gradio_api/call/chat/{joined.json()['event_id']}", headers=headers) as stream:
-            for line in stream.iter_lines():
-                if line.startswith("event:"):
-                    kind = line.removeprefix("event:").strip()
-                elif line.startswith("data:"):
-                    data = json.loads(line.removeprefix("data:"))
-                    if kind == "error":
-                        reply.error = str(data)
-                        break
-                    if kind in ("generating", "complete") and data and data[0]:
-                        reply.text = data[0]
-                        reply.first = reply.first or time.monotonic()
-                    if kind == "complete":
-                        break
-    reply.ended = time.monotonic()
-    return reply
-
-
-def ask_v1(url: str, address: str, message: str = QUESTION, tokens: int = 16) -> Reply:
-    """One streamed chat completion through the `openai` client."""
-    import openai
-
-    client = openai.OpenAI(base_url=f"{url}v1", api_key=KEY, max_retries=0, timeout=300,
-                           default_headers={"X-Forwarded-For": address})
-    reply = Reply()
-    try:
-        model = client.models.list().data[0].id
-        reply.sent = time.monotonic()
-        stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": message}],
-                                                max_tokens=tokens, temperature=0, stream=True)
-        for chunk in stream:
-            if chunk.choices and chunk.choices[0].delta.content:
-                reply.text += chunk.choices[0].delta.content
-                reply.first = reply.first or time.monotonic()
-    except openai.APIError as exc:
-        reply.error = f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"
-    finally:
-        client.close()
-    reply.ended = time.monotonic()
-    return reply
 
 
 Ask = Callable[..., Reply]

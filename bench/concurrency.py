@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.app_process import AppProcess
+from tests.app_process import AppProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -2,7 +2,7 @@
 and what holding the tokens to the schema costs.
 
 Starts the app on the bundled model and asks /v1 (the `openai` client, streamed) every
-question of bench/json_cases.py twice, right after each other: once with the schema only in
+question of tests/json_cases.py twice, right after each other: once with the schema only in
 the prompt (the instruction every case carries), once also as `response_format`. Greedy,
 then sampled (temperature 0.7) with two seeds. An answer "parses" when `json.loads` takes it
 as it is, "parses unfenced" when it does after a Markdown code fence around it is taken
@@ -31,8 +31,8 @@ from dataclasses import asdict, dataclass
 import jsonschema
 import openai
 
-from bench.app_process import ROOT, AppProcess
-from bench.json_cases import OBJECT_PROMPTS, PROMPTS, SCHEMAS, instruction
+from tests.app_process import ROOT, AppProcess
+from tests.json_cases import OBJECT_PROMPTS, PROMPTS, SCHEMAS, instruction
 
 RESULTS = ROOT / "bench" / "results"
 SAMPLINGS = [("greedy", 0.0, None), ("seed 1", 0.7, 1), ("seed 2", 0.7, 2)]

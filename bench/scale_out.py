@@ -27,8 +27,8 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.app_process import AppProcess
 from bench.concurrency import Round, bundled_token_counter, parse_load_args, run_round
+from tests.app_process import AppProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 

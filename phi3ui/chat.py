@@ -151,7 +151,7 @@ class ChatBackend:
                 if engine is not None:
                     engine.close()
                 if earlier is not None:
-                    self._restore(*earlier, progress=progress)
+                    self._reload_previous(*earlier, progress=progress)
                 raise
             if engine.device_warning:
                 log.warning(engine.device_warning)
@@ -179,7 +179,7 @@ class ChatBackend:
             progress(f"Loaded: {self.loaded.describe()}")
             return self.loaded
 
-    def _restore(self, exported: Exported, runtime: RuntimeSettings, notices: tuple[str, ...],
+    def _reload_previous(self, exported: Exported, runtime: RuntimeSettings, notices: tuple[str, ...],
                  progress: Progress) -> None:
         """After a failed load, the server keeps answering with the model it had."""
         try:

@@ -3,14 +3,15 @@
 Where they are kept: the browser's localStorage, one entry per conversation (key
 `phi3ui:conversation:<id>`, the record below as JSON), never on the server, so replicas stay
 stateless and visitors of a public demo never see each other's chats. The page's JavaScript
-(ui.py) only reads, writes and removes entries; everything decided about them is here.
+(phi3ui/ui/static/storage.js) only reads, writes and removes entries; everything decided about them is here.
 
 A record is one conversation:
 
     {"id": "c…", "title": "…", "renamed": false, "created": ms, "updated": ms, "rev": "…",
      "messages": [{"role": "user" | "assistant", "content": "text as typed"}, …],
      "settings": {"max_new_tokens": …, "temperature": …, "top_p": …, "top_k": …,
-                  "repetition_penalty": …, "seed": …, "system_prompt": "…"}}
+                  "repetition_penalty": …, "seed": …, "system_prompt": "…", "answer_json": …,
+                  "json_schema": "…"}}  (settings.GENERATION_TABLE's names and types)
 
 Times are milliseconds since 1970. A message with `"metadata": {"title": …}` is one of the
 page's notes (an answer's time to first token, speed and token counts; "Stopped"); the model
@@ -34,7 +35,7 @@ Two tabs of one browser share the storage. The rule:
 - A conversation deleted in one tab stays on screen in another; if that tab goes on with it,
   it is saved again.
 
-No Gradio here: the page (ui.py) turns these records into what it shows.
+No Gradio here: the page (phi3ui/ui/conversation_list.py) turns these records into what it shows.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from typing import Any
 
 from . import prompt as prompts
 from .display import from_display, shown, to_display
+from .settings import PAGE_SETTINGS, SETTING
 
 FORMAT = "phi3ui-conversations"
 VERSION = 1
@@ -57,8 +59,7 @@ NEW_TITLE = "New chat"
 TITLE_CHARS = 48  # an automatic title: the first message's first words, at most this long
 MAX_TITLE_CHARS = 200  # a title given by hand
 COPY_SUFFIX = " (copy)"
-SETTINGS = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed", "system_prompt",
-            "answer_json", "json_schema")
+SETTINGS = PAGE_SETTINGS  # what a record keeps: settings.GENERATION_TABLE's names
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -166,18 +167,14 @@ def _clean_settings(value: Any) -> dict:
         return {}
     kept: dict[str, Any] = {}
     for name in SETTINGS:
-        v = value.get(name)
-        if name in ("system_prompt", "json_schema"):
-            if isinstance(v, str):
+        v, kind = value.get(name), SETTING[name].type
+        if kind in (str, bool):
+            if isinstance(v, kind):
                 kept[name] = v
-        elif name == "answer_json":
-            if isinstance(v, bool):
-                kept[name] = v
-        elif name == "seed":
-            if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)):
-                kept[name] = None if v is None else int(v)
+        elif name == "seed" and v is None:
+            kept[name] = None
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            kept[name] = int(v) if name in ("max_new_tokens", "top_k") else float(v)
+            kept[name] = kind(v)
     return kept
 
 
@@ -318,8 +315,9 @@ def listing(records: list[dict], query: str = "", now: int | None = None) -> lis
 
 
 # --- files -------------------------------------------------------------------------------
-def export_text(records: list[dict], now: int | None = None) -> str:
+def file_text(records: list[dict], now: int | None = None) -> str:
     """The file of all conversations, newest first."""
+    # "exported" (when the file was written) is the format's key, kept for the files already out there
     document = {"format": FORMAT, "version": VERSION, "exported": now_ms() if now is None else now,
                 "conversations": ordered(records)}
     return json.dumps(document, ensure_ascii=False, indent=1)
@@ -384,7 +382,7 @@ class Merge:
 def merge(existing: list[dict], incoming: list[dict]) -> Merge:
     """Fold loaded conversations into the kept ones without duplicates: one with a kept id
     replaces it only if it was updated later and differs; one with new id but the messages
-    of a kept one (the same chat loaded twice, or exported from another browser) is left
+    of a kept one (the same chat loaded twice, or downloaded from another browser) is left
     out; the rest are added. Every record written gets a new rev, so open tabs notice."""
     by_id = {r["id"]: r for r in existing}
     prints = {fingerprint(r["messages"]): r["id"] for r in existing if r["messages"]}

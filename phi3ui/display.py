@@ -32,7 +32,6 @@ text must never reach the page as a plain string.
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from . import prompt as prompts
 from .answer import Stats
@@ -157,12 +156,3 @@ def stats_title(stats: Stats) -> str:
     if stats.stopped:
         return f"{STOPPED} · {stats.summary()}"
     return stats.summary()
-
-
-def stored_chat(stored: Any) -> list:
-    """A chat kept in the browser, or an empty one if what is there is not a chat."""
-    try:
-        prompts.normalize(stored)
-    except prompts.PromptError:
-        return []
-    return stored or []

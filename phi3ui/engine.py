@@ -188,7 +188,7 @@ class Slots:
 
     @property
     def waiting(self) -> int:
-        """How many answers are in line for a slot."""
+        """How many answers wait in the queue for a slot."""
         return len(self._line)
 
     def release(self) -> None:

@@ -37,7 +37,7 @@ class RemoteError(Exception):
 
 
 class ServerBusy(Exception):
-    """Every place in line is taken: as many answers generate and wait as the server takes."""
+    """Every place in the queue is taken: as many answers generate and wait as the server takes."""
 
     def __init__(self) -> None:
         super().__init__("The server has as many requests waiting as it takes; try again shortly.")

@@ -14,9 +14,9 @@ from . import prompt as prompts
 from .engine import Emit, Engine
 from .settings import ENGINES, GenerationSettings, SettingsError
 
-# Prompt lookup guesses up to 4 tokens after a matching n-gram of up to 3: checking 4 guesses
-# costs a step about 1.2 times a plain one on the Phi-3 shape (bench/decode_profile.py
-# --tokens-per-step), so even one right guess in five pays.
+# Prompt lookup guesses up to 4 tokens after a matching n-gram of up to 3: a step that checks
+# 4 guesses costs little more than a plain one, so even a few right guesses pay (the figures:
+# bench/NOTES.md, "Prompt lookup").
 PROMPT_LOOKUP_TOKENS = 4
 PROMPT_LOOKUP_NGRAM = 3
 

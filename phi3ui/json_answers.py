@@ -91,7 +91,7 @@ def schema_problem(text: str) -> str | None:
         return f"The JSON schema is not valid JSON: {exc}."
     if not isinstance(schema, dict):
         return "The JSON schema must be an object, such as {\"type\": \"object\"}."
-    import jsonschema
+    import jsonschema  # here: the app starts without it until a schema comes
 
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
@@ -114,8 +114,7 @@ def response_format_schema(value: object) -> tuple[str, str | None]:
     if not isinstance(value, dict) or not isinstance(value.get("type"), str):
         return "", '`response_format` must be an object with a `type`: "text", "json_object" or "json_schema".'
     kind = value["type"]
-    extra = set(value) - {"type", "json_schema"} or (kind != "json_schema" and "json_schema" in value)
-    if extra:
+    if set(value) - {"type", "json_schema"} or (kind != "json_schema" and "json_schema" in value):
         return "", f"`response_format` of type {kind!r} takes no other fields than those OpenAI defines."
     if kind == "text":
         return "", None

@@ -47,7 +47,7 @@ from .json_answers import response_format_schema
 from .openai_wire import DONE, Completion, finish_reason, sse, usage
 from .pump import pump
 from .service import LEFT, Caller, ChatService, Turn
-from .settings import GenerationSettings, Limits, SettingsError, stop_strings
+from .settings import SETTING, GenerationSettings, Limits, SettingsError, stop_strings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -61,8 +61,9 @@ NEUTRAL: dict[str, object] = {
     "n": 1, "frequency_penalty": 0, "presence_penalty": 0, "logprobs": False, "store": False,
     "tool_choice": "none",
 }
-# Sampling as OpenAI's API samples when a request does not say: temperature 1, top-p 1, no top-k.
-OPENAI_TEMPERATURE = 1.0
+# Sampling as OpenAI's API samples when a request does not say: temperature 1, top-p 1, no top-k
+# (settings.GENERATION_TABLE's `api_default` where it differs from the page's default).
+OPENAI_TEMPERATURE = SETTING["temperature"].api_default
 
 
 # --- errors ----------------------------------------------------------------------------
@@ -280,8 +281,8 @@ def generation_settings(request: ChatRequest, system: str, limits: Limits) -> Ge
     settings = GenerationSettings(
         max_new_tokens=asked if asked is not None else min(GenerationSettings.max_new_tokens, limits.max_new_tokens),
         temperature=OPENAI_TEMPERATURE if request.temperature is None else request.temperature,
-        top_p=1.0 if request.top_p is None else request.top_p,
-        top_k=0, seed=request.seed, stop=request.stop, system_prompt=system, json_schema=schema,
+        top_p=SETTING["top_p"].default if request.top_p is None else request.top_p,
+        top_k=SETTING["top_k"].api_default, seed=request.seed, stop=request.stop, system_prompt=system, json_schema=schema,
     )
     probe = GenerationSettings(max_new_tokens=1)  # valid whatever the limits: one field checked at a time
     for name, param in (("max_new_tokens", max_param), ("temperature", "temperature"), ("top_p", "top_p"),

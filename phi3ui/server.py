@@ -195,13 +195,13 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("Sharing a public link without --auth: anyone with the link can use this machine's model.")
     if args.concurrency > 1 and not backend.engine.kind.batches:
         log.info("The %s engine answers one message at a time; --concurrency %d lets the others wait "
-                 "in line. The genai engine answers them together.", backend.engine.name, args.concurrency)
+                 "their turn. The genai engine answers them together.", backend.engine.name, args.concurrency)
 
     from .openai_api import Access, OpenAIApi  # FastAPI, which comes with Gradio
     from .status import StatusApi
     from .ui import Page  # Gradio loads only when serving
 
-    # One way in for the page, /chat and /v1: the same line, the same fair-use limits.
+    # One way in for the page, /chat and /v1: the same queue, the same fair-use limits.
     service = ChatService(backend, Gate(FairUse(rate_per_minute=args.rate_limit)), waiting=args.queue_size)
     page = Page(backend, lock_settings=args.lock_settings, service=service, trust_proxy=args.trust_proxy)
     access = Access.decide(args.api_key, host=args.host, share=args.share, spaces=on_spaces(),

@@ -6,7 +6,7 @@
     turn.stats  # once it has ended
 
 A `Turn` is taken when a request arrives, before it waits for anything, and holds in order:
-a place in line (at most `concurrency + waiting` answers generate or wait at once), the
+a place in the queue (at most `concurrency + waiting` answers generate or wait at once), the
 client's fair-use ticket (so a request queued behind another of the same client counts),
 the prompt fitted to the window, and the `Answer`. Leaving it stops the answer if it still
 runs, waits until its generation has ended, gives the ticket and the place back, and logs
@@ -64,7 +64,7 @@ class Turn:
     def __init__(self, caller: Caller, ticket: Ticket, leave: Callable[[Turn], None]):
         self.caller = caller
         self._ticket = ticket
-        self._leave = leave  # gives the place in line back and reports how the turn ended
+        self._leave = leave  # gives the place in the queue back and reports how the turn ended
         self._lock = threading.Lock()
         self._closed = False
         self.fitted: prompts.Fitted | None = None
@@ -194,7 +194,7 @@ class ChatService:
         return {"waiting": slots.waiting, "count": slots.count, "busy": slots.count - slots.free}[what]
 
     def admit(self, caller: Caller) -> Turn:
-        """A place in line and the client's fair-use ticket, taken now; `ServerBusy` or
+        """A place in the queue and the client's fair-use ticket, taken now; `ServerBusy` or
         `LimitReached` when either is not to be had. Nothing is tokenized before this."""
         with self._lock:
             if self._in_line >= self.places:

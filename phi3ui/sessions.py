@@ -18,7 +18,6 @@ from .answer import Answer
 @dataclass
 class _Session:
     chat: int = 0  # bumped each time the chat on screen is replaced (Clear, Load JSON)
-    replaced: bool = False
     turn_chat: int | None = None  # the chat the latest answer was asked for in
     answer: Answer | None = None  # the answer in flight
     stop_early: bool = False  # Stop pressed before that answer existed
@@ -101,7 +100,6 @@ class Sessions:
         with self._lock:
             state = self._get(session)
             state.chat += 1
-            state.replaced = True
             if state.answer is not None:
                 state.answer.stop("the chat was replaced")
 
@@ -120,10 +118,6 @@ class Sessions:
         with self._lock:
             state = self._get(session)
             return state.turn_chat in (None, state.chat)
-
-    def ever_replaced(self, session: str) -> bool:
-        with self._lock:
-            return session in self._sessions and self._sessions[session].replaced
 
     def forget(self, session: str) -> bool:
         """The page closed: stop its answer and drop what was kept. True if one was running."""

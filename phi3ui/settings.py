@@ -10,7 +10,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from .json_answers import schema_problem
@@ -28,7 +28,7 @@ class EngineKind:
 
     name: str
     summary: str  # one line for the page's engine choice
-    batches: bool = False  # answers `--concurrency` messages at once; otherwise they wait in line
+    batches: bool = False  # answers `--concurrency` messages at once; otherwise they wait their turn
     prompt_lookup: bool = False  # can check guessed tokens and take back the wrong ones
     remote: bool = False  # no model here: an OpenAI-compatible server answers (phi3ui/remote_engine.py)
     json_answers: bool = False  # can hold an answer to a JSON schema (constrained decoding, or the remote's)
@@ -132,12 +132,10 @@ class ExportSettings:
 # does not divide a layer's input channels).
 BUNDLED_EXPORT = ExportSettings(group_size=64)
 
-# Sidebar presets, measured by bench/decode.py (speed, against llama.cpp) and
-# bench/quality.py (answers, on the bundled model). "most accurate" is the default export:
-# 40% of the layers stay int8, which costs decode time on a CPU. "fast decode" puts every
-# layer in int4 with the same group size (about llama.cpp Q4_0's speed; answers somewhat
-# further from the unquantised model). "fastest decode" drops groups for one scale per
-# channel, asymmetric (the fastest, and it fits any layer width), at a larger quality cost.
+# Sidebar presets, from the most accurate answers to the fastest decode: "most accurate" is
+# the default export, "fast decode" puts every layer in int4 with the same group size, and
+# "fastest decode" drops groups for one scale per channel, asymmetric (it fits any layer
+# width). What each costs and gains was measured, not guessed: bench/NOTES.md, "Export presets".
 DEFAULT_EXPORT = ExportSettings()
 FASTEST_EXPORT = ExportSettings(group_size=-1, ratio=1.0, sym=False)
 PRESETS = ("most accurate", "fast decode", "fastest decode")
@@ -256,21 +254,102 @@ class Limits:
 
 
 @dataclass(frozen=True)
-class GenerationSettings:
-    """Sampling settings; temperature 0 means greedy decoding."""
+class Setting:
+    """One generation setting as the page, the stored conversations, /chat and /v1 know it.
 
-    max_new_tokens: int = 1024
+    `low`..`high` are the bounds validation, the page's slider and the stored-record clamp
+    share; `high` may name a `Limits` field (the host's cap). `low_open`: `low` itself is
+    refused (top-p 0), so the slider starts one `step` above it. `api_default`: what /v1 uses
+    when a request does not say, where OpenAI's own default differs from the page's."""
+
+    name: str
+    type: type
+    default: Any
+    label: str
+    help: str = ""
+    low: float | None = None
+    high: float | str | None = None
+    step: float | None = None
+    low_open: bool = False
+    api_default: Any = None
+    elem_id: str | None = None
+
+    def bounds(self, limits: Limits | None = None) -> tuple[float, float]:
+        high = getattr(limits or Limits(), self.high) if isinstance(self.high, str) else self.high
+        return self.low, high
+
+    def slider_bounds(self, limits: Limits | None = None) -> tuple[float, float]:
+        """The page's slider range: the bounds, one step in from an open lower bound."""
+        low, high = self.bounds(limits)
+        return (round(low + self.step, 10) if self.low_open else low), high
+
+    def clamp(self, value: float, limits: Limits | None = None) -> float:
+        """A stored value held to what the slider can show."""
+        low, high = self.slider_bounds(limits)
+        return self.type(min(max(value, low), high))
+
+    def check(self, value: Any, limits: Limits) -> str | None:
+        """Why `value` is refused, in the page's and the APIs' words; None when it is fine."""
+        if self.low is None or value is None:
+            return None
+        low, high = self.bounds(limits)
+        ok = (low < value if self.low_open else low <= value) and value <= high
+        if ok:
+            return None
+        name = self.label.split(" (")[0]
+        if self.low_open:
+            return f"{name} must be above {low:g} and at most {high:g}, not {value}."
+        if self.name == "seed":
+            return f"{name} must be between 0 and 2**32 - 1, not {value}."
+        off = " (off)" if self.name == "top_k" else ""
+        return f"{name} must be between {low:g}{off} and {high:g}, not {value}."
+
+
+# The page's generation settings, in the order the sidebar shows them and a conversation keeps
+# them. Validation, the sliders, the clamp of stored conversations, their cleaning, and the
+# defaults of /chat and /v1 are all derived from this table (tests/test_settings_table.py).
+GENERATION_TABLE: tuple[Setting, ...] = (
+    Setting("max_new_tokens", int, 1024, "Max new tokens", "the longest answer, in tokens", low=1,
+            high="max_new_tokens", step=1, elem_id="max-new-tokens"),
+    Setting("temperature", float, 0.0, "Temperature (0 = greedy)", "0 always picks the likeliest token",
+            low=0.0, high=2.0, step=0.05, api_default=1.0, elem_id="temperature"),
+    Setting("top_p", float, 1.0, "Top-p", "sample from the likeliest tokens that make up this share",
+            low=0.0, high=1.0, step=0.05, low_open=True),
+    Setting("top_k", int, 50, "Top-k (0 = off)", "sample from this many likeliest tokens", low=0, high=1000,
+            step=1, api_default=0),
+    Setting("repetition_penalty", float, 1.0, "Repetition penalty", "above 1 makes repeating less likely",
+            low=0.5, high=2.0, step=0.05),
+    Setting("seed", int, None, "Seed (-1 = random)", "the same seed and settings give the same answer",
+            low=0, high=2**32 - 1, elem_id="seed"),
+    Setting("system_prompt", str, "", "System prompt", "what the model is told before the chat",
+            elem_id="system-prompt"),
+    Setting("answer_json", bool, False, "Answer as JSON",
+            "The answer is JSON that fits the schema below (genai engine or a remote server)",
+            elem_id="answer-json"),
+    Setting("json_schema", str, "", "JSON schema (empty: any JSON object)",
+            "a JSON Schema the answer must fit", elem_id="json-schema"),
+)
+SETTING: dict[str, Setting] = {s.name: s for s in GENERATION_TABLE}
+PAGE_SETTINGS = tuple(SETTING)  # the names, in the table's order
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Sampling settings; temperature 0 means greedy decoding. Defaults and bounds come from
+    GENERATION_TABLE."""
+
+    max_new_tokens: int = SETTING["max_new_tokens"].default
     min_new_tokens: int = 0  # benchmark only: forces a fixed answer length; the page never sets it
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 50
-    repetition_penalty: float = 1.0
-    seed: int | None = None
-    system_prompt: str = ""
+    temperature: float = SETTING["temperature"].default
+    top_p: float = SETTING["top_p"].default
+    top_k: int = SETTING["top_k"].default
+    repetition_penalty: float = SETTING["repetition_penalty"].default
+    seed: int | None = SETTING["seed"].default
+    system_prompt: str = SETTING["system_prompt"].default
     # The answer ends before the first of these strings (which it leaves out); the API's `stop`.
     stop: tuple[str, ...] = ()
     # A JSON Schema the answer must fit (phi3ui/json_answers.py); "" for free text.
-    json_schema: str = ""
+    json_schema: str = SETTING["json_schema"].default
 
     MAX_STOP_STRINGS: ClassVar[int] = 4  # as many as OpenAI's API takes
     MAX_STOP_CHARS: ClassVar[int] = 200  # the engines match each one on every new token
@@ -281,19 +360,12 @@ class GenerationSettings:
 
     def validate(self, limits: Limits = Limits()) -> GenerationSettings:
         """Refuse out-of-range values instead of clamping them in silence."""
+        for setting in GENERATION_TABLE:
+            if hasattr(self, setting.name) and (problem := setting.check(getattr(self, setting.name), limits)):
+                raise SettingsError(problem)
         checks = [
-            (1 <= self.max_new_tokens <= limits.max_new_tokens,
-             f"Max new tokens must be between 1 and {limits.max_new_tokens}, not {self.max_new_tokens}."),
             (0 <= self.min_new_tokens <= self.max_new_tokens,
              f"Min new tokens must be between 0 and max new tokens, not {self.min_new_tokens}."),
-            (0.0 <= self.temperature <= 2.0,
-             f"Temperature must be between 0 and 2, not {self.temperature}."),
-            (0.0 < self.top_p <= 1.0, f"Top-p must be above 0 and at most 1, not {self.top_p}."),
-            (0 <= self.top_k <= 1000, f"Top-k must be between 0 (off) and 1000, not {self.top_k}."),
-            (0.5 <= self.repetition_penalty <= 2.0,
-             f"Repetition penalty must be between 0.5 and 2, not {self.repetition_penalty}."),
-            (self.seed is None or 0 <= self.seed < 2**32,
-             f"Seed must be between 0 and 2**32 - 1, not {self.seed}."),
             (len(self.system_prompt) <= limits.max_message_chars,
              f"The system prompt is {len(self.system_prompt)} characters; the limit is "
              f"{limits.max_message_chars}."),
@@ -323,10 +395,7 @@ class GenerationSettings:
             if f.name == "stop":
                 converted["stop"] = stop_strings(value)
                 continue
-            kind = {"max_new_tokens": int, "min_new_tokens": int, "top_k": int, "seed": int, "system_prompt": str,
-                    "json_schema": str}.get(
-                f.name, float
-            )
+            kind = SETTING[f.name].type if f.name in SETTING else int  # min_new_tokens
             try:
                 if kind is int and isinstance(value, float) and not value.is_integer():
                     raise ValueError

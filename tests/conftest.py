@@ -4,7 +4,8 @@ model and settings, in a test cache folder (`PHI3UI_TEST_HOME`, default
 
 Markers: `slow` (exports and real inference), `server` (the app as a subprocess),
 `browser` (headless Chromium). `pytest -m "not slow and not server and not browser"` runs
-only the fast unit tests. `--screenshots` also writes the README's screenshots to assets/.
+only the fast unit tests. `bench` marks the tests of the benchmark code in bench/ (the only
+tests that import bench/). The README's screenshots are a script: `python -m tests.screenshots`.
 
 The tests never use the network, with or without it: the Hugging Face hub is offline for
 this process and the apps it starts, so a missing model falls back the same way everywhere.
@@ -23,7 +24,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # read when huggingface_hub is imported: set
 for name in ("GRADIO_ANALYTICS_ENABLED", "HF_HUB_DISABLE_TELEMETRY"):
     os.environ[name] = "False" if name.startswith("GRADIO") else "1"
 
-from bench.app_process import AppProcess  # noqa: E402
+from tests.app_process import AppProcess  # noqa: E402
 from phi3ui.engines import Engine, load_engine  # noqa: E402
 from phi3ui.export import Exported, ensure_exported  # noqa: E402
 from phi3ui.settings import BUNDLED, LOCAL_ENGINES, ExportSettings, RuntimeSettings, cache_root  # noqa: E402
@@ -33,16 +34,12 @@ ENGINE_NAMES = LOCAL_ENGINES
 TINY_PHI3_VERSION = "2"  # bump when phi3_fixtures changes what it builds
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--screenshots", action="store_true",
-                     help="write the README's screenshots to assets/ (otherwise they go to /tmp)")
-
-
 def pytest_configure(config: pytest.Config) -> None:
     for marker, text in {
         "slow": "exports a model or runs real inference",
         "server": "starts the app as a subprocess",
         "browser": "drives the page in headless Chromium",
+        "bench": "tests the benchmark code in bench/ (CI runs them with the rest; `-m \"not bench\"` leaves them out)",
     }.items():
         config.addinivalue_line("markers", f"{marker}: {text}")
 

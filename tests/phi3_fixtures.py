@@ -3,7 +3,7 @@
 The real model cannot be downloaded here (no hub access) and is too big for fast tests,
 so these helpers build, from files in the repository and installed libraries:
 
-* Phi-3's own tokenizer (`bench/phi3_tokenizer.py`: its vocabulary, merges, added tokens
+* Phi-3's own tokenizer (`tests/phi3_tokenizer.py`: its vocabulary, merges, added tokens
   with their flags, and chat template, checked against ids from the original tokenizer);
 * a random-weight `Phi3ForCausalLM` with the real architecture and vocabulary (32,064 rows)
   but tiny layers, saved as a Hugging Face folder that optimum-intel can export to OpenVINO
@@ -27,7 +27,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from bench.phi3_tokenizer import (
+from tests.phi3_tokenizer import (
     BASE_VOCAB,
     GENERATION_EOS_IDS,
     phi3_generation_config,

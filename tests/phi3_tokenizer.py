@@ -2,13 +2,13 @@
 
 The hub is not reachable from CI, yet the tests and the Phi-3-shaped benchmark model should
 read exactly what Phi-3 reads. llama.cpp ships Phi-3's vocabulary (pieces, scores, types) with
-46 strings and the ids Phi-3's own tokenizer gives them (`bench/phi3_vocab/`). From that,
+46 strings and the ids Phi-3's own tokenizer gives them (`tests/phi3_vocab/`). From that,
 `phi3_tokenizer_folder` writes the Hugging Face files Microsoft publishes (tokenizer.json,
 tokenizer.model, tokenizer_config.json with Phi-3's added tokens and chat template) and refuses
 to return a folder that does not reproduce every reference id. The same file's metadata gives
 the model's sizes (`phi3_mini_config`), for random-weight models of Phi-3's shape.
 
-    from bench.phi3_tokenizer import phi3_tokenizer_folder
+    from tests.phi3_tokenizer import phi3_tokenizer_folder
     tokenizer = AutoTokenizer.from_pretrained(phi3_tokenizer_folder(Path("phi3-tok")))
 """
 

@@ -94,9 +94,11 @@ def wait_in_line(slots: Slots, names: list[str], served: list[str]) -> dict[str,
     return stops
 
 
-def until(condition, timeout: float = 2.0) -> None:
+def until(condition, timeout: float = 120.0) -> None:
+    """Poll until `condition()` holds; the deadline only guards against a hang."""
     deadline = time.monotonic() + timeout
-    while not condition() and time.monotonic() < deadline:
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
         time.sleep(0.005)
 
 

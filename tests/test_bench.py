@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.bench
 
 
 @pytest.mark.slow
+@pytest.mark.bench
 def test_quick_benchmark_writes_json_plot_and_section(bundled, tmp_path: Path) -> None:
     command = [sys.executable, "-m", "bench.bench", "--turns", "2", "--tokens", "4",
                "--no-http", "--bandwidth-mb", "256", "--out", str(tmp_path)]
@@ -62,6 +62,7 @@ def published_commands() -> list[str]:
     return commands + [session["command"] for session in sessions]
 
 
+@pytest.mark.bench
 def test_every_published_decode_command_still_parses():
     """The figures stay reproducible: each quoted command names flags and configurations
     bench.decode still has."""
@@ -76,6 +77,7 @@ def test_every_published_decode_command_still_parses():
         assert args.configs, command
 
 
+@pytest.mark.bench
 def test_decode_lists_its_configurations_as_a_module():
     done = subprocess.run([sys.executable, "-m", "bench.decode", "--list"], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
@@ -83,6 +85,7 @@ def test_decode_lists_its_configurations_as_a_module():
     assert done.stdout.split()[0] == "llama" and "asym-cw-r1" in done.stdout.split()
 
 
+@pytest.mark.bench
 def test_the_benchmark_page_holds_the_current_results():
     """bench/README.md is what `python -m bench.readme` makes of bench/results and bench/NOTES.md."""
     from bench.readme import PAGE, filled

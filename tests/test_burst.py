@@ -23,7 +23,7 @@ from bench import burst as b
 from phi3ui import server
 from phi3ui.fairness import PUBLIC_CONCURRENCY, PUBLIC_RATE_PER_MINUTE
 
-pytestmark = [pytest.mark.server, pytest.mark.slow]
+pytestmark = [pytest.mark.server, pytest.mark.slow, pytest.mark.bench]  # drives bench/burst.py's scenarios
 RSS: dict[str, list[float]] = {}
 # The flood's answers must still be written when the newcomer asks (a second later) for the
 # order to mean anything: a long story, up to the public cap of new tokens.
@@ -95,8 +95,10 @@ def test_two_clients_bursting_v1(app, alone) -> None:
 
 def test_memory_stays_flat_over_bursts(app, alone) -> None:
     """A fourth burst after the three above: the KV cache pages and the server's
-    bookkeeping are in place by now, so what grows is per-request growth."""
-    check(b.burst(b.ask_chat, app.url, "/chat", 1, alone["/chat"], STORY, STORY_TOKENS), app)
+    bookkeeping are in place by now, so what grows is per-request growth. (Run on its own,
+    it bursts once more first, so it never depends on the tests before it.)"""
+    for _ in range(2 - min(len(RSS.get(app.setup, [])), 1)):
+        check(b.burst(b.ask_chat, app.url, "/chat", 1, alone["/chat"], STORY, STORY_TOKENS), app)
     seen = RSS[app.setup]
     assert len(seen) >= 2 and seen[-1] - seen[-2] < 64, f"RSS {seen} MB"
 

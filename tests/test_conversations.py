@@ -131,9 +131,9 @@ def test_search_matches_every_word_in_titles_and_messages_in_any_case() -> None:
 
 
 # --- files and merging ---------------------------------------------------------------------
-def test_export_and_read_back_all_conversations() -> None:
+def test_download_and_read_back_all_conversations() -> None:
     kept = [record("", "q1", "a1", updated=NOW - MIN), record("Named", "q2", "a2", renamed=True)]
-    text = conv.export_text(kept, now=NOW)
+    text = conv.file_text(kept, now=NOW)
     data = json.loads(text)
     assert (data["format"], data["version"], data["exported"]) == ("phi3ui-conversations", 1, NOW)
     assert [c["id"] for c in data["conversations"]] == [kept[1]["id"], kept[0]["id"]], "newest first"
@@ -206,44 +206,44 @@ def request(session: str = "s1") -> SimpleNamespace:
     return SimpleNamespace(session_hash=session)
 
 
-def test_leaving_stops_the_answer_and_keeps_the_chat_so_far(page: Page) -> None:
+def test_leaving_stops_the_answer_and_saves_the_chat_so_far(page: Page) -> None:
     meta = conv.new_meta()
     display = [*page_chat("q"), {"role": "assistant", "content": "par"}]
     chat = page.sessions.chat_number("leaver")
-    writes = page.leave_chat(request("leaver"), {"peek": None}, True, display, meta, *GEN)
+    writes = page.leave_conversation(request("leaver"), {"peek": None}, True, display, meta, *GEN)
     assert not page.sessions.is_current("leaver", chat), "the answer on its way writes nothing more"
     (item,) = writes
     assert item["record"]["id"] == meta["id"] and item["copy"]["id"] != meta["id"]
     assert item["record"]["messages"][-1] == {"role": "assistant", "content": LEFT_MID_ANSWER,
                                               "metadata": {"title": "⏹ Stopped"}}
-    assert page.leave_chat(request("leaver"), {"peek": item["record"]}, False, display, meta, *GEN) != []
-    assert page.leave_chat(request("leaver"), {}, False, [], meta, *GEN) == [], "an empty chat is not kept"
+    assert page.leave_conversation(request("leaver"), {"peek": item["record"]}, False, display, meta, *GEN) != []
+    assert page.leave_conversation(request("leaver"), {}, False, [], meta, *GEN) == [], "an empty chat is not kept"
 
 
 def test_a_save_goes_to_the_conversation_on_screen_when_the_step_runs(page: Page) -> None:
     """`record` takes the chat and the conversation from the same step, not what `settle`
     saw: a save racing a switch cannot put one conversation's messages into another."""
     meta = conv.new_meta()
-    assert page.record(request(), {}, None, page_chat("q", "a"), meta, *GEN) == {page.pending: None}
-    out = page.record(request(), {}, page_chat("stale"), page_chat("q", "a"), meta, *GEN)
-    (item,) = out[page.pending]["write"]
+    assert page.save_changed(request(), {}, None, page_chat("q", "a"), meta, *GEN) == {page.ui.storage_job: None}
+    out = page.save_changed(request(), {}, page_chat("stale"), page_chat("q", "a"), meta, *GEN)
+    (item,) = out[page.ui.storage_job]["write"]
     assert item["record"]["id"] == meta["id"] and item["record"]["messages"][0]["content"] == "q"
-    assert out[page.to_save] is None
+    assert out[page.ui.unsaved] is None
 
 
-def test_arriving_shows_the_conversation_with_its_settings_or_stays_when_storage_is_full(page: Page) -> None:
+def test_opening_shows_the_conversation_with_its_settings_or_stays_when_storage_is_full(page: Page) -> None:
     kept = conv.build(conv.new_meta(), page_chat("q", "a"), {**SETTINGS, "max_new_tokens": 99999, "temperature": 0.5},
                       None)
-    out = page.arrive(request(), {"open": kept, "conversations": [kept]}, {"open": kept["id"]}, None, "")
-    assert out[page.current]["id"] == kept["id"] and out[page.chatbot][0]["content"] == shown("q")
-    assert out[page.max_new_tokens] == page.backend.limits.max_new_tokens, "held to the slider's range"
-    assert out[page.temperature] == 0.5
-    full = page.arrive(request(), {"failed": "full", "conversations": []},
+    out = page.show_opened(request(), {"open": kept, "conversations": [kept]}, {"open": kept["id"]}, None, "")
+    assert out[page.ui.current]["id"] == kept["id"] and out[page.ui.chatbot][0]["content"] == shown("q")
+    assert out[page.ui.settings["max_new_tokens"]] == page.backend.limits.max_new_tokens, "held to the slider's range"
+    assert out[page.ui.settings["temperature"]] == 0.5
+    full = page.show_opened(request(), {"failed": "full", "conversations": []},
                        {"write": [{"record": kept}], "open": "other"}, conv.meta_of(kept), "")
-    assert page.chatbot not in full and "storage is full" in full[page.storage_note]
+    assert page.ui.chatbot not in full and "storage is full" in full[page.ui.storage_note]
 
 
-def test_a_locked_system_prompt_is_neither_kept_nor_restored() -> None:
+def test_a_locked_system_prompt_is_neither_kept_nor_applied() -> None:
     backend = Backend([])
     backend.host_prompt = HostPrompt("Be terse.", locked=True, shown=True)
     locked = Page(backend)
@@ -255,17 +255,17 @@ def test_deleting_offers_the_conversation_back(page: Page) -> None:
     kept = conv.build(conv.new_meta(), page_chat("q", "a"), SETTINGS, None)
     pending = page.delete(request(), {}, False, page_chat("q", "a"), conv.meta_of(kept), *GEN)
     assert pending["remove"] == kept["id"] and pending["new"]
-    out = page.arrive(request(), {"removed": kept, "conversations": []}, pending, conv.meta_of(kept), "")
-    assert out[page.chatbot] == [] and out[page.current]["id"] != kept["id"]
-    assert out[page.trash]["id"] == kept["id"] and out[page.restore_btn]["visible"] is True
-    back = page.restore_deleted(request(), {}, False, [], out[page.current], out[page.trash], *GEN)
+    out = page.show_opened(request(), {"removed": kept, "conversations": []}, pending, conv.meta_of(kept), "")
+    assert out[page.ui.chatbot] == [] and out[page.ui.current]["id"] != kept["id"]
+    assert out[page.ui.deleted]["id"] == kept["id"] and out[page.ui.restore_btn]["visible"] is True
+    back = page.restore_deleted(request(), {}, False, [], out[page.ui.current], out[page.ui.deleted], *GEN)
     assert back["open"] == kept["id"] and back["write"][-1]["expect"] is None
 
 
 def test_loading_the_same_file_twice_adds_nothing(page: Page, tmp_path) -> None:
     kept = [record("", "q1", "a1"), record("", "q2", "a2")]
     file = tmp_path / "all.json"
-    file.write_text(conv.export_text(kept))
+    file.write_text(conv.file_text(kept))
     first = page.load_file(request(), {"conversations": []}, False, [], conv.new_meta(), str(file), *GEN)
     assert len(first["write"]) == 2 and first["stay"] and "2 added" in first["note"]
     again = page.load_file(request(), {"conversations": kept}, False, [], conv.new_meta(), str(file), *GEN)
@@ -278,36 +278,26 @@ def test_loading_the_same_file_twice_adds_nothing(page: Page, tmp_path) -> None:
     bad.write_text('[{"role": "<img src=x onerror=alert(1)>", "content": "x"}]')
     refused = page.load_file(request(), {"conversations": []}, False, [], None, str(bad), *GEN)
     assert "roles must be" in refused["error"] and "write" not in refused
-    out = page.arrive(request(), {"conversations": []}, refused, conv.meta_of(kept[0]), "")
-    assert page.chatbot not in out and "roles must be" in out[page.storage_note]
-    assert "<img" not in out[page.storage_note], "what a file says is shown as text"
-    assert page.export({"conversations": []}) == ("", "There are no conversations to export yet.")
+    out = page.show_opened(request(), {"conversations": []}, refused, conv.meta_of(kept[0]), "")
+    assert page.ui.chatbot not in out and "roles must be" in out[page.ui.storage_note]
+    assert "<img" not in out[page.ui.storage_note], "what a file says is shown as text"
+    assert page.download_all({"conversations": []}) == ("", "There are no conversations to download yet.")
 
 
 def test_a_copy_made_by_the_two_tabs_rule_becomes_the_conversation_on_screen(page: Page) -> None:
     meta = conv.new_meta()
-    pending = page.record_now(request("tabs"), {}, page_chat("q", "a"), meta, *GEN)[page.pending]
+    pending = page.save_now(request("tabs"), {}, page_chat("q", "a"), meta, *GEN)[page.ui.storage_job]
     copy = pending["write"][0]["copy"]
-    out = page.saved(request("tabs"), {"copied": [[meta["id"], copy["id"], copy["title"]]], "conversations": []},
+    out = page.after_save(request("tabs"), {"copied": [[meta["id"], copy["id"], copy["title"]]], "conversations": []},
                      pending, meta, "")
-    assert out[page.current]["id"] == copy["id"] and "another tab" in out[page.storage_note]
+    assert out[page.ui.current]["id"] == copy["id"] and "another tab" in out[page.ui.storage_note]
 
 
 def test_the_page_opens_the_conversation_in_use_or_a_new_chat(page: Page) -> None:
     kept = conv.build(conv.new_meta(), page_chat("q", "a"), SETTINGS, None)
     out = page.open_page(request(), {"open": kept, "conversations": [kept]}, [], "")
-    assert out[page.current]["id"] == kept["id"] and out[page.conv_list].value == kept["id"]
+    assert out[page.ui.current]["id"] == kept["id"] and out[page.ui.conv_list].value == kept["id"]
     fresh = page.open_page(request(), {"open": None, "conversations": [kept]}, [], "")
-    assert page.chatbot not in fresh and fresh[page.current]["id"] != kept["id"] and fresh[page.to_save] is None
+    assert page.ui.chatbot not in fresh and fresh[page.ui.current]["id"] != kept["id"] and fresh[page.ui.unsaved] is None
     off = page.open_page(request(), {"failed": "unavailable", "conversations": []}, [], "")
-    assert "keeps no storage" in off[page.storage_note]
-
-
-def test_the_chat_an_earlier_version_kept_becomes_a_conversation_once(page: Page) -> None:
-    legacy = page_chat("an old question", "an old answer")
-    assert page.migrate(request("upgraded"), legacy, []) == (legacy, legacy), "an empty new page shows it"
-    assert page.migrate(request("upgraded"), legacy, page_chat("other")) == (gr.skip(), gr.skip())
-    kept = conv.build(conv.new_meta(), legacy, SETTINGS, None)
-    assert page.forget_legacy({"conversations": []}, legacy) == gr.skip(), "kept only once it is saved"
-    assert page.forget_legacy({"conversations": [kept]}, legacy) == []
-    assert page.forget_legacy({"conversations": [kept]}, []) == gr.skip()
+    assert "keeps no storage" in off[page.ui.storage_note]

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from bench.decode import pooled_table, turns_table
+
+pytestmark = pytest.mark.bench
 
 
 def run(config: str, runtime: str, per_token: list[float], ttft: float) -> dict:

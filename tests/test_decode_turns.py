@@ -18,7 +18,7 @@ from bench.decode import (
     runtime_spec,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.bench]
 
 NEW_TOKENS = 6
 

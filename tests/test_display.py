@@ -13,7 +13,6 @@ from phi3ui.display import (
     note,
     shown,
     stats_title,
-    stored_chat,
     to_display,
 )
 
@@ -78,11 +77,6 @@ def test_stats_title_marks_stopped_answers_once() -> None:
     assert title.startswith(STOPPED) and title.count("topped") == 1
     assert "10 prompt + 3 answer tokens" in title
     assert not stats_title(Stats(10, 3, 0.5, 20.0, 0.6)).startswith(STOPPED)
-
-
-@pytest.mark.parametrize("stored", [None, "text", [{"role": "robot", "content": "x"}], [1, 2]])
-def test_stored_chat_ignores_what_is_not_a_chat(stored) -> None:
-    assert stored_chat(stored) == []
 
 
 @pytest.mark.parametrize("text", ["    indented\n        deeper\n\tand a tab", "\n\nblank lines first", *TEXTS])

@@ -55,7 +55,7 @@ def test_closing_one_tab_leaves_other_sessions_files() -> None:
 def test_the_page_writes_and_removes_no_files_for_an_empty_id(temp_root: Path) -> None:
     mine = [Path(p) for p in downloads.write_files(CHAT, "visitor")]
     assert Page.files([], "") == (None, None)
-    Page.leave(SimpleNamespace(sessions=Sessions()), SimpleNamespace(session_hash=""))  # just its state
+    Page.tab_closed(SimpleNamespace(sessions=Sessions()), SimpleNamespace(session_hash=""))  # just its state
     assert all(path.exists() for path in mine)
 
 
@@ -65,15 +65,17 @@ def test_a_raw_heartbeat_with_a_punctuation_id_removes_no_one_elses_files(app_se
     session's heartbeat."""
     monkeypatch.setattr(tempfile, "tempdir", None)  # the app's own temporary folder
     mine = [Path(p) for p in downloads.write_files(CHAT, "phi3ui-test-visitor")]
-    gone = [Path(p) for p in downloads.write_files(CHAT, "phi3ui-test-leaving")]
+    urllib.request.urlopen(f"{app_server.url}gradio_api/heartbeat/!!!", timeout=10).close()
     try:
-        for session in ("!!!", "phi3ui-test-leaving"):
-            urllib.request.urlopen(f"{app_server.url}gradio_api/heartbeat/{session}", timeout=10).close()
-        deadline = time.monotonic() + 10
-        while any(path.exists() for path in gone) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not any(path.exists() for path in gone), "the unload event did not run"
-        time.sleep(0.5)  # the "!!!" unload, closed before the one just seen
+        # Sessions that leave after "!!!": once their unloads have removed their files, the
+        # one "!!!" triggered before them has run too (no sleep: each waits for its own event).
+        for later in ("phi3ui-test-leaving", "phi3ui-test-leaving-too"):
+            gone = [Path(p) for p in downloads.write_files(CHAT, later)]
+            urllib.request.urlopen(f"{app_server.url}gradio_api/heartbeat/{later}", timeout=10).close()
+            deadline = time.monotonic() + 120  # a hang guard only
+            while any(path.exists() for path in gone):
+                assert time.monotonic() < deadline, "the unload event did not run"
+                time.sleep(0.1)
         assert all(path.exists() for path in mine)
     finally:
         downloads.remove_files("phi3ui-test-visitor")

@@ -17,6 +17,14 @@ pytestmark = pytest.mark.slow
 SPECIAL = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|end|>", "<|assistant|>", "<|user|>")
 
 
+def wait_for(condition, failure: str, timeout: float = 120) -> None:
+    """Poll until `condition()` holds; the deadline only guards against a hang."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, failure
+        time.sleep(0.01)
+
+
 def ask(engine, message: str, history=(), **settings) -> tuple[list[str], Stats]:
     prompt = engine.render([*history, {"role": "user", "content": message}])
     answer = engine.answer(prompt, GenerationSettings(**settings))
@@ -84,14 +92,12 @@ def test_stop_ends_generation_within_a_token_or_two(bundled_engine):
         chunks.append(chunk)
         if len(chunks) == 5:
             answer.stop()
-            stopped_at = time.perf_counter()
-    ended, stats = time.perf_counter(), answer.stats
+    stats = answer.stats
     assert stats.stopped
     assert "".join(chunks) == stats.text
-    per_token = stats.total_s / stats.answer_tokens
     # The generating thread may be a few tokens ahead of this loop; it then stops at once.
+    # (How long the Stop takes, in tokens' time: bench/stop.py.)
     assert stats.answer_tokens < 20
-    assert ended - stopped_at < 3 * per_token + 0.2
 
 
 def test_stop_before_the_first_token_means_it_never_starts(bundled_engine):
@@ -108,10 +114,16 @@ def test_stop_while_waiting_for_a_slot_ends_the_wait(bundled_engine):
     reader = iter(first)
     next(reader)  # holds the engine's only slot
     waiting = bundled_engine.answer(prompt, GenerationSettings(max_new_tokens=500))
-    threading.Timer(0.3, waiting.stop).start()
-    start = time.perf_counter()
-    assert list(waiting) == [] and waiting.stats.stopped
-    assert time.perf_counter() - start < 2, "the wait for the slot did not end with the Stop"
+    got: list[list[str]] = []
+    reader_thread = threading.Thread(target=lambda: got.append(list(waiting)))
+    reader_thread.start()
+    wait_for(lambda: bundled_engine.slots.waiting == 1, "the second answer never waited for the slot")
+    waiting.stop()
+    reader_thread.join(120)  # a hang guard only
+    assert not reader_thread.is_alive(), "the wait for the slot did not end with the Stop"
+    assert got == [[]] and waiting.stats.stopped
+    # the wait ended with the Stop, not with the slot: the first answer still holds it
+    assert bundled_engine.slots.free == 0 and bundled_engine.slots.waiting == 0
     first.close()
 
 
@@ -119,9 +131,8 @@ def test_closing_the_answer_stops_generation(bundled_engine):
     prompt = bundled_engine.render([{"role": "user", "content": "Count from 1 to 500."}])
     answer = bundled_engine.answer(prompt, GenerationSettings(max_new_tokens=500))
     next(iter(answer))
-    start = time.perf_counter()
-    answer.close()
-    assert time.perf_counter() - start < 2
+    answer.close()  # returns once generation has ended (how soon: bench/stop.py)
+    assert answer.stopped
     assert bundled_engine.slots.free == bundled_engine.concurrency, "the next answer can start at once"
     _, stats = ask(bundled_engine, "Say hi.", max_new_tokens=4)
     assert stats.answer_tokens >= 1

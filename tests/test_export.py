@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from phi3ui import export as export_module
 from phi3ui.chat import ChatBackend
 from phi3ui.engines import load_engine
 from phi3ui.export import (
@@ -57,11 +58,19 @@ def test_tiny_phi3_export_records_its_settings(tiny_phi3):
     assert folder.parent.name.startswith("local-tiny-phi3") and folder.name == "int4-sym-g128-r0.6"
 
 
-def test_same_export_never_runs_twice(tiny_phi3, tiny_phi3_source):
-    start = time.perf_counter()
+def never_export(monkeypatch) -> None:
+    """Any export from here on fails the test: what comes next must be decided before it."""
+    def export(*_):
+        pytest.fail("the export ran")
+
+    monkeypatch.setattr(export_module, "_run_optimum_cli", export)
+    monkeypatch.setattr(export_module, "_export_into", export)
+
+
+def test_same_export_never_runs_twice(tiny_phi3, tiny_phi3_source, monkeypatch):
+    never_export(monkeypatch)
     again = ensure_exported(str(tiny_phi3_source), ExportSettings(), progress=pytest.fail)
     assert again.cached and again.folder == tiny_phi3.folder
-    assert time.perf_counter() - start < 5
 
 
 @pytest.mark.parametrize("engine", ["genai", "optimum"])
@@ -80,11 +89,10 @@ def test_tiny_phi3_loads_renders_exactly_and_streams(tiny_phi3, engine):
     assert "".join(chunks) == stats.text
 
 
-def test_group_size_that_does_not_divide_is_refused_before_export(tiny_phi3_source, empty_home):
-    start = time.perf_counter()
+def test_group_size_that_does_not_divide_is_refused_before_export(tiny_phi3_source, empty_home, monkeypatch):
+    never_export(monkeypatch)  # refused before the long part
     with pytest.raises(SettingsError, match="Group size 96 does not divide"):
         ensure_exported(str(tiny_phi3_source), ExportSettings(group_size=96))
-    assert time.perf_counter() - start < 5  # refused before the long part
     assert leftovers(empty_home) == []
 
 
@@ -162,11 +170,10 @@ def test_openvino_folder_is_used_as_is(tiny_phi3):
     assert exported.folder == tiny_phi3.folder and exported.settings is None
 
 
-def test_unreachable_hub_model_says_what_to_do(empty_home):
-    start = time.perf_counter()
+def test_unreachable_hub_model_says_what_to_do(empty_home, monkeypatch):
+    never_export(monkeypatch)  # told at once, before any export is tried
     with pytest.raises(ModelUnavailable, match="python -m phi3ui.export"):
         ensure_exported(DEFAULT_MODEL)
-    assert time.perf_counter() - start < 30
 
 
 def test_missing_local_folder_contents_are_reported(tmp_path, empty_home):
@@ -212,7 +219,7 @@ def test_a_failed_load_keeps_the_model_that_was_loaded(bundled, tmp_path):
     assert answer.text() and answer.stats.answer_tokens >= 1
 
 
-def test_history_beyond_the_limits_is_left_out_oldest_first(bundled):
+def test_history_beyond_the_limits_is_left_out_oldest_first(bundled, monkeypatch):
     backend = ChatBackend(limits=Limits(max_history_messages=4, max_history_chars=10**6))
     backend.load(str(bundled.folder))
     history = []
@@ -223,10 +230,13 @@ def test_history_beyond_the_limits_is_left_out_oldest_first(bundled):
     assert "Question 8?" in fitted.prompt.text and "Question 7?" not in fitted.prompt.text
     huge = [{"role": "user", "content": "x" * 600_000}, {"role": "assistant", "content": "y" * 600_000},
             *history[-2:]]
-    started = time.perf_counter()
+    engine, counted = backend.loaded.engine, []
+    count_tokens = engine.count_tokens
+    monkeypatch.setattr(engine, "count_tokens", lambda prompt: counted.append(str(getattr(prompt, "text", prompt)))
+                        or count_tokens(prompt))
     fitted = backend.prepare(huge, "Last one?", GenerationSettings(max_new_tokens=8))
     assert fitted.dropped_exchanges == 1 and "x" * 100 not in fitted.prompt.text
-    assert time.perf_counter() - started < 10  # over the character limit: never tokenised
+    assert counted and not any("x" * 100 in text for text in counted)  # over the character limit: never tokenised
 
 
 def test_a_mistyped_folder_is_named_not_blamed_on_the_network(empty_home):
@@ -290,13 +300,15 @@ def test_an_export_ends_with_the_app_even_when_the_app_is_killed(tiny_phi3_sourc
     killed = subprocess.run([sys.executable, str(script)], timeout=300,
                             env={**os.environ, "PHI3UI_HOME": str(empty_home), "PYTHONPATH": root})
     assert killed.returncode == -signal.SIGKILL
-    deadline = time.monotonic() + 2  # it would otherwise still be importing, writing nothing
-    while processes_mentioning(str(empty_home)) and time.monotonic() < deadline:
+    deadline = time.monotonic() + 300  # a hang guard: an orphaned exporter would finish well within it
+    while processes_mentioning(str(empty_home)):
+        assert time.monotonic() < deadline, "the exporter outlived the app"
         time.sleep(0.1)
-    assert processes_mentioning(str(empty_home)) == [], "the exporter outlived the app"
     parent = cache_folder(str(tiny_phi3_source), settings).parent
     left = list(parent.glob(".partial-*"))
     assert left, "the killed app's temporary folder is left"
+    # it ended with the app, not by finishing its export: it wrote no model
+    assert not list(left[0].rglob("openvino_model.xml")), "the exporter outlived the app and finished"
     an_hour_ago = time.time() - 3600
     os.utime(left[0], (an_hour_ago, an_hour_ago))
     ensure_exported(str(tiny_phi3_source), settings)

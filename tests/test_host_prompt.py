@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from bench.app_process import AppProcess
+from tests.app_process import AppProcess
 from phi3ui import server
 from phi3ui.chat import HostPrompt
 from phi3ui.settings import BUNDLED, SettingsError

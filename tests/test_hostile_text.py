@@ -16,7 +16,6 @@ shows the text (the list of conversations, notes, toasts).
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -73,7 +72,7 @@ AROUND_CODE = [
 INDENTED = "    indented\n        deeper\n\tand a tab"
 LINKS = ("click-html", "click-md")
 BIG = "A" * 1_000_000 + "<b>big</b>" + "A" * 1_000_000  # a 2 MB line
-RESPONSIVE_S = 15  # a round trip to the page's JavaScript; generous: the machine is shared
+HANG_MS = 120_000  # a hang guard for the page's round trips, not a speed limit (the machine is shared)
 
 # What the page would show if anything ran or restyled it.
 STATE = """() => ({
@@ -113,24 +112,19 @@ def click_links(page: Page) -> None:
     assert page.evaluate("window.__pwned") == 0
 
 
-def responsive(page: Page) -> float:
-    """Seconds for a round trip to the page's JavaScript: a frozen page does not answer."""
-    started = time.monotonic()
-    page.evaluate("() => document.querySelectorAll('#chat *').length")
-    elapsed = time.monotonic() - started
-    assert elapsed < RESPONSIVE_S, f"the page took {elapsed:.1f} s to answer"
-    return elapsed
+def responsive(page: Page) -> None:
+    """A round trip to the page's JavaScript that counts the chat's elements: a frozen page
+    does not answer. (Not timed: the deadline only guards against a hang.)"""
+    page.wait_for_function("() => document.querySelectorAll('#chat *').length > 0", timeout=HANG_MS)
 
 
-def fill_big(page: Page) -> float:
-    """Put BIG in the message box as a paste would; seconds it took. A failure's message
-    is cut short (Playwright's would quote all 2 MB)."""
-    started = time.monotonic()
+def fill_big(page: Page) -> None:
+    """Put BIG in the message box as a paste would. A failure's message is cut short
+    (Playwright's would quote all 2 MB)."""
     try:
-        page.locator("#message textarea").fill(BIG)
+        page.locator("#message textarea").fill(BIG, timeout=HANG_MS)
     except Error as exc:
         raise AssertionError(f"filling the box failed: {str(exc)[:300]}") from None
-    return time.monotonic() - started
 
 
 def wait_for_big_answer(page: Page) -> None:
@@ -138,7 +132,7 @@ def wait_for_big_answer(page: Page) -> None:
     page.wait_for_function(
         "() => [...document.querySelectorAll('#chat [data-testid=bot]')]"
         ".some(e => e.textContent.length > 2e6 && e.textContent.includes('<b>big</b>'))",
-        timeout=RESPONSIVE_S * 1000, polling=250)
+        timeout=HANG_MS, polling=250)
 
 
 def load_chat(page: Page, path: Path, messages: list[dict]) -> None:
@@ -248,13 +242,11 @@ def test_hostile_user_text_goes_through_the_backend_and_downloads(page: Page, tm
 
 def test_two_megabyte_line_from_the_user_is_refused_and_kept(page: Page) -> None:
     guard(page)
-    filled_s = fill_big(page)
-    assert filled_s < RESPONSIVE_S, f"filling the box took {filled_s:.1f} s"
+    fill_big(page)
     responsive(page)
     too_long = "The message is 2,000,010 characters; the limit is 200."
     expect(page.locator("#budget")).to_contain_text(too_long)  # said before Send, and after
     page.locator("#send").click()
-    page.wait_for_timeout(2000)  # the refusal's round trip
     expect(page.locator("#budget")).to_contain_text(too_long)
     kept = page.evaluate("() => document.querySelector('#message textarea').value")
     assert kept == BIG, f"the box holds {len(kept):,} characters"
@@ -267,6 +259,8 @@ def test_two_megabyte_line_from_the_user_is_refused_and_kept(page: Page) -> None
     send(page, "Say hello.")
     wait_idle(page)
     assert answer_text(page)
+    # the later event: once this answer is in, the refused 2 MB message never joined the chat
+    assert page.locator(USER).all_inner_texts() == ["Say hello."]
 
 
 def test_two_megabyte_line_from_the_model_renders_without_freezing(page: Page, tmp_path: Path) -> None:
@@ -294,6 +288,6 @@ def test_a_chat_file_with_markup_in_its_roles_is_refused_as_text(page: Page, tmp
     """A file's errors quote it (roles are named in the message): still text."""
     guard(page)
     load_chat(page, tmp_path / "roles.json", [{"role": COVER + PAYLOADS[1], "content": "x"}])
-    page.wait_for_timeout(2000)  # the refusal, if any, comes back as a toast
+    expect(page.locator("#conv-note")).to_contain_text("⚠️")  # the refusal, in a note under the chat
     assert page.locator(USER).count() == 0
     assert_inert(page)

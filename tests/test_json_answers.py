@@ -12,8 +12,8 @@ import jsonschema
 import openai
 import pytest
 
-from bench.app_process import AppProcess
-from bench.json_cases import OBJECT_PROMPTS, PROMPTS, SCHEMAS, instruction
+from tests.app_process import AppProcess
+from tests.json_cases import OBJECT_PROMPTS, PROMPTS, SCHEMAS, instruction
 from phi3ui.engines import load_engine
 from phi3ui.json_answers import (
     JSON_OBJECT,

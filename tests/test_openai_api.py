@@ -17,7 +17,7 @@ import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from bench.app_process import AppProcess
+from tests.app_process import AppProcess
 from phi3ui.answer import Stats
 from phi3ui.chat import ChatBackend, Loaded
 from phi3ui.engine import StopText
@@ -354,43 +354,43 @@ def chat_scope(data: bytes) -> dict:
 def test_in_process_a_client_that_leaves_before_the_first_token_stops_the_answer() -> None:
     """The wait for a (remote's) first token happens before the 200, watched for a disconnect."""
     class SlowFirst(FakeBackend):
-        """A remote whose first token takes 10 s, unless the answer is stopped."""
+        """A remote whose first token takes a minute, unless the answer is stopped."""
 
         def produce(self, stop):
             self.started = True
-            if stop.wait(10):
+            if stop.wait(60):
                 self.closed = True
                 return Stats(5, 0, 0.0, 0.0, 0.3, stopped=True)
             yield "late"
-            return Stats(5, 1, 10.0, 0.0, 10.0)
+            return Stats(5, 1, 60.0, 0.0, 60.0)
 
     backend = SlowFirst([])
     app = OpenAIApi(backend).app()
     data = json.dumps(body(stream=True)).encode()
     scope = chat_scope(data)
 
-    async def run() -> float:
+    async def run() -> None:
         sent = iter([{"type": "http.request", "body": data, "more_body": False}])
 
         async def receive() -> dict:
             try:
                 return next(sent)
             except StopIteration:
-                await anyio.sleep(0.3)
+                while not backend.started:  # the client leaves once the answer waits for its first token
+                    await anyio.sleep(0.01)
                 return {"type": "http.disconnect"}
 
         async def send(message: dict) -> None:
             pass
 
-        started = time.monotonic()
-        with anyio.fail_after(8):
+        with anyio.fail_after(120):  # a hang guard only
             await app(scope, receive, send)
-        return time.monotonic() - started
 
     # In a thread of its own: after a browser test, Playwright's loop runs in this one.
     with ThreadPoolExecutor(1) as pool:
-        took = pool.submit(anyio.run, run).result()
-    assert took < 5 and backend.started and backend.closed
+        pool.submit(anyio.run, run).result()
+    # stopped by the disconnect, not by the remote's minute running out
+    assert backend.started and backend.closed
 
 
 # --- the real server, with the real openai client --------------------------------------------
@@ -535,8 +535,9 @@ def log_count(app: Logged, words: str) -> int:
     return app.output().count(words)
 
 
-def wait_for_log(app: Logged, words: str, count: int, timeout: float = 30) -> str:
-    """The process's log once it says `words` `count` times (all it said so far)."""
+def wait_for_log(app: Logged, words: str, count: int, timeout: float = 120) -> str:
+    """The process's log once it says `words` `count` times (all it said so far). The
+    deadline only guards against a hang."""
     deadline = time.monotonic() + timeout
     while log_count(app, words) < count and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -562,13 +563,11 @@ def test_a_client_that_leaves_mid_stream_stops_its_answer_and_frees_the_slot(cli
     left = "stopped (the client went away)"
     before = log_count(app_server, left)
     read_then_leave(ask(client, ENDLESS, max_tokens=3000, stream=True))
-    started = time.monotonic()
     reply = ask(client, max_tokens=32)
     assert "Paris" in reply.choices[0].message.content
-    assert time.monotonic() - started < 15
     log = wait_for_log(app_server, left, before + 1)
     tokens = [int(n) for n in re.findall(re.escape(left) + r" after (\d+) tokens", log)]
-    assert tokens[-1] < 3000
+    assert tokens[-1] < 3000  # it ended when the client left, not at its 3,000 tokens
 
 
 @server
@@ -643,7 +642,7 @@ def test_one_answer_at_a_time_per_address_as_on_the_page(keyed_app) -> None:
         ask(client, max_tokens=8)
     assert refused.value.response.headers["retry-after"] == "2" and "One answer at a time" in refused.value.message
     stream.close()
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 300  # a hang guard only
     while True:  # the place comes back once the abandoned answer has ended
         try:
             assert ask(client, max_tokens=8).choices[0].message.content

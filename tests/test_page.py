@@ -3,6 +3,7 @@ whose answers are real `Answer` objects; no server, no model."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from types import SimpleNamespace
@@ -107,8 +108,8 @@ def test_closing_the_page_closes_the_stream() -> None:
 
 
 def test_budget_says_how_many_exchanges_were_left_out() -> None:
-    line, inspector = Page(FakeBackend([], dropped=3)).budget(ASKED, "next", *GEN)
-    assert "21 of 100 tokens" in line and "no longer sees the 3 oldest exchange(s)" in line
+    budget, inspector = Page(FakeBackend([], dropped=3)).budget(ASKED, "next", *GEN)
+    assert "21 of 100 tokens" in budget and "no longer sees the 3 oldest exchange(s)" in budget
     assert inspector.startswith("5 tokens") and "⟦<|user|>⏎\n⟧hi⟦<|end|>⏎\n⟧" in inspector
 
 
@@ -121,44 +122,41 @@ def test_stop_while_queued_means_the_answer_never_starts() -> None:
     assert not backend.started and list(page.respond(REQUEST, ASKED, *GEN))[-1][1]["content"] == shown("never")
 
 
-def test_a_late_stop_is_forgotten_when_the_chat_settles() -> None:
+def test_a_late_stop_is_forgotten_after_the_change() -> None:
     backend = FakeBackend(["ok"])
     page = Page(backend)
     page.stop(REQUEST)  # pressed just as the answer ended
-    page.settle(REQUEST, [*ASKED, {"role": "assistant", "content": "ok"}], "", *GEN)
+    page.after_change(REQUEST, [*ASKED, {"role": "assistant", "content": "ok"}], "", *GEN)
     assert list(page.respond(REQUEST, ASKED, *GEN))[-1][1]["content"] == shown("ok")
 
 
-def test_after_clear_a_cancelled_answer_saves_nothing_and_nothing_refills_the_page() -> None:
-    """Clear races the cancelled answer's settle step, which may still read the old chat:
-    it must not save it, and the saved chat must not refill the cleared page."""
+def test_after_clear_a_cancelled_answer_saves_nothing() -> None:
+    """Clear races the cancelled answer's after_answer step, which may still read the old
+    chat: it must not save it."""
     backend = FakeBackend(["partial"])
     page = Page(backend)
     old = [*ASKED, {"role": "assistant", "content": "partial"}]
     list(page.respond(REQUEST, ASKED, *GEN))
-    assert page.settle_answer(REQUEST, old, "", *GEN)[0] == old, "an answer that was not cleared is saved"
+    assert page.after_answer(REQUEST, old, "", *GEN)[0] == old, "an answer that was not cleared is saved"
     page.replace_chat(REQUEST)  # Clear
-    saved, *rest = page.settle_answer(REQUEST, old, "", *GEN)
-    assert saved == gr.skip() and rest[-3:] == list(page.busy(False))
-    assert len(rest) == len(page.settle(REQUEST, old, "", *GEN)) - 1, "one value per output of settle"
-    assert page.restore(REQUEST, old, []) == gr.skip()
-    assert page.restore(SimpleNamespace(session_hash="a new page"), old, []) == old
+    saved, *rest = page.after_answer(REQUEST, old, "", *GEN)
+    assert saved == gr.skip() and rest[-3:] == list(page.controls(False))
+    assert len(rest) == len(page.after_change(REQUEST, old, "", *GEN)) - 1, "one value per output of after_change"
 
 
 def test_stop_while_the_prompt_is_being_fitted_stops_before_the_answer_starts() -> None:
     """Stop can arrive after `respond` began but before its answer exists (fitting a long
     chat takes a moment): the answer must then never start."""
+    page: Page
+
     class SlowFit(FakeBackend):
         def prepare(self, history, message, settings, draft=False) -> Fitted:
-            time.sleep(0.3)
+            page.stop(REQUEST)  # the user presses Stop while the prompt is being fitted
             return super().prepare(history, message, settings, draft)
 
     backend = SlowFit(["never"] * 5)
     page = Page(backend)
-    stopper = threading.Timer(0.1, page.stop, [REQUEST])
-    stopper.start()
     updates = list(page.respond(REQUEST, ASKED, *GEN))
-    stopper.join()
     assert not backend.started
     assert updates[-1] == [*ASKED, note(f"{STOPPED} before it started")]
 
@@ -180,16 +178,29 @@ def test_stop_as_the_answer_starts_stops_it() -> None:
 
 
 def test_stop_mid_answer_keeps_the_text_so_far() -> None:
-    backend = FakeBackend([f"w{i} " for i in range(200)], delay=0.005)
+    page: Page
+
+    class PressedMidAnswer(FakeBackend):
+        def produce(self, stop):
+            inner = super().produce(stop)
+            for sent in itertools.count(1):
+                try:
+                    chunk = next(inner)
+                except StopIteration as end:
+                    return end.value
+                yield chunk
+                if sent == 10:
+                    page.stop(REQUEST)  # the user presses Stop mid-answer
+
+    backend = PressedMidAnswer([f"w{i} " for i in range(200)])
     page = Page(backend)
-    threading.Timer(0.15, page.stop, [REQUEST]).start()
     final = list(page.respond(REQUEST, ASKED, *GEN))[-1]
     text = message_text(final[1]["content"])
     assert text.startswith("w0 w1 ") and "w199" not in text
     assert final[2]["metadata"]["title"].startswith(STOPPED) and not backend.closed
 
 
-def test_budget_lines_worked_out_at_once_are_bounded() -> None:
+def test_budgets_worked_out_at_once_are_bounded() -> None:
     """The budget runs outside the queue; a flood of calls must not all tokenise at once."""
     release = threading.Event()
     started: list[int] = []
@@ -197,7 +208,7 @@ def test_budget_lines_worked_out_at_once_are_bounded() -> None:
     class Slow(FakeBackend):
         def prepare(self, history, message, settings, draft=False) -> Fitted:
             started.append(1)
-            release.wait(10)
+            release.wait(120)
             return super().prepare(history, message, settings, draft)
 
     page = Page(Slow([]))
@@ -205,11 +216,14 @@ def test_budget_lines_worked_out_at_once_are_bounded() -> None:
     threads = [threading.Thread(target=lambda: results.append(page.budget(ASKED, "hi", *GEN))) for _ in range(10)]
     for thread in threads:
         thread.start()
-    time.sleep(0.5)
-    assert len(started) == 4
+    deadline = time.monotonic() + 120  # a hang guard only
+    while len(results) < 6:  # the calls beyond the slots come back at once, skipped...
+        assert time.monotonic() < deadline, f"{len(results)} calls came back, {len(started)} started"
+        time.sleep(0.01)
+    assert len(started) == 4  # ...so no more than the four holding a slot can be tokenising
     release.set()
     for thread in threads:
-        thread.join(10)
+        thread.join(120)
     skipped = [r for r in results if r == (gr.skip(), gr.skip())]
     assert len(skipped) == 6 and all("**Context**" in r[0] for r in results if r not in skipped)
     assert "**Context**" in page.budget(ASKED, "hi", *GEN)[0], "the slots are given back"

@@ -17,7 +17,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from bench.phi3_tokenizer import PHI3_CHAT_TEMPLATE, phi3_sizes
+from tests.phi3_tokenizer import PHI3_CHAT_TEMPLATE, phi3_sizes
 from tests.phi3_fixtures import (
     ASSISTANT,
     END,

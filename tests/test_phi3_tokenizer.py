@@ -1,4 +1,4 @@
-"""Phi-3's tokenizer as bench/phi3_tokenizer.py rebuilds it, against ids from the original.
+"""Phi-3's tokenizer as tests/phi3_tokenizer.py rebuilds it, against ids from the original.
 
 Fast: the Hugging Face tokenizer and tokenizer.model on llama.cpp's reference strings.
 Slow: the tiny Phi-3 exported through the app's own path; its OpenVINO tokenizer and
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from bench.phi3_tokenizer import (
+from tests.phi3_tokenizer import (
     FILES,
     GENERATION_EOS_IDS,
     PHI3_CHAT_TEMPLATE,
@@ -131,7 +131,7 @@ def test_builder_is_a_no_op_when_complete(folder: Path) -> None:
 
 
 def test_builder_fails_loudly_and_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import bench.phi3_tokenizer as builder
+    import tests.phi3_tokenizer as builder
 
     monkeypatch.setattr(builder, "reference_vectors", lambda: [(" Hello", [15043])])
     with pytest.raises(RuntimeError, match=r"not Phi-3's tokenizer:\n.*' Hello'"):

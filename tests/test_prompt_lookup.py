@@ -90,7 +90,7 @@ def test_app_started_with_prompt_lookup_says_so_and_answers(bundled):
 
     from gradio_client import Client
 
-    from bench.app_process import AppProcess
+    from tests.app_process import AppProcess
     from phi3ui.settings import BUNDLED
 
     app = AppProcess("--model", BUNDLED, "--prompt-lookup").wait_ready()

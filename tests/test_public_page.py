@@ -159,4 +159,4 @@ def test_max_new_tokens_above_the_cap_are_refused_with_the_cap() -> None:
 def test_the_sidebar_slider_stops_at_the_cap() -> None:
     page = Page(Backend([], cap=256), lock_settings=True)
     page.build()
-    assert (page.max_new_tokens.maximum, page.max_new_tokens.value) == (256, 256)
+    assert (page.ui.settings["max_new_tokens"].maximum, page.ui.settings["max_new_tokens"].value) == (256, 256)

@@ -16,7 +16,7 @@ from phi3ui.engine import default_properties, without_cache
 from phi3ui.export import ensure_exported
 from phi3ui.settings import BUNDLED, export_preset
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.bench]
 
 # Measured on the bundled model by bench/quality.py: most accurate -0.679, all layers int4
 # with groups of 64 -0.900, fastest decode -1.264.

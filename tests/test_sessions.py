@@ -54,10 +54,8 @@ def test_replacing_the_chat_stops_its_answer_and_ends_its_turn() -> None:
     chat = sessions.begin_turn("s")
     sessions.attach("s", answer)
     assert sessions.is_current("s", chat) and sessions.turn_is_current("s")
-    assert not sessions.ever_replaced("s")
     sessions.replace_chat("s")
     assert answer.stopped and not sessions.is_current("s", chat) and not sessions.turn_is_current("s")
-    assert sessions.ever_replaced("s")
     sessions.begin_turn("s")
     assert sessions.turn_is_current("s")
 
@@ -123,4 +121,4 @@ def test_eviction_keeps_the_chat_number_of_recent_sessions() -> None:
     sessions.replace_chat("s")
     chat = sessions.chat_number("s")
     sessions.stop("raw-1")
-    assert sessions.is_current("s", chat) and sessions.ever_replaced("s")
+    assert sessions.is_current("s", chat)

@@ -186,10 +186,7 @@ def test_context_window_cap():
 
 
 # --- the real app ---------------------------------------------------------------------------
-try:
-    from bench.app_process import AppProcess
-except ImportError:  # bench/ before it became a package: conftest puts it on the path
-    from app_process import AppProcess
+from tests.app_process import AppProcess
 
 
 @pytest.mark.slow

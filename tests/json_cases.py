@@ -1,4 +1,4 @@
-"""Prompts and JSON schemas shared by bench/json_answers.py and tests/test_json_answers.py:
+"""Prompts and JSON schemas shared by tests/test_json_answers.py and bench/json_answers.py:
 shapes an API client asks for (flat records, enums, arrays, nesting, references, patterns,
 formats), each with a question the bundled model can answer."""
 

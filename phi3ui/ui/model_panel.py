@@ -1,0 +1,73 @@
+"""The model panel in the sidebar: what is loaded, the export presets, and Export and load
+(model → OpenVINO IR, cached, then loaded). "Export" on this page means only that."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import gradio as gr
+
+from ..export import default_settings
+from ..pump import pump
+from ..settings import (
+    PRESETS,
+    ExportSettings,
+    RuntimeSettings,
+    SettingsError,
+    export_preset,
+)
+
+PROGRESS_LINES = 40  # the last lines of the exporter's progress the panel shows
+
+
+class ModelPanel:
+    """The model panel's events; mixed into `Page`."""
+
+    def model_info(self) -> str:
+        loaded = self.backend.loaded
+        if loaded is None:
+            return "No model loaded."
+        notices = "".join(f"\n\n> ⚠️ {n}" for n in loaded.notices)
+        # Visitors of a locked server get no server paths: the model's name, not its folder.
+        return f"Loaded: {loaded.describe(folder=not self.lock_settings)}{notices}"
+
+    def export_and_load(self, model, weight_format, group_size, ratio, sym, all_layers, device,
+                        engine, prompt_lookup) -> Iterator[tuple[str, str]]:
+        """Export (if not cached) and load, streaming the exporter's progress."""
+        if self.lock_settings:
+            raise gr.Error("Model settings are locked on this server.")
+        try:
+            settings = ExportSettings(weight_format=weight_format, group_size=int(group_size),
+                                      ratio=float(ratio), sym=bool(sym), all_layers=bool(all_layers)).validate()
+            runtime = RuntimeSettings(engine=engine, device=device, prompt_lookup=bool(prompt_lookup)).validate()
+        except (SettingsError, TypeError, ValueError) as exc:
+            raise gr.Error(str(exc)) from None
+        progress: list[str] = []
+        try:
+            for step in pump(lambda emit: self.backend.load(model.strip(), settings, runtime, progress=emit),
+                             name="export-and-load"):
+                progress.append(step)
+                yield "\n".join(progress[-PROGRESS_LINES:]), self.model_info()
+        except Exception as exc:  # noqa: BLE001 - shown in the page
+            progress.append(f"❌ {exc}")
+            yield "\n".join(progress[-PROGRESS_LINES:]), self.model_info()
+            raise gr.Error(str(exc)) from None
+        yield "\n".join(progress[-PROGRESS_LINES:]), self.model_info()
+
+    @staticmethod
+    def defaults_for(model: str, preset: str | None = None) -> int:
+        """The group size for a newly typed model: its preset's, else its seed default."""
+        return (export_preset(preset, model) if preset else default_settings(model.strip())).group_size
+
+    @staticmethod
+    def preset_of(settings: ExportSettings, model: str) -> str | None:
+        """Which preset these settings are, if any (the radio shows none for custom ones)."""
+        return next((p for p in PRESETS if export_preset(p, model) == settings), None)
+
+    @staticmethod
+    def apply_preset(preset: str | None, model: str) -> tuple:
+        """A preset's export settings, for the fields below the preset radio."""
+        if not preset:
+            return (gr.skip(),) * 5
+        chosen = export_preset(preset, model or "")
+        return chosen.weight_format, chosen.group_size, chosen.ratio, chosen.sym, chosen.all_layers

@@ -1,0 +1,139 @@
+// The browser side of keeping conversations (phi3ui/conversations.py has the rules, and
+// phi3ui/ui/conversation_list.py decides every write): one localStorage entry per conversation.
+//
+// The page's events call `window.phi3ui.step(name, names, values)` in their `js=` step: `names`
+// are the event's inputs by name (phi3ui/ui/page.py, `storage_step`), `values` their values.
+// The step named `name` reads and replaces them by name; they go on to Python in input order.
+window.phi3ui = window.phi3ui || (() => {
+  const PREFIX = window.PHI3UI_PREFIX;  // conversations.STORAGE_PREFIX, set by the page
+  const OPEN = "phi3ui:open";
+  const known = {};  // id -> the rev this tab last showed or wrote: the two-tabs check
+  // Set by the page's events: an answer is streaming in this tab; and the tab is busy with an
+  // answer until it is saved (another tab's change is not shown then).
+  let streaming = false, working = false;
+  const parse = (text) => { try { return JSON.parse(text); } catch (e) { return null; } };
+  const get = (id) => (id ? parse(localStorage.getItem(PREFIX + id)) : null);
+  const quota = (e) => !!e && (e.name === "QuotaExceededError" || e.name === "NS_ERROR_DOM_QUOTA_REACHED"
+                               || e.code === 22 || e.code === 1014);
+  function all(full) {
+    const out = [];
+    for (let i = 0; i < localStorage.length; i++) {
+      const key = localStorage.key(i);
+      if (!key || !key.startsWith(PREFIX)) continue;
+      const r = parse(localStorage.getItem(key));
+      if (!r || typeof r !== "object") continue;
+      out.push(full ? r : {id: r.id, title: r.title, renamed: r.renamed, created: r.created,
+                           updated: r.updated, rev: r.rev});
+    }
+    return out;
+  }
+  function write(items, out) {
+    for (const item of items || []) {
+      let rec = item.record;
+      const stored = get(rec.id);
+      const expect = "expect" in item ? item.expect : known[rec.id];
+      if (stored && expect !== undefined && stored.rev !== expect) {  // another tab wrote it
+        if (!item.copy) { out.skipped.push(rec.id); continue; }
+        out.copied.push([rec.id, item.copy.id, item.copy.title]);
+        rec = Object.assign({}, rec, item.copy);
+      }
+      try {
+        localStorage.setItem(PREFIX + rec.id, JSON.stringify(rec));
+      } catch (e) {
+        out.failed = quota(e) ? "full" : "unavailable";
+        out.error = String(e);
+        out.copied = out.copied.filter((c) => c[1] !== rec.id);
+        return;
+      }
+      known[rec.id] = rec.rev;
+      out.saved.push(rec.id);
+    }
+  }
+  // One job's storage work, in this order: write, remove, peek at or open one, list them all.
+  function run(job) {
+    job = job || {};
+    const out = {saved: [], skipped: [], copied: [], failed: null, removed: null, open: null, peek: null,
+                 changed: null, conversations: []};
+    try {
+      write(job.write, out);
+      if (job.remove && !out.failed) {
+        out.removed = get(job.remove);
+        localStorage.removeItem(PREFIX + job.remove);
+        delete known[job.remove];
+      }
+      if (job.peek) out.peek = get(job.peek);
+      if (job.open && !out.failed) {
+        out.open = get(job.open);
+        if (out.open) known[out.open.id] = out.open.rev;
+      }
+      if (job.watch && known[job.watch] !== undefined && !working) {
+        const r = get(job.watch);
+        if (r && r.rev !== known[job.watch]) { out.changed = r; known[r.id] = r.rev; }
+      }
+      if (job.list !== false) out.conversations = all(!!job.full);
+    } catch (e) {
+      out.failed = out.failed || "unavailable";
+      out.error = String(e);
+    }
+    return out;
+  }
+  function preferred() {
+    try { return sessionStorage.getItem(OPEN) || localStorage.getItem(OPEN); } catch (e) { return null; }
+  }
+  const searching = (v) => !!(v.search && v.search.trim());
+  const id = (conversation) => conversation && conversation.id;
+
+  // The steps, by name. `v` holds the event's inputs by name; a step replaces some of them.
+  const steps = {
+    // the stored version of the conversation on screen (what a save compares with)
+    peek: (v) => { v.storage_report = run({peek: id(v.current), list: false}); },
+    // before leaving the conversation on screen: its stored version, and whether it is answering
+    leave: (v) => { v.storage_report = run({peek: id(v.current), list: false}); v.streaming = streaming; },
+    // a file merges with every kept conversation
+    merge: (v) => { v.storage_report = run({peek: id(v.current), full: true}); v.streaming = streaming; },
+    // do what Python asked (write, remove, open), then list them
+    do_job: (v) => {
+      const job = v.storage_job || {};
+      v.storage_report = run({write: job.write, remove: job.remove, open: job.open, full: searching(v)});
+    },
+    list: (v) => { v.storage_report = run({full: searching(v)}); },
+    // another tab changed something: the list, and the conversation on screen if this tab is idle
+    sync: (v) => { v.storage_report = run({full: searching(v), watch: id(v.current)}); },
+    everything: (v) => { v.storage_report = run({full: true}); },
+    open_last: (v) => { v.storage_report = run({open: preferred()}); },
+    // this tab (and a new tab) opens the conversation on screen next time
+    remember: (v) => {
+      if (!id(v.current)) return;
+      try { sessionStorage.setItem(OPEN, v.current.id); localStorage.setItem(OPEN, v.current.id); } catch (e) {}
+    },
+    answering: () => { streaming = working = true; },
+    answer_ended: () => { streaming = false; },
+    answered: () => { streaming = working = false; },
+    download: (v) => {
+      if (!v.download_text) return;
+      const a = document.createElement("a");
+      a.href = URL.createObjectURL(new Blob([v.download_text], {type: "application/json"}));
+      a.download = "phi3ui-conversations.json";
+      document.body.appendChild(a);
+      a.click();
+      setTimeout(() => { URL.revokeObjectURL(a.href); a.remove(); }, 1000);
+    },
+    viewport: (v) => { v.viewport_width = window.innerWidth; },
+  };
+  function step(name, names, values) {
+    const v = {};
+    names.forEach((n, i) => { v[n] = values[i]; });
+    steps[name](v);
+    return names.map((n) => v[n]);
+  }
+  // Another tab wrote a conversation: `callback` (the page's sync event) runs once things settle.
+  function onOtherTab(callback) {
+    let timer = null;
+    window.addEventListener("storage", (e) => {
+      if (e.storageArea !== localStorage || (e.key !== null && !e.key.startsWith(PREFIX))) return;
+      clearTimeout(timer);
+      timer = setTimeout(callback, 150);
+    });
+  }
+  return {step, onOtherTab};
+})();

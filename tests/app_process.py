@@ -1,0 +1,154 @@
+"""The app as a child process on a free loopback port, and two clients of it (raw `/chat`,
+streamed `/v1`): for the tests and the benchmarks (`from tests.app_process import AppProcess`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def vm_hwm_mb(pid: int) -> float:
+    """A live process's peak RSS, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class AppProcess:
+    """`python app.py ...`, its output kept in a log file for failures."""
+
+    def __init__(self, *args: str, env: dict | None = None, log_path: Path | None = None, root: Path = ROOT):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.log_path = log_path or Path(os.environ.get("TMPDIR", "/tmp")) / f"phi3ui-app-{self.port}.log"
+        self.log = self.log_path.open("w")
+        self.started = time.perf_counter()
+        self.startup_s = 0.0
+        self.process = subprocess.Popen(
+            [sys.executable, str(root / "app.py"), "--port", str(self.port), *args],
+            cwd=root, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+        )
+
+    def wait_ready(self, timeout: float = 900) -> AppProcess:
+        """Return once the page answers; `startup_s` is how long that took."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"app exited with {self.process.returncode}:\n{self.output()}")
+            try:
+                urllib.request.urlopen(self.url, timeout=2)
+                self.startup_s = time.perf_counter() - self.started
+                return self
+            except OSError:
+                time.sleep(0.25)
+        raise TimeoutError(f"app did not start in {timeout} s:\n{self.output()}")
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text()
+
+    def stop(self) -> float:
+        """Stop the app; its peak RSS in MB (0 if it had already exited)."""
+        peak = vm_hwm_mb(self.process.pid) if self.process.poll() is None else 0.0
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+        return peak
+
+
+# --- clients, as a script (not a browser) sends requests -------------------------------------
+KEY = "burst-test-key"
+QUESTION = "What is the capital of France?"
+# /chat's other arguments, in order: temperature, top-p, top-k, repetition penalty, seed, system prompt,
+# JSON schema (a raw call must send every one).
+DEFAULTS = [0.0, 1.0, 50, 1.0, None, "", ""]
+
+
+@dataclass
+class Reply:
+    """One request as its client saw it (times from a shared monotonic clock)."""
+
+    text: str = ""
+    error: str | None = None
+    sent: float = 0.0
+    first: float | None = None  # first text
+    ended: float = 0.0
+
+    @property
+    def ttft_s(self) -> float | None:
+        return None if self.first is None else self.first - self.sent
+
+
+def ask_chat(url: str, address: str, message: str = QUESTION, tokens: int = 16) -> Reply:
+    """One `/chat` call as a client behind a proxy (raw HTTP, as a script would send it)."""
+    headers = {"X-Forwarded-For": address}
+    reply = Reply(sent=time.monotonic())
+    with httpx.Client(timeout=300) as http:
+        joined = http.post(f"{url}gradio_api/call/chat", json={"data": [message, [], tokens, *DEFAULTS]},
+                           headers=headers)
+        if joined.status_code != 200:
+            reply.error, reply.ended = f"HTTP {joined.status_code}: {joined.text}", time.monotonic()
+            return reply
+        kind = ""
+        with http.stream("GET", f"{url}gradio_api/call/chat/{joined.json()['event_id']}", headers=headers) as stream:
+            for line in stream.iter_lines():
+                if line.startswith("event:"):
+                    kind = line.removeprefix("event:").strip()
+                elif line.startswith("data:"):
+                    data = json.loads(line.removeprefix("data:"))
+                    if kind == "error":
+                        reply.error = str(data)
+                        break
+                    if kind in ("generating", "complete") and data and data[0]:
+                        reply.text = data[0]
+                        reply.first = reply.first or time.monotonic()
+                    if kind == "complete":
+                        break
+    reply.ended = time.monotonic()
+    return reply
+
+
+def ask_v1(url: str, address: str, message: str = QUESTION, tokens: int = 16) -> Reply:
+    """One streamed chat completion through the `openai` client."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"{url}v1", api_key=KEY, max_retries=0, timeout=300,
+                           default_headers={"X-Forwarded-For": address})
+    reply = Reply()
+    try:
+        model = client.models.list().data[0].id
+        reply.sent = time.monotonic()
+        stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": message}],
+                                                max_tokens=tokens, temperature=0, stream=True)
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                reply.text += chunk.choices[0].delta.content
+                reply.first = reply.first or time.monotonic()
+    except openai.APIError as exc:
+        reply.error = f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"
+    finally:
+        client.close()
+    reply.ended = time.monotonic()
+    return reply

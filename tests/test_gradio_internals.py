@@ -1,0 +1,46 @@
+"""phi3ui/ui/gradio_internals.py reaches into Gradio; these tests say when to check it again,
+and that it still does what the page needs."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from phi3ui.ui import gradio_internals
+from phi3ui.ui.page import Page
+from tests.test_conversations import Backend
+
+
+def test_gradio_is_the_version_the_internals_were_checked_with() -> None:
+    assert gr.__version__ == gradio_internals.CHECKED_WITH, (
+        f"Gradio is {gr.__version__}, not {gradio_internals.CHECKED_WITH}. Check again, then update "
+        "CHECKED_WITH: (1) phi3ui/ui/gradio_internals.py, set_validator: does gr.api take `validator=` now "
+        "(then use it and drop set_validator)? If not, is `Blocks.fns[id].validator` still what runs before "
+        "the queue and refuses there (tests/test_burst.py, test_one_client_bursting_chat and "
+        "test_memory_stays_flat_over_bursts)? (2) build_configs_when_asked: does `SessionState.__init__` still "
+        "build `config_values` for every block, and do `components`, `_update_config` and "
+        "`_update_value_in_config` still use it as a dict (test_a_new_session_builds_component_configs_only_when_"
+        "asked)? (3) phi3ui/ui/static/page.css's rules for the Radio's markup (#conv-list label, "
+        ".wrap, input, span): the conversation list still looks like a list (tests/test_conversations_browser.py).")
+
+
+def test_the_validator_is_set_on_chat() -> None:
+    page = Page(Backend([]))
+    demo = page.build()
+    (chat,) = [fn for fn in demo.fns.values() if fn.api_name == "chat"]
+    assert chat.validator == page.api_door
+
+
+def test_a_new_session_builds_component_configs_only_when_asked() -> None:
+    """Deep links still get every component's config, in the page's order, as Gradio's own
+    session builds them; a value an event writes lands in the config as before."""
+    from gradio.state_holder import SessionState
+
+    demo = Page(Backend([])).build()
+    session = SessionState(demo)
+    assert dict.__len__(session.config_values) == 0
+    config = demo.default_config
+    eager = [config.config_for_block(k, [], v) for k, v in config.blocks.items() if k in demo.blocks]
+    assert list(session.components) == [c for c in eager if c]
+    textbox = next(k for k, v in config.blocks.items() if isinstance(v, gr.Textbox))
+    session._update_value_in_config(textbox, "typed")
+    assert session.config_values[textbox]["props"]["value"] == "typed"
