@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import secrets
 import time
@@ -173,13 +174,14 @@ def _clean_settings(value: Any) -> dict:
                 kept[name] = v
         elif name == "seed" and v is None:
             kept[name] = None
-        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
             kept[name] = kind(v)
     return kept
 
 
 def _time(value: Any, default: int) -> int:
-    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 else default
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+    return int(value) if ok else default
 
 
 def clean(record: Any, now: int | None = None) -> dict:

@@ -56,9 +56,9 @@ def default_properties() -> dict:
     """Latency settings for one user at a time, plus a model cache so later starts are faster.
 
     The cache is weightless (CACHE_MODE=OPTIMIZE_SIZE): it keeps the compiled graph and reads
-    the weights from the export instead of a second copy of them (for Phi-3-mini int4: 1.1 GB
-    of disk instead of 2.9). On a CPU what it saves varies from run to run; it pays most
-    where compiling is slow (GPU, NPU).
+    the weights from the export instead of a second copy of them (sizes in bench/README.md,
+    "model cache"). On a CPU what it saves varies from run to run; it pays most where
+    compiling is slow (GPU, NPU).
 
     DYNAMIC_QUANTIZATION_GROUP_SIZE is left at the plugin's default: other values made greedy
     and seeded answers depend on what else shares the batch and on prefix-cache hits, for

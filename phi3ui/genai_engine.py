@@ -58,40 +58,65 @@ class GrammarCheck:
     """Compiles an answer's JSON schema with the engine's own grammar compiler (XGrammar,
     inside openvino-genai) and tokenizer, on `zero_logits_model`: a schema the compiler
     refuses is refused before it reaches the model, where, in continuous batching, the
-    compile error would fail every answer in the batch. A check takes about a millisecond."""
+    compile error would fail every answer in the batch. A schema no JSON value can fit (a
+    `$ref` to itself, contradicting bounds) lets no first token through, and is refused too.
 
-    def __init__(self, tokenizer, vocab_size: int, remember: int = 256):
+    Built on the first schema; its pipeline is built again after `rebuild_after` schemas,
+    which drops the compiled grammars the compiler keeps (they would grow without bound)."""
+
+    def __init__(self, tokenizer, vocab_size: int, remember: int = 256, rebuild_after: int = 64):
+        self._tokenizer, self._vocab_size = tokenizer, vocab_size
+        self._pipeline = None
+        self._compiled = 0
+        self._known: OrderedDict[str, str | None] = OrderedDict()
+        self._remember, self._rebuild_after = remember, rebuild_after
+        self._lock = threading.Lock()  # one generate at a time on the pipeline
+
+    def _build(self):
         import numpy as np
         import openvino as ov
         import openvino_genai as ov_genai
 
         with tempfile.TemporaryDirectory() as folder:
-            ov.save_model(zero_logits_model(vocab_size), Path(folder) / "model.xml")
+            ov.save_model(zero_logits_model(self._vocab_size), Path(folder) / "model.xml")
             xml = (Path(folder) / "model.xml").read_text()
             weights = ov.Tensor(np.fromfile(Path(folder) / "model.bin", dtype=np.uint8))
-        self._pipeline = ov_genai.LLMPipeline(xml, weights, tokenizer, "CPU")
-        self._known: OrderedDict[str, str | None] = OrderedDict()
-        self._remember = remember
-        self._lock = threading.Lock()  # one generate at a time on the pipeline
+        return ov_genai.LLMPipeline(xml, weights, self._tokenizer, "CPU")
 
     def problem(self, schema: str) -> str | None:
         """The compiler's words when it refuses `schema`, or None."""
-        import openvino_genai as ov_genai
-
         with self._lock:
             if schema not in self._known:
-                config = self._pipeline.get_generation_config()
-                config.max_new_tokens, config.apply_chat_template = 1, False
-                config.structured_output_config = ov_genai.StructuredOutputConfig(json_schema=schema)
-                try:
-                    self._pipeline.generate("{", config)
-                    self._known[schema] = None
-                except RuntimeError as exc:
-                    self._known[schema] = _COMPILER_PREFIX.sub("", str(exc).strip().splitlines()[0]).strip()
+                self._known[schema] = self._compile(schema)
                 while len(self._known) > self._remember:
                     self._known.popitem(last=False)
             self._known.move_to_end(schema)
             return self._known[schema]
+
+    def _compile(self, schema: str) -> str | None:
+        import openvino_genai as ov_genai
+
+        if self._pipeline is None or self._compiled >= self._rebuild_after:
+            self._pipeline, self._compiled = self._build(), 0
+        self._compiled += 1
+        config = self._pipeline.get_generation_config()
+        config.max_new_tokens, config.apply_chat_template = 1, False
+        config.structured_output_config = ov_genai.StructuredOutputConfig(json_schema=schema)
+        try:
+            first = self._pipeline.generate("{", config)
+        except RuntimeError as exc:
+            return _COMPILER_PREFIX.sub("", str(exc).strip().splitlines()[0]).strip()
+        return None if first else "no JSON value fits it (a $ref to itself, or bounds that contradict)"
+
+
+def model_vocab_size(folder: Path, config: dict) -> int:
+    """How many next-token scores the model gives: config.json's vocab_size, else the width
+    of the model's logits output."""
+    if config.get("vocab_size"):
+        return int(config["vocab_size"])
+    import openvino as ov
+
+    return ov.Core().read_model(folder / "openvino_model.xml").output("logits").get_partial_shape()[-1].get_length()
 
 
 class GenAIEngine(Engine):
@@ -105,8 +130,7 @@ class GenAIEngine(Engine):
         self.tokenizer = self.pipeline.get_tokenizer()
         if not self.eos_ids:
             self.eos_ids = [self.tokenizer.get_eos_token_id()]
-        self.grammar = GrammarCheck(self.tokenizer, int(self.config.get("vocab_size") or 0)
-                                    or len(self.tokenizer.get_vocab_vector()))
+        self.grammar = GrammarCheck(self.tokenizer, model_vocab_size(self.folder, self.config))
 
     def check_settings(self, settings: GenerationSettings) -> None:
         super().check_settings(settings)

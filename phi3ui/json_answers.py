@@ -16,11 +16,21 @@ Nothing here depends on the rest of phi3ui: callers turn a message into their ow
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
 JSON_OBJECT = '{"type":"object"}'  # canonical()'s text of json_object's schema
 MAX_SCHEMA_CHARS = 16_000
+# Bounds on what the grammar compiler must build. It compiles on the server, under one lock,
+# and a string length or a pattern's repeat count is unrolled into grammar states: without
+# bounds a few dozen characters of schema take seconds to compile (bench/NOTES.md).
+MAX_DEPTH = 32  # nested objects and arrays in the schema's JSON
+MAX_STRING_LENGTH = 200  # minLength / maxLength of one string
+MAX_LENGTH_BOUNDS = 400  # those bounds added up, each different (min, max) pair once
+MAX_PATTERN_CHARS = 200
+MAX_PATTERN_REPEAT = 50  # each {n} / {m,n} of a pattern
+_REPEATS = re.compile(r"\{\s*(\d*)\s*(?:,\s*(\d*)\s*)?\}")
 
 # Keywords XGrammar (as built into openvino-genai 2026.4) accepts but does not enforce,
 # each seen producing answers that break it (bench/NOTES.md, "Answers as JSON").
@@ -39,6 +49,9 @@ NOT_ENFORCED: dict[str, str] = {
     "unevaluatedProperties": "unevaluated properties are not enforced",
     "unevaluatedItems": "unevaluated items are not enforced",
     "$dynamicRef": "dynamic references are not followed",
+    "contains": "an array is not held to contain a matching item",
+    "minContains": "an array is not held to contain a matching item",
+    "maxContains": "an array is not held to contain a matching item",
 }
 # Keywords whose values are schemas, or maps or lists of schemas: where nested keywords sit.
 _SCHEMA = ("items", "additionalProperties", "contains", "not", "if", "then", "else", "propertyNames",
@@ -77,7 +90,46 @@ def unenforced(schema: dict) -> list[str]:
         ref = sub.get("$ref")
         if isinstance(ref, str) and not ref.startswith("#"):
             found.append(f"`$ref` {ref!r} at {path}: only references inside the schema (#/...) are followed")
+        if "format" in sub and ({"minLength", "maxLength"} & set(sub)):
+            found.append(f"`minLength`/`maxLength` with `format` at {path}: a formatted string's length is not "
+                         "held (bound it with a `pattern` instead)")
     return found
+
+
+def too_costly(schema: dict) -> list[str]:
+    """What in `schema` would take the grammar compiler too long, one line each."""
+    found = []
+    bounds: set[tuple[int, int]] = set()  # the compiler builds each different pair once
+    for path, sub in _walk(schema, "schema"):
+        lengths = [sub.get(key) if isinstance(sub.get(key), int) else 0 for key in ("minLength", "maxLength")]
+        for key, n in zip(("minLength", "maxLength"), lengths):
+            if n > MAX_STRING_LENGTH:
+                found.append(f"`{key}` {n} at {path}: at most {MAX_STRING_LENGTH}")
+        if any(lengths):
+            bounds.add((lengths[0], lengths[1]))
+        pattern = sub.get("pattern")
+        if isinstance(pattern, str):
+            if len(pattern) > MAX_PATTERN_CHARS:
+                found.append(f"`pattern` at {path} is {len(pattern)} characters: at most {MAX_PATTERN_CHARS}")
+            counts = [int(n) for m in _REPEATS.finditer(pattern) for n in m.groups() if n]
+            if any(n > MAX_PATTERN_REPEAT for n in counts):
+                found.append(f"`pattern` at {path} repeats {max(counts)} times: at most {MAX_PATTERN_REPEAT}")
+    if (total := sum(max(pair) for pair in bounds)) > MAX_LENGTH_BOUNDS:
+        found.append(f"string lengths add up to {total} over {len(bounds)} different bounds: at most "
+                     f"{MAX_LENGTH_BOUNDS} (strings that share a bound count once)")
+    return found
+
+
+def _too_deep(value: object) -> bool:
+    """Whether JSON `value` nests deeper than MAX_DEPTH (checked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return True
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def schema_problem(text: str) -> str | None:
@@ -87,10 +139,14 @@ def schema_problem(text: str) -> str | None:
         return f"The JSON schema is {len(text)} characters; the limit is {MAX_SCHEMA_CHARS}."
     try:
         schema = json.loads(text)
+    except RecursionError:
+        return f"The JSON schema nests deeper than {MAX_DEPTH} levels."
     except ValueError as exc:
         return f"The JSON schema is not valid JSON: {exc}."
     if not isinstance(schema, dict):
         return "The JSON schema must be an object, such as {\"type\": \"object\"}."
+    if _too_deep(schema):
+        return f"The JSON schema nests deeper than {MAX_DEPTH} levels."
     import jsonschema  # here: the app starts without it until a schema comes
 
     try:
@@ -100,6 +156,8 @@ def schema_problem(text: str) -> str | None:
         return f"The JSON schema is not a valid JSON Schema{' at ' + where if where else ''}: {exc.message}."
     if found := unenforced(schema):
         return "This JSON schema uses what constrained decoding cannot enforce: " + "; ".join(found) + "."
+    if found := too_costly(schema):
+        return "This JSON schema asks for more than the server builds for one answer: " + "; ".join(found) + "."
     return None
 
 

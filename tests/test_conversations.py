@@ -301,3 +301,13 @@ def test_the_page_opens_the_conversation_in_use_or_a_new_chat(page: Page) -> Non
     assert page.ui.chatbot not in fresh and fresh[page.ui.current]["id"] != kept["id"] and fresh[page.ui.unsaved] is None
     off = page.open_page(request(), {"failed": "unavailable", "conversations": []}, [], "")
     assert "keeps no storage" in off[page.ui.storage_note]
+
+
+def test_numbers_json_cannot_hold_are_left_out_of_a_loaded_file() -> None:
+    """Python's json reads Infinity and NaN; a file holding them loads without them."""
+    record = json.loads('{"id": "c1", "messages": [], "created": Infinity, '
+                        '"settings": {"temperature": Infinity, "top_k": NaN, "max_new_tokens": 5}}')
+    cleaned = conv.clean(record, now=NOW)
+    assert cleaned["settings"]["max_new_tokens"] == 5
+    assert "temperature" not in cleaned["settings"] and "top_k" not in cleaned["settings"]
+    assert cleaned["created"] == NOW

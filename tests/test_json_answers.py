@@ -46,7 +46,7 @@ EXAMPLES = {
     "then": {"type": "string"}, "else": {"type": "string"}, "oneOf": [{"type": "string"}],
     "dependentRequired": {"a": ["b"]}, "dependentSchemas": {"a": {"required": ["b"]}}, "dependencies": {"a": ["b"]},
     "propertyNames": {"maxLength": 3}, "unevaluatedProperties": False, "unevaluatedItems": False,
-    "$dynamicRef": "#meta",
+    "$dynamicRef": "#meta", "contains": {"const": 42}, "minContains": 1, "maxContains": 2,
 }
 
 
@@ -72,6 +72,33 @@ def test_every_keyword_that_would_be_ignored_is_refused_by_name_and_place(keywor
 def test_a_schema_that_cannot_be_kept_says_why(schema, words) -> None:
     text = schema if isinstance(schema, str) else json.dumps(schema)
     assert words in (schema_problem(text) or "")
+
+
+@pytest.mark.parametrize("schema, words", [
+    ({"type": "string", "maxLength": 5000}, "`maxLength` 5000 at schema: at most 200"),
+    ({"type": "object", "properties": {f"p{i}": {"type": "string", "minLength": i % 7, "maxLength": 64 - i}
+                                       for i in range(20)}}, "string lengths add up to 1090 over 20 different"),
+    ({"type": "string", "pattern": "^(a{1,1000}){1,1000}$"}, "repeats 1000 times: at most 50"),
+    ({"type": "string", "pattern": "a" * 201}, "is 201 characters: at most 200"),
+    ({"type": "string", "format": "email", "maxLength": 20}, "a formatted string's length is not held"),
+])
+def test_a_schema_too_costly_to_compile_or_keep_is_refused_before_the_compiler(schema, words) -> None:
+    assert words in (schema_problem(json.dumps(schema)) or "")
+
+
+def test_strings_that_share_a_bound_count_once() -> None:
+    many = {"type": "object", "properties": {f"p{i}": {"type": "string", "maxLength": 64} for i in range(20)}}
+    assert schema_problem(json.dumps(many)) is None
+
+
+def test_a_deeply_nested_schema_is_refused_not_a_crash() -> None:
+    nested: dict = {}
+    inner = nested
+    for _ in range(123):
+        inner["items"] = {}
+        inner = inner["items"]
+    assert "nests deeper than 32 levels" in schema_problem(json.dumps(nested))
+    assert "nests deeper than 32 levels" in schema_problem("[" * 5000 + "]" * 5000)
 
 
 def test_one_allof_and_inner_references_are_fine() -> None:
@@ -139,6 +166,17 @@ def test_a_schema_the_grammar_compiler_refuses_is_refused_before_the_answer(gena
         genai.check_settings(GenerationSettings(json_schema=json.dumps(BAD_PATTERN)))
     text, _ = json_answer(genai, "person", PROMPTS["person"][0], canonical(SCHEMAS["person"]))
     fits(text, SCHEMAS["person"])  # the engine answers on
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("schema, words", [
+    ({"$ref": "#"}, "no JSON value fits it"),
+    ({"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}, "no JSON value fits"),
+    ({"type": "string", "minLength": 10, "maxLength": 2}, "minLength 10 is greater than maxLength 2"),
+])
+def test_a_schema_no_value_fits_is_refused(genai, schema, words) -> None:
+    with pytest.raises(SettingsError, match=words):
+        genai.check_settings(GenerationSettings(json_schema=json.dumps(schema)))
 
 
 @pytest.mark.slow

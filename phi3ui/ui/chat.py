@@ -12,7 +12,7 @@ import gradio as gr
 
 from .. import downloads, window
 from .. import prompt as prompts
-from ..display import STOPPED, chat_messages, from_display, note, shown, stats_title
+from ..display import STOPPED, chat_messages, from_display, note, shown, stats_title, to_display
 from ..errors import Problem, report
 from ..export import ExportError
 from ..fairness import LimitReached
@@ -70,7 +70,7 @@ class ChatEvents:
         try:
             fitted = self.preview(display or [], message or "", self.settings(*gen))
         except USER_ERRORS as exc:
-            return f"⚠️ {exc}", ""
+            return f"⚠️ {to_display(str(exc))}", ""  # it may quote what the visitor typed
         finally:
             self._budget_slots.release()
         dropped = (f" · ✂️ the model no longer sees the {fitted.dropped_exchanges} oldest exchange(s) "

@@ -4,8 +4,8 @@ an upgrade it fails, and says what to check again here.
 
 - `set_validator`: /chat (a `gr.api` endpoint) needs a validator, a check that runs before
   Gradio queues the call. A call refused there costs nothing; a call refused inside the
-  function has already made Gradio keep about 180 KB of session state for it, so a flood of
-  refused /chat calls would fill the server's memory. `gr.api` takes no `validator=`
+  function has already made Gradio keep session state for it, so a flood of refused /chat
+  calls would fill the server's memory (bench/NOTES.md, "Bursts from one client"). `gr.api` takes no `validator=`
   argument, so it is set on the event as Gradio keeps it (`Blocks.fns[id].validator`).
 - `build_configs_when_asked`: Gradio builds the config of every component on the page for
   each new session (for deep links), on the server's event loop, and every API call without
