@@ -68,14 +68,21 @@ class AppProcess:
     def stop(self) -> float:
         """Stop the app; its peak RSS in MB (0 if it had already exited)."""
         peak = vm_hwm_mb(self.process.pid) if self.process.poll() is None else 0.0
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        end_process(self.process)
         self.log.close()
         return peak
+
+
+def end_process(process: subprocess.Popen, grace_s: float = 30) -> None:
+    """Ask a child process to end, and kill it if it has not within `grace_s`."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 # --- clients, as a script (not a browser) sends requests -------------------------------------

@@ -37,9 +37,9 @@ from gradio_client import Client
 
 from phi3ui.bundled import gguf_path
 from phi3ui.remote_engine import WINDOW_FIELDS, MessagesPrompt, TokenEstimate
-from tests.app_process import AppProcess, free_port
+from tests.app_process import AppProcess, end_process, free_port
 from tests.test_openai_api import read_then_leave, wait_for_log
-from tests.test_remote_engine import ASK, ENDLESS, api, chat
+from tests.test_remote_engine import ASK, ENDLESS, api, chat, kill_mid_answer
 
 pytestmark = [pytest.mark.llama_server, pytest.mark.server, pytest.mark.slow]
 
@@ -95,13 +95,7 @@ class LlamaServer:
         self.log.close()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        end_process(self.process)
         self.log.close()
 
     def client(self) -> openai.OpenAI:
@@ -162,6 +156,26 @@ def text_of(chunks: list) -> str:
 
 def finish_of(chunks: list) -> str | None:
     return [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason][-1]
+
+def both_whole(client: openai.OpenAI, name: str) -> None:
+    """Two clients asking at the same moment both get their whole (and the same) answer."""
+    answers: dict[int, list] = {}
+    failures: list[Exception] = []
+
+    def ask(i: int) -> None:
+        try:
+            answers[i] = list(client.chat.completions.create(model=name, messages=COUNT, temperature=0,
+                                                             max_tokens=40, stream=True))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not failures and len(answers) == 2
+    assert text_of(answers[0]) == text_of(answers[1]) and finish_of(answers[0]) in ("stop", "length")
 
 
 def test_the_model_and_the_window_llama_cpp_does_not_report(llama: LlamaServer, front: AppProcess) -> None:
@@ -242,22 +256,7 @@ def test_phi3uis_one_slot_keeps_llama_cpp_from_cutting_answers(llama: LlamaServe
     """llama-cpp-python ends the answer it streams when another request comes (its default
     `interrupt_requests`); phi3ui's default `--concurrency 1` sends one at a time, so two
     clients at once both get their whole answer."""
-    name, answers, failures = model(front), {}, []
-
-    def ask(i: int) -> None:
-        try:
-            answers[i] = list(api(front).chat.completions.create(model=name, messages=COUNT, temperature=0,
-                                                                 max_tokens=40, stream=True))
-        except Exception as exc:  # noqa: BLE001 - reported below
-            failures.append(exc)
-
-    threads = [threading.Thread(target=ask, args=(i,)) for i in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    assert not failures and len(answers) == 2
-    assert text_of(answers[0]) == text_of(answers[1]) and finish_of(answers[0]) in ("stop", "length")
+    both_whole(api(front), model(front))
 
 
 def test_a_prompt_longer_than_llama_cpps_context_is_a_clear_400(llama: LlamaServer, front: AppProcess) -> None:
@@ -294,22 +293,7 @@ def test_the_advised_setup_fits_long_chats_and_answers_two_at_once(tuned_llama: 
     cut = [line for line in tuned.output().splitlines() if "exchanges left out" in line][-1]
     assert " 0 exchanges left out" not in cut
 
-    answers, failures = {}, []
-
-    def ask(i: int) -> None:
-        try:
-            answers[i] = list(api(tuned).chat.completions.create(model="smollm2", messages=COUNT, temperature=0,
-                                                                 max_tokens=40, stream=True))
-        except Exception as exc:  # noqa: BLE001 - reported below
-            failures.append(exc)
-
-    threads = [threading.Thread(target=ask, args=(i,)) for i in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    assert not failures and len(answers) == 2
-    assert text_of(answers[0]) == text_of(answers[1]) and finish_of(answers[0]) in ("stop", "length")
+    both_whole(api(tuned), "smollm2")
 
 
 def test_llama_cpp_killed_is_a_clear_error_and_its_restart_is_used_at_once(llama: LlamaServer,
@@ -317,21 +301,7 @@ def test_llama_cpp_killed_is_a_clear_error_and_its_restart_is_used_at_once(llama
     """Last in this file: it kills llama.cpp's server mid-answer, then starts it again on the
     same port. /health says it is down and then, with no request sent, that it is back."""
     client, name = api(front), model(front)
-    stream = client.chat.completions.create(model=name, messages=ENDLESS, temperature=0, max_tokens=1500,
-                                            stream=True)
-    read = 0
-    with pytest.raises(openai.APIError, match="closed the connection in the middle of the answer"):
-        for chunk in stream:
-            read += bool(chunk.choices and chunk.choices[0].delta.content)
-            if read == 3:
-                llama.kill()
-    with pytest.raises(openai.InternalServerError, match="cannot be reached") as down:
-        client.chat.completions.create(model=name, messages=ASK, max_tokens=8)
-    assert down.value.status_code == 503
-    with pytest.raises(openai.InternalServerError, match="cannot be reached"):  # before the 200 of a stream
-        client.chat.completions.create(model=name, messages=ASK, max_tokens=8, stream=True)
-    with pytest.raises(Exception, match="cannot be reached"):
-        chat(front.url)
+    kill_mid_answer(client, name, llama.kill, front.url)
     state = wait_for_health(front, 503)
     assert state["status"] == "unavailable" and "cannot be reached" in state["reason"]
     llama.start()

@@ -429,6 +429,27 @@ def chat(url: str, question: str = QUESTION, tokens: int = 32) -> str:
 def api(app: AppProcess) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{app.url}v1", api_key="unused", max_retries=0, timeout=120)
 
+def kill_mid_answer(client: openai.OpenAI, model: str, kill: Callable[[], None], front_url: str) -> None:
+    """Kill the remote three pieces into a streamed answer: that answer ends with a clear
+    error, and the next requests (whole, streamed, and through the page's /chat) say the
+    remote cannot be reached, as 503 before any stream begins."""
+    stream = client.chat.completions.create(model=model, messages=ENDLESS, temperature=0, max_tokens=1500,
+                                            stream=True)
+    read = 0
+    with pytest.raises(openai.APIError, match="closed the connection in the middle of the answer"):
+        for chunk in stream:
+            read += bool(chunk.choices and chunk.choices[0].delta.content)
+            if read == 3:
+                kill()
+    with pytest.raises(openai.InternalServerError, match="cannot be reached") as down:
+        client.chat.completions.create(model=model, messages=ASK, max_tokens=8)
+    assert down.value.status_code == 503
+    with pytest.raises(openai.InternalServerError, match="cannot be reached"):  # before the 200 of a stream
+        client.chat.completions.create(model=model, messages=ASK, max_tokens=8, stream=True)
+    with pytest.raises(Exception, match="cannot be reached"):
+        chat(front_url)
+
+
 
 @pytest.mark.server
 def test_the_front_end_answers_as_the_engine_itself(engine: Engine, front: AppProcess) -> None:
@@ -572,21 +593,7 @@ def test_a_locked_front_end_shows_visitors_neither_the_remotes_url_nor_its_words
 def test_a_killed_engine_is_a_clear_error_and_its_restart_is_used_at_once(engine: Engine, front: AppProcess) -> None:
     """Last in this file: it kills the engine (and starts it again)."""
     client = api(front)
-    stream = client.chat.completions.create(model="bundled", messages=ENDLESS, temperature=0, max_tokens=3000,
-                                            stream=True)
-    read = 0
-    with pytest.raises(openai.APIError, match="closed the connection in the middle of the answer"):
-        for chunk in stream:
-            read += bool(chunk.choices and chunk.choices[0].delta.content)
-            if read == 3:
-                engine.kill()
-    with pytest.raises(openai.InternalServerError, match="cannot be reached") as down:
-        client.chat.completions.create(model="bundled", messages=ASK, max_tokens=8)
-    assert down.value.status_code == 503
-    with pytest.raises(openai.InternalServerError, match="cannot be reached"):  # before the 200 of a stream
-        client.chat.completions.create(model="bundled", messages=ASK, max_tokens=8, stream=True)
-    with pytest.raises(Exception, match="cannot be reached"):
-        chat(front.url)
+    kill_mid_answer(client, "bundled", engine.kill, front.url)
     engine.restart()
     assert "Paris" in chat(front.url)
     assert "Paris" in client.chat.completions.create(model="bundled", messages=ASK, temperature=0,
