@@ -33,13 +33,12 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from gradio_client import Client
 
 from phi3ui.bundled import gguf_path
 from phi3ui.remote_engine import WINDOW_FIELDS, MessagesPrompt, TokenEstimate
 from tests.app_process import AppProcess, end_process, free_port
 from tests.test_openai_api import read_then_leave, wait_for_log
-from tests.test_remote_engine import ASK, ENDLESS, api, chat, kill_mid_answer
+from tests.test_remote_engine import ASK, ENDLESS, api, chat, kill_mid_answer, stop_in_the_page
 
 pytestmark = [pytest.mark.llama_server, pytest.mark.server, pytest.mark.slow]
 
@@ -242,12 +241,7 @@ def test_stop_through_phi3ui_ends_llama_cpps_generation(llama: LlamaServer, fron
     read_then_leave(api(front).chat.completions.create(model=name, messages=ENDLESS, temperature=0, max_tokens=1500,
                                                        stream=True))
     wait_for_log(llama, GONE, before + 1)
-    job = Client(front.url, verbose=False).submit(message=ENDLESS[0]["content"], history=[], max_new_tokens=1500,
-                                                  temperature=0, api_name="/chat")
-    for i, _ in enumerate(job):
-        if i == 3:
-            break
-    job.cancel()
+    stop_in_the_page(front.url, 1500)
     wait_for_log(llama, GONE, before + 2)
     assert "Paris" in chat(front.url)
 

@@ -429,6 +429,17 @@ def chat(url: str, question: str = QUESTION, tokens: int = 32) -> str:
 def api(app: AppProcess) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{app.url}v1", api_key="unused", max_retries=0, timeout=120)
 
+def stop_in_the_page(front_url: str, tokens: int) -> None:
+    """The page's Stop, as gradio_client sends it: a long /chat answer cancelled after three
+    updates. The cancel closes the page's answer, which closes the remote's stream."""
+    job = Client(front_url, verbose=False).submit(message=ENDLESS[0]["content"], history=[], max_new_tokens=tokens,
+                                                  temperature=0, api_name="/chat")
+    for i, _ in enumerate(job):
+        if i == 3:
+            break
+    job.cancel()
+
+
 def kill_mid_answer(client: openai.OpenAI, model: str, kill: Callable[[], None], front_url: str) -> None:
     """Kill the remote three pieces into a streamed answer: that answer ends with a clear
     error, and the next requests (whole, streamed, and through the page's /chat) say the
@@ -500,13 +511,7 @@ def test_stop_through_the_front_end_ends_the_engines_generation(engine: Engine, 
                                                        max_tokens=3000, stream=True))
     log = wait_for_log(engine, LEFT, before + 1)
     assert int(re.findall(re.escape(LEFT) + r" after (\d+) tokens", log)[-1]) < 3000
-    # gradio_client's cancel closes the page's answer, which closes the engine's stream.
-    job = Client(front.url, verbose=False).submit(message=ENDLESS[0]["content"], history=[], max_new_tokens=3000,
-                                                  temperature=0, api_name="/chat")
-    for i, _ in enumerate(job):
-        if i == 3:
-            break
-    job.cancel()
+    stop_in_the_page(front.url, 3000)
     log = wait_for_log(engine, LEFT, before + 2)
     assert int(re.findall(re.escape(LEFT) + r" after (\d+) tokens", log)[-1]) < 3000
 
