@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from . import prompt as prompts
+from . import rope
 from .answer import Answer, Stats
 from .pump import pump
 from .settings import (
@@ -334,7 +335,7 @@ class Engine(AnswerEngine):
         self.prompt_lookup = runtime.prompt_lookup
         self.config = read_json(self.folder / "config.json")
         self.model_type: str = self.config.get("model_type", "")
-        self.context_window: int = int(self.config.get("max_position_embeddings") or 4096)
+        self.context_window: int = rope.usable_window(self.config)  # a LongRoPE model's trained window
         eos = read_json(self.folder / "generation_config.json").get("eos_token_id", [])
         self.eos_ids: list[int] = sorted(set([eos] if isinstance(eos, int) else eos))
         self.chat_template: str | None = None
@@ -354,7 +355,9 @@ class Engine(AnswerEngine):
     def window_text(self, cap: int = 0) -> str:
         own = self.context_window
         fitted = min(cap, own) if cap else own
-        return f"{fitted}-token window (capped; the model's is {own})" if fitted < own else f"{own}-token window"
+        text = f"{fitted}-token window (capped; the model's is {own})" if fitted < own else f"{own}-token window"
+        note = rope.window_note(self.config)
+        return f"{text}; {note}" if note else text
 
     @abstractmethod
     def render_text(self, messages: list[prompts.Message]) -> str:

@@ -28,10 +28,14 @@ from tests.app_process import AppProcess  # noqa: E402
 from phi3ui.engines import Engine, load_engine  # noqa: E402
 from phi3ui.export import Exported, ensure_exported  # noqa: E402
 from phi3ui.settings import BUNDLED, LOCAL_ENGINES, ExportSettings, RuntimeSettings, cache_root  # noqa: E402
-from tests.phi3_fixtures import make_phi3_tokenizer, make_tiny_phi3  # noqa: E402
+from tests.phi3_fixtures import make_phi3_tokenizer, make_tiny_longrope_phi3, make_tiny_phi3  # noqa: E402
 
 ENGINE_NAMES = LOCAL_ENGINES
 TINY_PHI3_VERSION = "2"  # bump when phi3_fixtures changes what it builds
+TINY_LONGROPE_PHI3_VERSION = "1"  # the same for make_tiny_longrope_phi3
+# int8 per channel stores the tiny LongRoPE model's grid weights exactly and keeps the rotary
+# factors in f32 (fp16 rounds those: phi3ui/rope.py), so its logits can match transformers'.
+LONGROPE_EXPORT = ExportSettings(weight_format="int8")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -63,6 +67,21 @@ def tiny_phi3_source() -> Path:
 def tiny_phi3(tiny_phi3_source: Path) -> Exported:
     """The tiny Phi-3 exported through the app's own path with the default int4 settings."""
     return ensure_exported(str(tiny_phi3_source), ExportSettings())
+
+
+@pytest.fixture(scope="session")
+def tiny_longrope_phi3_source() -> Path:
+    """A tiny random Phi-3 with Phi-3-mini-128k's LongRoPE settings, as a Hugging Face folder."""
+    dest = cache_root() / "test-sources" / f"tiny-longrope-phi3-v{TINY_LONGROPE_PHI3_VERSION}"
+    if not (dest / "config.json").exists():
+        make_tiny_longrope_phi3(dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_longrope_phi3(tiny_longrope_phi3_source: Path) -> Exported:
+    """The tiny LongRoPE Phi-3 exported through the app's own path, int8 (lossless for it)."""
+    return ensure_exported(str(tiny_longrope_phi3_source), LONGROPE_EXPORT)
 
 
 @pytest.fixture(scope="session")
