@@ -9,22 +9,19 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import prompt as prompts
+from . import resources
 from . import window as window_policy
 from .answer import Answer
 from .engine import AnswerEngine
 from .engines import load_engine
 from .errors import ModelNotLoaded, SystemPromptLocked
-from .export import (
-    Exported,
-    ModelUnavailable,
-    Progress,
-    default_settings,
-    ensure_exported,
-)
+from .export import Exported, ModelUnavailable, default_settings, ensure_exported
+from .progress import Preparation, Snapshot
 from .remote_engine import RemoteEngine
 from .settings import (
     BUNDLED,
@@ -63,9 +60,7 @@ class Loaded:
         if self.engine.kind.remote:
             return self.engine.model_name
         source = self.exported.source
-        if not folder and Path(source).expanduser().exists():
-            return Path(source).expanduser().resolve().name
-        return source
+        return source if folder else shown_name(source)
 
     def describe(self, folder: bool = True) -> str:
         """The model, its export, engine, device and window; with `folder`, where it lies on
@@ -75,6 +70,12 @@ class Loaded:
             return f"**{self.model_name() or 'remote model'}** · {engine}"
         where = f"  \n`{self.exported.folder}`" if folder else ""
         return f"**{self.model_name(folder)}** · {self.exported.describe()} · {engine}{where}"
+
+
+def shown_name(model: str) -> str:
+    """A model as visitors may see it: a local folder by its name only, with no server path."""
+    path = Path(model).expanduser()
+    return path.resolve().name if path.exists() else model
 
 
 def fallback_notice(model: str, reason: str) -> str:
@@ -101,19 +102,46 @@ class HostPrompt:
         return requested or self.text
 
 
+@dataclass(frozen=True)
+class LoadRequest:
+    """A model to load, and how: what the server starts with."""
+
+    model: str
+    export: ExportSettings | None = None
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+
+
+def _logged(progress: Callable[[str], None]) -> Callable[[str], None]:
+    """The terminal hears every line too, whoever else listens."""
+    if progress == log.info:
+        return progress
+    return lambda line: (log.info("%s", line), progress(line))
+
+
 @dataclass
 class ChatBackend:
     """Holds the one loaded model. Loading swaps it under `_load_lock`; the engine guards
-    generation (one answer at a time, or `concurrency` at once batched on genai)."""
+    generation (one answer at a time, or `concurrency` at once batched on genai). While a
+    load downloads, exports and (when memory allows both) loads, the model loaded before
+    keeps answering; `preparation` says how far the latest load has got, for the page and
+    `/health`."""
 
     limits: Limits = field(default_factory=Limits)
     concurrency: int = 1
     host_prompt: HostPrompt = field(default_factory=lambda: HostPrompt())
+    export_memory_limit: int | None = None  # bytes an export may count on; None: what is available
     loaded: Loaded | None = None
+    preparation: Preparation | None = None
     _load_lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def preparing(self) -> Snapshot | None:
+        """The latest load, while it runs or once it has failed (None once it succeeded)."""
+        preparation = self.preparation
+        snapshot = preparation.snapshot() if preparation else None
+        return None if snapshot is None or snapshot.finished else snapshot
+
     def load(self, model: str, export: ExportSettings | None = None,
-             runtime: RuntimeSettings = RuntimeSettings(), progress: Progress = log.info,
+             runtime: RuntimeSettings = RuntimeSettings(), progress: Callable[[str], None] = log.info,
              fallback: bool = False) -> Loaded:
         """Export if needed, then load; with `fallback`, an unavailable model gives way to
         the bundled one (the page says so) instead of failing the start."""
@@ -123,45 +151,64 @@ class ChatBackend:
                                 "remote's, and nothing is exported or loaded here.")
         if runtime.is_remote:
             return self._connect(runtime, progress)
-        notices: list[str] = []
+        preparation = Preparation(shown_name(model), emit=_logged(progress))
         with self._load_lock:
+            self.preparation = preparation
             try:
-                exported = ensure_exported(model, export, progress)
-            except ModelUnavailable as exc:
-                if not fallback or model == BUNDLED:
-                    raise
-                notice = fallback_notice(model, str(exc))
-                log.warning(notice)
-                notices.append(notice)
-                exported = ensure_exported(BUNDLED, default_settings(BUNDLED), progress)
-            progress(f"Loading {exported.folder} with the {runtime.engine} engine…")
-            earlier = None
-            if self.loaded is not None:  # keep how it was loaded, not its memory
-                self.loaded.engine.close()
-                earlier = (self.loaded.exported, self.loaded.runtime, self.loaded.start_notices)
-                self.loaded = None
-            engine = None
-            try:
-                engine = load_engine(exported.folder, runtime, self.concurrency)
-                self.limits.check_window(engine.context_window)
-                # The first inference does one-off work (seconds on Phi-3): done here, before
-                # the model is published, so the first question does not wait for it.
-                progress(f"Warmed up in {engine.warm_up():.1f} s (the first inference's one-off work).")
-            except Exception:
-                if engine is not None:
-                    engine.close()
-                if earlier is not None:
-                    self._reload_previous(*earlier, progress=progress)
+                loaded = self._load(model, preparation, export, runtime, fallback)
+            except Exception as exc:
+                preparation.fail(str(exc))
                 raise
-            if engine.device_warning:
-                log.warning(engine.device_warning)
-                notices.append(engine.device_warning)
-            self.loaded = Loaded(engine, exported, runtime, tuple(notices),
-                                 self.limits.window(engine.context_window))
-            progress(f"Loaded: {self.loaded.describe()}")
-            return self.loaded
+            preparation.finish()
+            return loaded
 
-    def _connect(self, runtime: RuntimeSettings, progress: Progress) -> Loaded:
+    def _load(self, model: str, progress: Preparation, export: ExportSettings | None, runtime: RuntimeSettings,
+              fallback: bool) -> Loaded:
+        notices: list[str] = []
+        progress.plan("Loading", "Warming up")
+        try:
+            exported = ensure_exported(model, export, progress, self.export_memory_limit)
+        except ModelUnavailable as exc:
+            if not fallback or model == BUNDLED:
+                raise
+            notice = fallback_notice(model, str(exc))
+            log.warning(notice)
+            notices.append(notice)
+            progress.instead(BUNDLED, notice)
+            exported = ensure_exported(BUNDLED, default_settings(BUNDLED), progress)
+        progress.stage("Loading")
+        progress(f"Loading {exported.folder} with the {runtime.engine} engine…")
+        earlier, kept = None, self.loaded
+        if kept is not None and not resources.fits_beside(exported.folder):
+            progress("Too little memory for two models at once: the chat pauses until the new one is loaded.")
+            kept.engine.close()
+            earlier = (kept.exported, kept.runtime, kept.start_notices)  # how it was loaded, not its memory
+            self.loaded = kept = None
+        engine = None
+        try:
+            engine = load_engine(exported.folder, runtime, self.concurrency)
+            self.limits.check_window(engine.context_window)
+            # The first inference does one-off work (seconds on Phi-3): done here, before
+            # the model is published, so the first question does not wait for it.
+            progress.stage("Warming up")
+            progress(f"Warmed up in {engine.warm_up():.1f} s (the first inference's one-off work).")
+        except Exception:
+            if engine is not None:
+                engine.close()
+            if earlier is not None:
+                self._reload_previous(*earlier, progress=progress)
+            raise
+        if engine.device_warning:
+            log.warning(engine.device_warning)
+            notices.append(engine.device_warning)
+        self.loaded = Loaded(engine, exported, runtime, tuple(notices),
+                             self.limits.window(engine.context_window))
+        if kept is not None:  # it answered until now; answers still running on it end with a message
+            kept.engine.close()
+        progress(f"Loaded: {self.loaded.describe()}")
+        return self.loaded
+
+    def _connect(self, runtime: RuntimeSettings, progress: Callable[[str], None]) -> Loaded:
         """`--engine openai`: no export and no model here; the remote answers. A remote that
         is down now is no failure: each message tries it again."""
         assert runtime.remote is not None
@@ -180,7 +227,7 @@ class ChatBackend:
             return self.loaded
 
     def _reload_previous(self, exported: Exported, runtime: RuntimeSettings, notices: tuple[str, ...],
-                 progress: Progress) -> None:
+                         progress: Callable[[str], None]) -> None:
         """After a failed load, the server keeps answering with the model it had."""
         try:
             engine = load_engine(exported.folder, runtime, self.concurrency)
@@ -194,8 +241,19 @@ class ChatBackend:
     @property
     def engine(self) -> AnswerEngine:
         if self.loaded is None:
-            raise ModelNotLoaded("No model is loaded yet; try again in a moment.")
+            raise self.not_ready()
         return self.loaded.engine
+
+    def not_ready(self) -> ModelNotLoaded:
+        """Why there is no answer yet: what is being prepared and how far it got, or why it
+        failed (on a locked server without the reason, which may name server paths)."""
+        snapshot = self.preparing()
+        if snapshot is None:
+            return ModelNotLoaded("No model is loaded yet; try again in a moment.")
+        if snapshot.failure:
+            reason = "the details are in the server's log" if self.host_prompt.locked else snapshot.failure
+            return ModelNotLoaded(f"No model could be loaded: {reason}")
+        return ModelNotLoaded(f"The model is not ready yet: {snapshot.describe()}. The chat answers once it is.")
 
     def check_message(self, message: object) -> str:
         if not isinstance(message, str):

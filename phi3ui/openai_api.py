@@ -42,7 +42,7 @@ from starlette.types import Receive
 
 from . import prompt as prompts
 from .chat import ChatBackend, Loaded
-from .errors import ModelNotLoaded, report
+from .errors import report
 from .json_answers import response_format_schema
 from .openai_wire import DONE, Completion, finish_reason, sse, usage
 from .pump import pump
@@ -426,7 +426,7 @@ class OpenAIApi:
     def loaded(self) -> Loaded:
         loaded = self.backend.loaded
         if loaded is None:
-            raise self.error(ModelNotLoaded("No model is loaded yet; try again in a moment."))
+            raise self.error(self.backend.not_ready())
         return loaded
 
     def card(self, loaded: Loaded) -> dict:

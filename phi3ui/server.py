@@ -9,9 +9,10 @@ import argparse
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 
-from .chat import ChatBackend, HostPrompt
+from .chat import ChatBackend, HostPrompt, LoadRequest
 from .export import ExportError, add_export_arguments, settings_from_args
 from .fairness import (
     LOCKED_MAX_NEW_TOKENS,
@@ -27,6 +28,7 @@ from .service import ChatService
 from .settings import (
     DEFAULT_MODEL,
     ENGINES,
+    READY_MADE,
     REMOTE_ENGINE,
     Limits,
     RemoteSettings,
@@ -54,6 +56,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python app.py", description="Chat with Phi-3 on OpenVINO in the browser.")
     parser.add_argument("--model", default=_env("PHI3UI_MODEL", DEFAULT_MODEL),
                         help="hub id, local folder, OpenVINO folder or 'bundled' [PHI3UI_MODEL]")
+    parser.add_argument("--ready-made", action=argparse.BooleanOptionalAction,
+                        default=_env("PHI3UI_READY_MADE", False),
+                        help="download the ready-made OpenVINO int4 export of --model instead of exporting it here "
+                             f"(for {', '.join(READY_MADE)}); the export flags then do not apply [PHI3UI_READY_MADE]")
+    parser.add_argument("--export-memory-limit", type=float, default=_env("PHI3UI_EXPORT_MEMORY_LIMIT", None),
+                        metavar="GB", help="memory an export may count on, in GB; an export estimated to need more is "
+                                           "refused before it starts. Default: what the system reports available "
+                                           "[PHI3UI_EXPORT_MEMORY_LIMIT]")
     parser.add_argument("--engine", choices=list(ENGINES), default=_env("PHI3UI_ENGINE", "genai"),
                         help="runtime; 'openai' = a front end to the OpenAI-compatible server at --api-base, "
                              "with no model here [PHI3UI_ENGINE]")
@@ -146,6 +156,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--api-base applies to --engine openai only.")
     if args.remote_timeout <= 0:
         parser.error(f"--remote-timeout must be above 0 seconds, not {args.remote_timeout:g}.")
+    if args.ready_made and args.model not in READY_MADE.values():
+        if args.model not in READY_MADE:
+            parser.error(f"--ready-made knows {', '.join(READY_MADE)}, not {args.model}. Pass a hub repo of OpenVINO IR "
+                         "or an exported folder with --model instead.")
+        args.model = READY_MADE[args.model]
+    if args.export_memory_limit is not None and args.export_memory_limit <= 0:
+        parser.error(f"--export-memory-limit must be above 0 GB, not {args.export_memory_limit:g}.")
     if args.context_window is not None and args.context_window < Limits.MIN_CONTEXT_WINDOW:
         parser.error(f"--context-window must be at least {Limits.MIN_CONTEXT_WINDOW}, not {args.context_window}.")
     return args
@@ -171,39 +188,53 @@ def report_share(share_requested: bool, share_url: str | None, local_url: str) -
     return None
 
 
+def prepare(backend: ChatBackend, startup: LoadRequest) -> None:
+    """Load the model at start (in a thread of its own: the page is served meanwhile). A
+    failure stays on the page and in /health; the server keeps running to say so."""
+    try:
+        backend.load(startup.model, startup.export, startup.runtime, fallback=True)
+    except Exception as exc:  # noqa: BLE001 - told on the page, /health and here
+        log.error("No model could be loaded: %s", exc, exc_info=not isinstance(exc, (SettingsError, ExportError)))
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per download request and health check
     for name in ("GRADIO_ANALYTICS_ENABLED", "HF_HUB_DISABLE_TELEMETRY", "DO_NOT_TRACK"):  # no telemetry
         os.environ.setdefault(name, "False" if name.startswith("GRADIO") else "1")
     args = parse_args(argv)
     try:
         auth = read_auth(args.auth)
+        memory_limit = int(args.export_memory_limit * 1e9) if args.export_memory_limit else None
         backend = ChatBackend(limits=Limits(max_message_chars=args.max_message_chars, context_window=args.context_window,
                                             max_new_tokens=args.max_new_tokens_cap),
-                              concurrency=args.concurrency,
+                              concurrency=args.concurrency, export_memory_limit=memory_limit,
                               host_prompt=HostPrompt(args.system_prompt, locked=args.lock_settings,
                                                      shown=args.show_system_prompt or not args.lock_settings))
         remote = RemoteSettings(args.api_base, args.remote_api_key, args.remote_model, args.remote_timeout) \
             if args.engine == REMOTE_ENGINE else None
         runtime = RuntimeSettings(engine=args.engine, device=args.device, prompt_lookup=args.prompt_lookup,
-                                  remote=remote)
-        backend.load(args.model, settings_from_args(args), runtime, fallback=True)
-    except (SettingsError, ExportError) as exc:
+                                  remote=remote).validate()
+        startup = LoadRequest(args.model, settings_from_args(args), runtime)
+    except SettingsError as exc:
         log.error("%s", exc)
         return 1
     if args.share and not auth:
         log.warning("Sharing a public link without --auth: anyone with the link can use this machine's model.")
-    if args.concurrency > 1 and not backend.engine.kind.batches:
+    if args.concurrency > 1 and not ENGINES[args.engine].batches:
         log.info("The %s engine answers one message at a time; --concurrency %d lets the others wait "
-                 "their turn. The genai engine answers them together.", backend.engine.name, args.concurrency)
+                 "their turn. The genai engine answers them together.", args.engine, args.concurrency)
 
     from .openai_api import Access, OpenAIApi  # FastAPI, which comes with Gradio
-    from .status import StatusApi
+    from starlette.middleware import Middleware
+
+    from .status import NotReady, StatusApi
     from .ui import Page  # Gradio loads only when serving
 
     # One way in for the page, /chat and /v1: the same queue, the same fair-use limits.
     service = ChatService(backend, Gate(FairUse(rate_per_minute=args.rate_limit)), waiting=args.queue_size)
-    page = Page(backend, lock_settings=args.lock_settings, service=service, trust_proxy=args.trust_proxy)
+    page = Page(backend, lock_settings=args.lock_settings, service=service, trust_proxy=args.trust_proxy,
+                startup=startup)
     access = Access.decide(args.api_key, host=args.host, share=args.share, spaces=on_spaces(),
                            page_login=bool(auth), behind_proxy=args.trust_proxy)
     api = OpenAIApi(backend, access=access, service=service, lock_settings=args.lock_settings,
@@ -212,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
              f"{args.rate_limit} requests a minute and one answer at a time per client address"
              if args.rate_limit else "no per-client limits (one answer at a time per browser session)",
              args.max_new_tokens_cap, "the first X-Forwarded-For address" if args.trust_proxy else "peer address")
+    status = StatusApi(service, access)
     demo = page.build()
     demo.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
     # /v1 is mounted ahead of the page's routes, outside Gradio's login (it checks its own key).
@@ -220,8 +252,12 @@ def main(argv: list[str] | None = None) -> int:
                 # Answers waiting for a slot each hold a worker thread: room for all of them
                 # besides Gradio's own 40 for everything else.
                 max_threads=40 + service.places,
-                app_kwargs={"routes": [api.mount(), *StatusApi(service, access).routes()]})
+                app_kwargs={"routes": [api.mount(), *status.routes()],
+                            "middleware": [Middleware(NotReady, status=status)]})
     log.info("%s", access.describe(f"{demo.local_url.rstrip('/')}/v1"))
+    # The page is up: the model is downloaded, exported and loaded meanwhile, and the page,
+    # /health and the terminal show how far that has got.
+    threading.Thread(target=prepare, args=(backend, startup), name="phi3ui-prepare", daemon=True).start()
     if problem := report_share(args.share, demo.share_url, demo.local_url):
         log.warning(problem)
     demo.block_thread()

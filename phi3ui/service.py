@@ -173,11 +173,11 @@ class ChatService:
     gate: Gate = field(default_factory=Gate)
     waiting: int = 64  # answers that may wait for a generation slot beyond those generating
     metrics: Metrics = field(default_factory=Metrics)
-    _in_line: int = field(default=0, init=False)
+    _queued: int = field(default=0, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def __post_init__(self) -> None:
-        self.metrics.watch(in_line=lambda: self._in_line, waiting=lambda: self._slots("waiting"),
+        self.metrics.watch(queued=lambda: self._queued, waiting=lambda: self._slots("waiting"),
                            slots=lambda: self._slots("count"), busy=lambda: self._slots("busy"))
 
     @property
@@ -197,10 +197,10 @@ class ChatService:
         """A place in the queue and the client's fair-use ticket, taken now; `ServerBusy` or
         `LimitReached` when either is not to be had. Nothing is tokenized before this."""
         with self._lock:
-            if self._in_line >= self.places:
+            if self._queued >= self.places:
                 self.refused(caller.door, "queue_full")
                 raise ServerBusy()
-            self._in_line += 1
+            self._queued += 1
         try:
             ticket = self.gate.admit(caller.client, caller.session)
         except LimitReached as exc:
@@ -216,7 +216,7 @@ class ChatService:
 
     def _give_back(self) -> None:
         with self._lock:
-            self._in_line -= 1
+            self._queued -= 1
 
     def _leave(self, turn: Turn) -> None:
         self._give_back()

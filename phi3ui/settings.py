@@ -17,6 +17,13 @@ from .json_answers import schema_problem
 
 DEFAULT_MODEL = "microsoft/Phi-3-mini-4k-instruct"
 BUNDLED = "bundled"
+# Ready-made int4 OpenVINO exports the OpenVINO organisation publishes on the hub (`--ready-made`):
+# a download instead of an export, with the settings its exporter recorded.
+READY_MADE = {
+    DEFAULT_MODEL: "OpenVINO/Phi-3-mini-4k-instruct-int4-ov",
+    "microsoft/Phi-3-mini-128k-instruct": "OpenVINO/Phi-3-mini-128k-instruct-int4-ov",
+    "microsoft/Phi-3.5-mini-instruct": "OpenVINO/Phi-3.5-mini-instruct-int4-ov",
+}
 WEIGHT_FORMATS = ("int4", "int8", "fp16")
 
 
@@ -107,6 +114,8 @@ class ExportSettings:
                 parts.append("all")
         elif self.weight_format == "int8":
             parts.append("sym" if self.sym else "asym")
+        else:  # fp16 exports now keep their rotary constants exact (rope.keep_rotary_exact): not the old ones
+            parts.append("exact-rotary")
         if self.task != "text-generation-with-past":
             parts.append("nopast")
         return "-".join(parts)

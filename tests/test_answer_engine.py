@@ -4,11 +4,13 @@ stop strings and stats, on a scripted engine (no model, no server)."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Generator
 
 from phi3ui.engine import AnswerEngine, Outcome, Slots, StopText
 from phi3ui.settings import ENGINES, GenerationSettings
+from tests.waiting import wait_until
+
+HANG_S = 120  # a hang guard for the waiters' threads, not a speed limit
 
 
 class Scripted(AnswerEngine):
@@ -80,8 +82,8 @@ def test_a_reader_that_leaves_closes_the_engine_and_frees_the_slot() -> None:
     assert engine.closed and engine.slots.free == 1
 
 
-def wait_in_line(slots: Slots, names: list[str], served: list[str]) -> dict[str, threading.Event]:
-    """Start one waiter per name, in that order (each in line before the next comes)."""
+def queue_up(slots: Slots, names: list[str], served: list[str]) -> dict[str, threading.Event]:
+    """Start one waiter per name, in that order (each queued before the next comes)."""
     stops = {name: threading.Event() for name in names}
     for name in names:
         def wait(name: str = name) -> None:
@@ -90,25 +92,17 @@ def wait_in_line(slots: Slots, names: list[str], served: list[str]) -> dict[str,
                 slots.release()
         before = slots.waiting
         threading.Thread(target=wait, daemon=True).start()
-        until(lambda: slots.waiting > before)
+        wait_until(lambda before=before: slots.waiting > before, HANG_S, f"{name} to queue for the slot", every_s=0.005)
     return stops
 
 
-def until(condition, timeout: float = 120.0) -> None:
-    """Poll until `condition()` holds; the deadline only guards against a hang."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "the condition never held"
-        time.sleep(0.005)
-
-
-def test_slots_serve_waiters_in_arrival_order_and_a_stopped_one_leaves_the_line() -> None:
+def test_slots_serve_waiters_in_arrival_order_and_a_stopped_one_leaves_the_queue() -> None:
     slots, served, held = Slots(1), [], threading.Event()
     assert slots.take(held)
-    stops = wait_in_line(slots, ["a", "b", "c", "d"], served)
+    stops = queue_up(slots, ["a", "b", "c", "d"], served)
     stops["c"].set()
-    until(lambda: slots.waiting == 3)
-    assert slots.waiting == 3 and served == []  # it left the line without a slot
+    wait_until(lambda: slots.waiting == 3, HANG_S, "the stopped waiter to leave the queue", every_s=0.005)
+    assert slots.waiting == 3 and served == []  # it left the queue without a slot
     slots.release()
-    until(lambda: len(served) == 3)
+    wait_until(lambda: len(served) == 3, HANG_S, lambda: f"three waiters served (served: {served})", every_s=0.005)
     assert served == ["a", "b", "d"] and slots.free == 1

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.browser
 expect.set_options(timeout=20_000)  # the machine is shared: a restore or a toast can take seconds
@@ -96,11 +97,12 @@ def answer_tokens(page: Page) -> int:
 
 
 def wait_growing(page: Page, min_chars: int = 20, timeout: float = 30) -> str:
-    deadline = time.monotonic() + timeout
-    while len(text := answer_text(page)) < min_chars:
-        assert time.monotonic() < deadline, f"no answer after {timeout} s"
-        time.sleep(0.1)
-    return text
+    """The answer so far, once it has at least `min_chars` characters."""
+    def grown() -> str:
+        text = answer_text(page)
+        return text if len(text) >= min_chars else ""
+
+    return wait_until(grown, timeout, f"an answer of {min_chars} characters", every_s=0.1)
 
 
 def ended_answers(app) -> list[str]:
@@ -112,10 +114,12 @@ def ended_answers(app) -> list[str]:
 def wait_ended(app, before: int, timeout: float = 120) -> str:
     """Wait until the app has logged more than `before` ended page answers; the last one.
     The deadline only guards against a hang: what a test checks is how the answer ended."""
-    deadline = time.monotonic() + timeout
-    while len(ended := ended_answers(app)) <= before:
-        assert time.monotonic() < deadline, f"no page answer ended in {timeout} s: {ended[-3:]}"
-        time.sleep(0.1)
+    def more_ended() -> list[str]:
+        ended = ended_answers(app)
+        return ended if len(ended) > before else []
+
+    ended = wait_until(more_ended, timeout, lambda: f"a page answer to end (the log has {ended_answers(app)[-3:]})",
+                       every_s=0.1)
     return ended[-1]
 
 

@@ -12,7 +12,6 @@ is checked is what a visitor sees, not seconds (bench/burst.py measures those):
 
 from __future__ import annotations
 
-import time
 import urllib.request
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import pytest
 from bench import burst as b
 from phi3ui import server
 from phi3ui.fairness import PUBLIC_CONCURRENCY, PUBLIC_RATE_PER_MINUTE
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.server, pytest.mark.slow, pytest.mark.bench]  # drives bench/burst.py's scenarios
 RSS: dict[str, list[float]] = {}
@@ -130,10 +130,14 @@ def test_health_and_metrics_tell_what_the_bursts_did(app, alone) -> None:
         assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
         return response.text
 
-    # A streamed /v1 answer gives its place back just after its last event: wait for that.
-    deadline = time.monotonic() + 30
-    while metric(text := scrape(), "phi3ui_requests_in_line") != 0:
-        assert time.monotonic() < deadline, "a place in line was never given back"
+    def queue_empty() -> str:
+        """The metrics once no request holds a place in the queue (an absent gauge is no 0)."""
+        text = scrape()
+        assert "\nphi3ui_requests_queued " in text, "no gauge of queued requests"
+        return text if metric(text, "phi3ui_requests_queued") == 0 else ""
+
+    # A streamed /v1 answer gives its place in the queue back just after its last event: wait for that.
+    text = wait_until(queue_empty, 30, "every place in the queue to be given back", every_s=0.1)
     for door in ("/chat", "/v1"):
         assert metric(text, "phi3ui_requests_total", door=door, outcome="done") >= 4
         assert metric(text, "phi3ui_refusals_total", door=door, limit="busy") >= 9

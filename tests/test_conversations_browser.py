@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from tests.test_browser import (  # noqa: F401 - fixtures
     wait_growing,
     wait_idle,
 )
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.parametrize("engine_name", [DEFAULT_ENGINE], indirect=True)]
 
@@ -78,10 +78,8 @@ def titles(page: Page) -> list[str]:
 
 
 def expect_titles(page: Page, expected: list[str], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while titles(page) != expected:
-        assert time.monotonic() < deadline, f"listed {titles(page)}, expected {expected}"
-        time.sleep(0.1)
+    wait_until(lambda: titles(page) == expected, timeout, lambda: f"the list {expected} (it lists {titles(page)})",
+               every_s=0.1)
 
 
 def open_conversation(page: Page, title: str) -> None:
@@ -110,10 +108,8 @@ def ask(page: Page, text: str) -> None:
     (the last step after an answer: a click on the list before it could be lost)."""
     send(page, text)
     wait_idle(page)
-    deadline = time.monotonic() + 20
-    while not any(answered(r, text) for r in stored(page)):
-        assert time.monotonic() < deadline, f"{text!r} and its answer were not kept"
-        time.sleep(0.1)
+    wait_until(lambda: any(answered(r, text) for r in stored(page)), 20, f"{text!r} and its answer to be kept",
+               every_s=0.1)
     current = page.locator("#conv-title input").input_value() or text
     expect(page.locator("#conv-list label.selected", has_text=current[:40])).to_have_count(1)
 

@@ -4,7 +4,6 @@ name the shared root or another session's folder, and closing one tab removes on
 from __future__ import annotations
 
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,6 +13,7 @@ import pytest
 from phi3ui import downloads
 from phi3ui.sessions import Sessions
 from phi3ui.ui import Page
+from tests.waiting import wait_until
 
 CHAT = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
 
@@ -72,10 +72,8 @@ def test_a_raw_heartbeat_with_a_punctuation_id_removes_no_one_elses_files(app_se
         for later in ("phi3ui-test-leaving", "phi3ui-test-leaving-too"):
             gone = [Path(p) for p in downloads.write_files(CHAT, later)]
             urllib.request.urlopen(f"{app_server.url}gradio_api/heartbeat/{later}", timeout=10).close()
-            deadline = time.monotonic() + 120  # a hang guard only
-            while any(path.exists() for path in gone):
-                assert time.monotonic() < deadline, "the unload event did not run"
-                time.sleep(0.1)
+            wait_until(lambda gone=gone: not any(path.exists() for path in gone), 120, f"{later}'s unload event to run",
+                       every_s=0.1)
         assert all(path.exists() for path in mine)
     finally:
         downloads.remove_files("phi3ui-test-visitor")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
@@ -11,18 +10,11 @@ from phi3ui.answer import Stats
 from phi3ui.chat import ChatBackend
 from phi3ui.engines import load_engine, resolve_device
 from phi3ui.settings import GenerationSettings, RuntimeSettings
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
 SPECIAL = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|end|>", "<|assistant|>", "<|user|>")
-
-
-def wait_for(condition, failure: str, timeout: float = 120) -> None:
-    """Poll until `condition()` holds; the deadline only guards against a hang."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, failure
-        time.sleep(0.01)
 
 
 def ask(engine, message: str, history=(), **settings) -> tuple[list[str], Stats]:
@@ -117,7 +109,7 @@ def test_stop_while_waiting_for_a_slot_ends_the_wait(bundled_engine):
     got: list[list[str]] = []
     reader_thread = threading.Thread(target=lambda: got.append(list(waiting)))
     reader_thread.start()
-    wait_for(lambda: bundled_engine.slots.waiting == 1, "the second answer never waited for the slot")
+    wait_until(lambda: bundled_engine.slots.waiting == 1, 120, "the second answer to wait for the slot", every_s=0.01)
     waiting.stop()
     reader_thread.join(120)  # a hang guard only
     assert not reader_thread.is_alive(), "the wait for the slot did not end with the Stop"

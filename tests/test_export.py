@@ -18,7 +18,9 @@ from phi3ui.chat import ChatBackend
 from phi3ui.engines import load_engine
 from phi3ui.export import (
     RECORD,
+    Exported,
     ExportError,
+    ExportTooBig,
     ModelUnavailable,
     cache_folder,
     ensure_exported,
@@ -33,6 +35,7 @@ from phi3ui.settings import (
     RuntimeSettings,
     SettingsError,
 )
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -250,23 +253,28 @@ def test_group_size_zero_on_the_command_line_is_refused(tiny_phi3_source, capsys
     assert "Group size 0 is impossible" in capsys.readouterr().err
 
 
-def test_a_downloaded_openvino_repo_is_used_without_the_network(tiny_phi3, empty_home, monkeypatch):
-    """A hub repo that is already IR is downloaded once; later starts use it offline, and an
-    unfinished download (no record) is never loaded."""
+def test_a_downloaded_openvino_repo_is_used_without_the_network(tiny_phi3, empty_home, tmp_path, monkeypatch):
+    """A hub repo that is already IR is downloaded once (tests/test_startup.py downloads one);
+    later starts use the noted folder offline, and an unfinished download (no note) or a
+    folder that has gone is never loaded."""
     import phi3ui.export as export
 
     def offline(model: str):
         raise ModelUnavailable(f"{model}: the hub cannot be reached")
 
-    monkeypatch.setattr(export, "_hub_config", offline)
-    folder = empty_home / "hub" / "someone--phi3-int4-ov"
-    shutil.copytree(tiny_phi3.folder, folder)
-    (folder / RECORD).unlink()
+    monkeypatch.setattr(export, "_hub_repo", offline)
+    snapshot = tmp_path / "huggingface" / "snapshots" / "0123abcd"
+    shutil.copytree(tiny_phi3.folder, snapshot)
     with pytest.raises(ModelUnavailable):
         ensure_exported("someone/phi3-int4-ov")
-    (folder / RECORD).write_text(json.dumps({"source": "someone/phi3-int4-ov"}))
+    note = export._download_record("someone/phi3-int4-ov")
+    note.parent.mkdir(parents=True)
+    note.write_text(json.dumps({"source": "someone/phi3-int4-ov", "folder": str(snapshot)}))
     exported = ensure_exported("someone/phi3-int4-ov")
-    assert exported.folder == folder and exported.settings is None
+    assert exported.folder == snapshot and exported.settings is None and exported.cached
+    shutil.rmtree(snapshot)
+    with pytest.raises(ModelUnavailable):
+        ensure_exported("someone/phi3-int4-ov")
 
 
 def processes_mentioning(text: str) -> list[int]:
@@ -300,10 +308,9 @@ def test_an_export_ends_with_the_app_even_when_the_app_is_killed(tiny_phi3_sourc
     killed = subprocess.run([sys.executable, str(script)], timeout=300,
                             env={**os.environ, "PHI3UI_HOME": str(empty_home), "PYTHONPATH": root})
     assert killed.returncode == -signal.SIGKILL
-    deadline = time.monotonic() + 300  # a hang guard: an orphaned exporter would finish well within it
-    while processes_mentioning(str(empty_home)):
-        assert time.monotonic() < deadline, "the exporter outlived the app"
-        time.sleep(0.1)
+    # the timeout is a hang guard: an orphaned exporter would finish well within it
+    wait_until(lambda: not processes_mentioning(str(empty_home)), 300,
+               lambda: f"the exporter to end (still running: {processes_mentioning(str(empty_home))})", every_s=0.1)
     parent = cache_folder(str(tiny_phi3_source), settings).parent
     left = list(parent.glob(".partial-*"))
     assert left, "the killed app's temporary folder is left"
@@ -334,3 +341,56 @@ def test_only_temporary_exports_nobody_holds_are_removed(tmp_path):
     finally:
         os.close(holder)
     assert live.exists() and fresh.exists() and not abandoned.exists()
+
+
+def test_an_export_that_cannot_fit_is_refused_before_it_starts(tiny_phi3_source, empty_home, monkeypatch):
+    never_export(monkeypatch)
+    with pytest.raises(ExportTooBig, match=r"needs about [\d.]+ MB of memory at its peak, and 1.0 MB is the limit"):
+        ensure_exported(str(tiny_phi3_source), ExportSettings(), memory_limit=1_000_000)
+    backend = ChatBackend(export_memory_limit=1_000_000)
+    with pytest.raises(ExportTooBig):
+        backend.load(str(tiny_phi3_source), ExportSettings(), fallback=True)  # no fallback from a refusal
+    assert backend.loaded is None and "needs about" in backend.preparing().failure
+
+
+def test_a_ready_made_folder_says_how_its_exporter_compressed_it(tmp_path):
+    (tmp_path / "openvino_model.xml").write_text("<net/>")
+    config = {"quantization_config": {"bits": 4, "sym": False, "group_size": 128, "ratio": 1.0,
+                                      "weight_format": "int4"}}
+    (tmp_path / "openvino_config.json").write_text(json.dumps(config))
+    exported = Exported(tmp_path, "OpenVINO/Phi-3-mini-4k-instruct-int4-ov", None, cached=True)
+    assert exported.describe() == ("ready-made OpenVINO IR (int4 asym group size 128 ratio 1.0), "
+                                   "nothing exported here")
+    (tmp_path / "openvino_config.json").write_text("{}")  # newer exporters record less
+    assert exported.describe() == "ready-made OpenVINO IR, nothing exported here"
+
+
+def test_the_model_on_screen_answers_until_the_new_one_is_ready(bundled, tiny_phi3):
+    """Export and load from the sidebar: the old model answers through the new one's load and
+    warm-up (there is memory for both here), and the new one takes over once warmed up."""
+    backend = ChatBackend()
+    backend.load("bundled")
+    answered_meanwhile: list[str] = []
+
+    def progress(line: str) -> None:
+        if line.startswith("Warming up"):  # the new engine is loaded, not yet published
+            assert backend.loaded is not None and backend.loaded.exported.source == "bundled"
+            answer = backend.reply([], "What is the capital of France?", GenerationSettings(max_new_tokens=8))
+            answered_meanwhile.append(answer.text())
+
+    loaded = backend.load(str(tiny_phi3.folder), progress=progress)
+    assert answered_meanwhile and "Paris" in answered_meanwhile[0]
+    assert backend.loaded is loaded and loaded.exported.folder == tiny_phi3.folder
+
+
+def test_without_memory_for_two_models_the_old_one_goes_first_and_the_page_is_told(bundled, tiny_phi3, monkeypatch):
+    from phi3ui import resources
+
+    backend = ChatBackend()
+    backend.load("bundled")
+    monkeypatch.setattr(resources, "available_memory", lambda: 0)  # a machine with no room to spare
+    seen: list[tuple[str, object]] = []
+    backend.load(str(tiny_phi3.folder), progress=lambda line: seen.append((line, backend.loaded)))
+    told = next(i for i, (line, _) in enumerate(seen) if line.startswith("Too little memory for two models"))
+    assert all(loaded is None for _, loaded in seen[told + 1:-1]), "nothing answers while the new one loads"
+    assert backend.loaded.exported.folder == tiny_phi3.folder

@@ -87,6 +87,11 @@ STATE = """() => ({
     overflow: document.documentElement.scrollWidth - document.documentElement.clientWidth,
 })"""
 
+# Whether what draws after the text has drawn (images, and the diagrams display.py keeps
+# from being drawn at all).
+SETTLED = """() => [...document.images].every(image => image.complete)
+    && !document.querySelector('.mermaid:not([data-processed])')"""
+
 
 def guard(page: Page) -> None:
     """`window.__pwned` is 0 now and after every reload: a payload that runs changes it."""
@@ -94,9 +99,18 @@ def guard(page: Page) -> None:
     page.evaluate("window.__pwned = 0")
 
 
+def settle(page: Page) -> None:
+    """Until what draws after the text has drawn: every image has loaded or failed (its
+    `onerror` would have run) and every diagram is drawn (Gradio's Markdown marks them
+    `data-processed`), then a frame and a task later, so events queued meanwhile (a
+    `toggle`, a `load`) have run too. (Not timed: the deadline only guards against a hang.)"""
+    page.wait_for_function(SETTLED, timeout=HANG_MS)
+    page.evaluate("() => new Promise(done => requestAnimationFrame(() => setTimeout(done)))")
+
+
 def assert_inert(page: Page) -> None:
     """Nothing ran, nothing was planted in the page, nothing restyled or widened it."""
-    page.wait_for_timeout(1000)  # images and diagrams render after the text
+    settle(page)
     state = page.evaluate(STATE)
     assert state == {**state, "pwned": 0, "planted": [], "code": 0}, state
     assert state["body"] != "none" and state["color"] != "rgb(255, 0, 0)", state

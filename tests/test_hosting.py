@@ -22,7 +22,9 @@ import httpx
 import pytest
 
 from tests.app_process import AppProcess
+from tests.waiting import wait_until
 from phi3ui import server
+from phi3ui.chat import ChatBackend
 from phi3ui.settings import BUNDLED, RuntimeSettings
 
 QUESTIONS = [
@@ -79,8 +81,9 @@ def test_trust_remote_code_cannot_be_set_from_the_page():
     params = inspect.signature(Page.export_and_load).parameters
     assert not [name for name in params if "trust" in name or "remote" in name]
     seen = []
-    backend = SimpleNamespace(loaded=None, concurrency=1, load=lambda model, export, runtime, progress=None: seen.append(export))
-    page = Page(backend)  # type: ignore[arg-type]
+    backend = ChatBackend()
+    backend.load = lambda model, export, runtime, progress=None: seen.append(export)  # type: ignore[method-assign]
+    page = Page(backend)
     args = {"model": "someone/model", "weight_format": "int4", "group_size": 128, "ratio": 0.6,
             "sym": True, "all_layers": False, "device": "CPU", "engine": "genai", "prompt_lookup": False}
     for _ in page.export_and_load(**{k: v for k, v in args.items() if k in params}):
@@ -261,18 +264,21 @@ def test_four_sessions_are_answered_at_the_same_time(app):
     stories = ["Write a story about a cat.", "Write a story about a ship.", "Write a story about a tree.",
                "Write a story about a robot."]
     jobs = [client(app).submit(story, [], 400, api_name="/chat") for story in stories]
-    busy, deadline = 0, time.monotonic() + 120  # the deadline guards against a hang only
+
+    def every_slot_busy() -> bool:
+        return httpx.get(f"{app.url}health", timeout=30).json()["slots_busy"] == len(stories)
+
+    def every_session_has_text() -> bool:
+        assert not any(job.done() for job in jobs), "an answer ended before every session had text"
+        return all(job.outputs() for job in jobs)
+
     try:
-        while busy < len(stories) and time.monotonic() < deadline:
-            busy = max(busy, httpx.get(f"{app.url}health", timeout=30).json()["slots_busy"])
-        while not all(job.outputs() for job in jobs) and time.monotonic() < deadline:
-            assert not any(job.done() for job in jobs), "an answer ended before every session had text"
-            time.sleep(0.02)
-        assert all(job.outputs() for job in jobs) and not any(job.done() for job in jobs)
+        wait_until(every_slot_busy, 120, "the four sessions to hold the four slots at once", every_s=0.02)
+        wait_until(every_session_has_text, 120, "text in every session", every_s=0.02)
+        assert not any(job.done() for job in jobs)
     finally:
         for job in jobs:
             job.cancel()
-    assert busy == len(stories)
 
 
 @pytest.mark.server
@@ -454,11 +460,11 @@ def test_share_without_network_keeps_serving_and_warns(bundled):
                "NO_PROXY": "127.0.0.1,localhost"}
     app = AppProcess("--model", BUNDLED, "--share", env=offline).wait_ready()
     try:
-        deadline = time.monotonic() + 300  # a hang guard: the warning is what is checked
-        while "Could not make a public share link" not in app.output() and time.monotonic() < deadline:
-            time.sleep(0.5)
-        log = app.output()
-        assert "Could not make a public share link" in log
+        def warned() -> str:
+            log = app.output()
+            return log if "Could not make a public share link" in log else ""
+
+        log = wait_until(warned, 300, "the warning that no share link was made", every_s=0.5)  # a hang guard
         assert "without --auth" in log
         assert urllib.request.urlopen(app.url, timeout=10).status == 200
         from gradio_client import Client

@@ -26,19 +26,21 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
+from playwright.sync_api import Browser
 
 from phi3ui.bundled import gguf_path
 from phi3ui.remote_engine import WINDOW_FIELDS, MessagesPrompt, TokenEstimate
 from tests.app_process import AppProcess, end_process, free_port
+from tests.browsing import model_info
 from tests.test_openai_api import read_then_leave, wait_for_log
 from tests.test_remote_engine import ASK, ENDLESS, api, chat, kill_mid_answer, stop_in_the_page
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.llama_server, pytest.mark.server, pytest.mark.slow]
 
@@ -72,17 +74,16 @@ class LlamaServer:
             [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_path()), "--host", "127.0.0.1",
              "--port", str(self.port), "--verbose", "False", *self.args],
             stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"llama_cpp.server exited with {self.process.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(f"{self.url}/models", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"llama_cpp.server did not start in {timeout} s:\n{self.output()}")
+        wait_until(self._answers, timeout, lambda: f"llama_cpp.server to start:\n{self.output()}", every_s=0.2)
+
+    def _answers(self) -> bool:
+        """Whether the server lists its model yet; one that has exited never will."""
+        if self.process.poll() is not None:
+            raise RuntimeError(f"llama_cpp.server exited with {self.process.returncode}:\n{self.output()}")
+        try:
+            return httpx.get(f"{self.url}/models", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def output(self) -> str:
         return "".join(self.logs) + self.log_path.read_text()
@@ -142,11 +143,13 @@ def health(app: AppProcess) -> tuple[int, dict]:
 
 
 def wait_for_health(app: AppProcess, status: int, timeout: float = 30) -> dict:
-    deadline = time.monotonic() + timeout
-    while (state := health(app))[0] != status and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert state[0] == status, f"/health stayed {state}"
-    return state[1]
+    """/health's body once it answers with `status`."""
+    def answered() -> dict | None:
+        code, body = health(app)
+        return body if code == status else None
+
+    return wait_until(answered, timeout, lambda: f"/health to answer {status} (it answers {health(app)})",
+                      every_s=0.1)
 
 
 def text_of(chunks: list) -> str:
@@ -177,7 +180,9 @@ def both_whole(client: openai.OpenAI, name: str) -> None:
     assert text_of(answers[0]) == text_of(answers[1]) and finish_of(answers[0]) in ("stop", "length")
 
 
-def test_the_model_and_the_window_llama_cpp_does_not_report(llama: LlamaServer, front: AppProcess) -> None:
+@pytest.mark.browser
+def test_the_model_and_the_window_llama_cpp_does_not_report(llama: LlamaServer, front: AppProcess,
+                                                            browser: Browser) -> None:
     """llama-cpp-python's /v1/models names the model by its file's path and says no window:
     phi3ui serves that name, assumes 4,096 tokens and says so (log, page, /v1/models, /health)."""
     cards = httpx.get(f"{llama.url}/models", timeout=10).json()["data"]
@@ -189,8 +194,8 @@ def test_the_model_and_the_window_llama_cpp_does_not_report(llama: LlamaServer, 
     assert "does not say its context window; assuming 4096 tokens" in front.output()
     status, state = health(front)
     assert status == 200 and (state["model"], state["context_window"]) == (str(gguf_path()), 4096)
-    page = httpx.get(f"{front.url}config", timeout=30).text
-    assert "4096-token window (assumed)" in page and "The host sets it with --context-window" in page
+    shown = model_info(browser, front.url)
+    assert "4096-token window (assumed)" in shown and "The host sets it with --context-window" in shown
 
 
 def test_a_streamed_answer_arrives_in_pieces_with_its_finish_reason_and_counts(llama: LlamaServer,
@@ -268,15 +273,16 @@ def test_a_prompt_longer_than_llama_cpps_context_is_a_clear_400(llama: LlamaServ
         chat(front.url, LONG[0]["content"])
 
 
+@pytest.mark.browser
 def test_the_advised_setup_fits_long_chats_and_answers_two_at_once(tuned_llama: LlamaServer,
-                                                                  tuned: AppProcess) -> None:
+                                                                  tuned: AppProcess, browser: Browser) -> None:
     """`--model_alias` names the model; `--context-window` as llama.cpp's `--n_ctx` (2048 by
     default) cuts a long chat to fit; with `--interrupt_requests False` llama.cpp queues a
     second request instead of ending the first, so phi3ui may send two at once."""
     served = api(tuned).models.list().data
     assert [m.id for m in served] == ["smollm2"] and served[0].model_extra["context_window"] == 2048
     assert health(tuned)[1]["context_window"] == 2048
-    assert "2048-token window (--context-window)" in httpx.get(f"{tuned.url}config", timeout=30).text
+    assert "2048-token window (--context-window)" in model_info(browser, tuned.url)
     history = []
     for i in range(6):
         history += [{"role": "user", "content": f"Note {i}: " + "word " * 300},

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Protocol
@@ -37,6 +36,7 @@ from phi3ui.openai_api import (
 from phi3ui.service import Caller, ChatService
 from phi3ui.settings import BUNDLED, GenerationSettings, Limits, RuntimeSettings
 from tests.test_public_page import INTERNAL, Backend, exposes
+from tests.waiting import wait_until
 
 server = pytest.mark.server
 QUESTION = "What is the capital of France?"
@@ -538,11 +538,12 @@ def log_count(app: Logged, words: str) -> int:
 def wait_for_log(app: Logged, words: str, count: int, timeout: float = 120) -> str:
     """The process's log once it says `words` `count` times (all it said so far). The
     deadline only guards against a hang."""
-    deadline = time.monotonic() + timeout
-    while log_count(app, words) < count and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert log_count(app, words) >= count, f"the log never said {words!r}:\n{app.output()[-3000:]}"
-    return app.output()
+    def said() -> str:
+        log = app.output()
+        return log if log.count(words) >= count else ""
+
+    return wait_until(said, timeout, lambda: f"the log to say {words!r} {count} times:\n{app.output()[-3000:]}",
+                      every_s=0.1)
 
 
 def read_then_leave(stream: openai.Stream, pieces: int = 3) -> None:
@@ -642,14 +643,17 @@ def test_one_answer_at_a_time_per_address_as_on_the_page(keyed_app) -> None:
         ask(client, max_tokens=8)
     assert refused.value.response.headers["retry-after"] == "2" and "One answer at a time" in refused.value.message
     stream.close()
-    deadline = time.monotonic() + 300  # a hang guard only
-    while True:  # the place comes back once the abandoned answer has ended
+
+    def answered() -> bool:
         try:
-            assert ask(client, max_tokens=8).choices[0].message.content
-            break
+            reply = ask(client, max_tokens=8)
         except openai.RateLimitError:
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+            return False
+        assert reply.choices[0].message.content
+        return True
+
+    # the place comes back once the abandoned answer has ended (the timeout is a hang guard)
+    wait_until(answered, 300, "an answer once the abandoned one has ended", every_s=0.2)
 
 
 @server
@@ -692,7 +696,7 @@ class Stalls(FakeBackend):
 def test_in_process_a_cancelled_request_gives_its_place_back(chunks) -> None:
     """A request cancelled while it waits for its first chunk, or between two events of its
     stream (a timeout or a shutdown in front of the app, not a disconnect), releases its
-    fair-use ticket and its place in line."""
+    fair-use ticket and its place in the queue."""
     backend, gate = Stalls(chunks), Gate(FairUse(rate_per_minute=100))
     service = ChatService(backend, gate, waiting=0)  # one place: a kept one would refuse the next request
     app = OpenAIApi(backend, service=service).app()

@@ -10,12 +10,15 @@ from types import SimpleNamespace
 
 import gradio as gr
 
+from phi3ui import service
 from phi3ui.answer import Answer, Stats
+from phi3ui.chat import ChatBackend
 from phi3ui.display import STOPPED, chat_messages, note, shown
 from phi3ui.prompt import Fitted, message_text
 from phi3ui.settings import Limits
 from phi3ui.structured import Piece, Prompt
 from phi3ui.ui import STREAM_INTERVAL_S, Page
+from tests.waiting import wait_until
 
 # --- the page's answer loop, on a fake backend -------------------------------------------
 
@@ -28,6 +31,8 @@ class FakeBackend:
     concurrency = 1
     engine = SimpleNamespace(render=lambda messages: "".join(m["content"] for m in messages), count_tokens=len,
                              context_window=100, system_ok=True, notices=())
+    preparation = None  # nothing being prepared: the real backend's answers to "how far has it got?"
+    preparing, not_ready = ChatBackend.preparing, ChatBackend.not_ready
 
     def __init__(self, chunks: list[str], delay: float = 0.0, error: Exception | None = None,
                  stopped: bool = False, dropped: int = 0):
@@ -69,13 +74,27 @@ def answer(backend: FakeBackend) -> list[list]:
     return list(Page(backend).respond(REQUEST, ASKED, *GEN))
 
 
-def test_updates_are_batched_by_time_and_end_with_stats() -> None:
+class Clock:
+    """A clock that moves `step_s` each time it is read, whatever the machine's speed: the
+    time an answer takes on it is the same on every run."""
+
+    def __init__(self, step_s: float):
+        self.step_s, self.now = step_s, 0.0
+
+    def monotonic(self) -> float:
+        self.now += self.step_s
+        return self.now
+
+
+def test_updates_are_batched_by_time_and_end_with_stats(monkeypatch) -> None:
+    """At most one update per STREAM_INTERVAL_S of the answer's time, plus the first text
+    and the stats: not one per token. Timed by a `Clock` that the answer loop reads (about
+    0.1 s of it for 100 tokens), so the count is the same on a loaded machine."""
+    clock = Clock(step_s=STREAM_INTERVAL_S / 50)
+    monkeypatch.setattr(service, "time", clock)
     chunks = [f"w{i} <" for i in range(100)]
-    backend = FakeBackend(chunks, delay=0.002)  # 100 tokens in about 0.2 s or more
-    started = time.monotonic()
-    updates = answer(backend)
-    elapsed = time.monotonic() - started
-    assert len(updates) <= elapsed / STREAM_INTERVAL_S + 2, "one update per token"
+    updates = answer(FakeBackend(chunks))
+    assert 3 <= len(updates) <= clock.now / STREAM_INTERVAL_S + 2, "one update per token, or none while streaming"
     final = updates[-1]
     assert final[1] == {"role": "assistant", "content": shown("".join(chunks))}
     assert final[2]["metadata"]["title"].endswith("5 prompt + 100 answer tokens")
@@ -216,10 +235,9 @@ def test_budgets_worked_out_at_once_are_bounded() -> None:
     threads = [threading.Thread(target=lambda: results.append(page.budget(ASKED, "hi", *GEN))) for _ in range(10)]
     for thread in threads:
         thread.start()
-    deadline = time.monotonic() + 120  # a hang guard only
-    while len(results) < 6:  # the calls beyond the slots come back at once, skipped...
-        assert time.monotonic() < deadline, f"{len(results)} calls came back, {len(started)} started"
-        time.sleep(0.01)
+    # the calls beyond the slots come back at once, skipped...
+    wait_until(lambda: len(results) >= 6, 120, lambda: f"6 calls back ({len(results)} back, {len(started)} started)",
+               every_s=0.01)
     assert len(started) == 4  # ...so no more than the four holding a slot can be tokenising
     release.set()
     for thread in threads:

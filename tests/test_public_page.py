@@ -17,7 +17,7 @@ from phi3ui.errors import MODEL_FAILED
 from phi3ui.export import Exported
 from phi3ui.fairness import FairUse, Gate
 from phi3ui.service import ChatService
-from phi3ui.settings import BUNDLED_EXPORT, ENGINES, Limits
+from phi3ui.settings import BUNDLED_EXPORT, ENGINES, Limits, RuntimeSettings
 from phi3ui.ui import Page
 from tests.test_page import ASKED, GEN, FakeBackend
 
@@ -43,7 +43,7 @@ class Backend(FakeBackend):
                                  kind=ENGINES["genai"], notices=(), describe=lambda where=True: "genai engine on CPU",
                                  window_text=lambda cap=0: "8192-token window")
         self.loaded = Loaded(engine, Exported(Path(SECRET_PATH).parent, "bundled", BUNDLED_EXPORT, cached=True),
-                             SimpleNamespace(engine="genai", prompt_lookup=False), ())
+                             RuntimeSettings(engine="genai"), ())
 
     def prepare(self, history, message, settings, draft=False):
         settings.validate(self.limits)

@@ -22,6 +22,7 @@ from ..settings import (
     WEIGHT_FORMATS,
     ExportSettings,
     GenerationSettings,
+    RuntimeSettings,
     Setting,
 )
 
@@ -82,6 +83,8 @@ class Components:
     # generation settings, by settings.GENERATION_TABLE name, in its order
     settings: dict[str, gr.components.Component]
     # the chat
+    preparing: gr.Markdown  # how far the model's download, export and load have got, while they run
+    poll: gr.Timer  # ticks while they run
     chatbot: gr.Chatbot
     message: gr.Textbox
     send: gr.Button
@@ -152,14 +155,17 @@ def _render_conversations() -> dict:
 
 
 def _render_model_panel(page: Page) -> dict:
-    loaded = page.backend.loaded
-    defaults = (loaded.exported.settings if loaded and loaded.exported.settings else BUNDLED_EXPORT
-                if loaded and loaded.exported.source == "bundled" else ExportSettings())
-    source = loaded.exported.source if loaded else ""
+    loaded, startup = page.backend.loaded, page.startup
+    if loaded:
+        source, runtime, chosen = loaded.exported.source, loaded.runtime, loaded.exported.settings
+    else:  # still being prepared: what it will be
+        source, runtime, chosen = (startup.model, startup.runtime, startup.export) if startup else ("", None, None)
+    defaults = chosen or (BUNDLED_EXPORT if source == "bundled" else ExportSettings())
+    runtime = runtime or RuntimeSettings()
     gr.Markdown("### Model")
     parts = {"model_md": gr.Markdown(page.model_info(), elem_id="model-info")}
     # A remote engine (--engine openai) has nothing here to export, load or place on a device.
-    remote = bool(loaded and loaded.engine.kind.remote)
+    remote = runtime.is_remote
     with gr.Accordion("Export and load", open=False, visible=not (page.lock_settings or remote)):
         parts["model_box"] = gr.Textbox(label="Model id or folder", value=source,
                                         info="Hugging Face id, local folder, OpenVINO folder, or 'bundled'")
@@ -179,11 +185,11 @@ def _render_model_panel(page: Page) -> dict:
                                           info="the embeddings and the output layer too (int4 only)",
                                           elem_id="export-all-layers")
         parts["device"] = gr.Dropdown([*available_devices(), "AUTO"], allow_custom_value=True,
-                                      value=loaded.engine.device if loaded else "CPU", label="Device")
-        parts["engine"] = gr.Radio(list(LOCAL_ENGINES), value=loaded.engine.name if loaded else "genai",
+                                      value=loaded.engine.device if loaded else runtime.device, label="Device")
+        parts["engine"] = gr.Radio(list(LOCAL_ENGINES), value=runtime.engine if not remote else "genai",
                                    label="Engine",
                                    info=" · ".join(f"{name}: {ENGINES[name].summary}" for name in LOCAL_ENGINES))
-        parts["prompt_lookup"] = gr.Checkbox(loaded.runtime.prompt_lookup if loaded else False,
+        parts["prompt_lookup"] = gr.Checkbox(runtime.prompt_lookup,
                                              label="Prompt lookup", elem_id="prompt-lookup",
                                              info="genai only: answers that repeat the conversation "
                                                   "(edits, quotes, code) come out several times faster")
@@ -219,14 +225,15 @@ def _setting_component(setting: Setting, limits) -> gr.components.Component:
 
 def _render_chat() -> dict:
     gr.Markdown("## phi3ui · chat with Phi-3 on OpenVINO, on your own machine", elem_id="page-title")
-    parts = {"chatbot": gr.Chatbot(
+    parts = {"preparing": gr.Markdown(visible=False, elem_id="preparing"), "poll": gr.Timer(active=False)}
+    parts["chatbot"] = gr.Chatbot(
         show_label=False, height="62vh", editable="user", elem_id="chat", placeholder=EMPTY_STATE,
         examples=[{"text": e} for e in EXAMPLES], buttons=["copy", "copy_all"], allow_tags=False,
         feedback_options=None,
         # No LaTeX: Gradio cuts $$…$$ out of the raw text before Markdown, across code and
         # prose, which would undo display.to_display's escaping.
         latex_delimiters=[],
-    )}
+    )
     with gr.Row(equal_height=True):
         parts["message"] = gr.Textbox(placeholder="Message (Enter sends, Shift+Enter for a new line)",
                                       show_label=False, lines=1, max_lines=8, scale=8, elem_id="message",

@@ -18,6 +18,7 @@ from ..settings import (
 )
 
 PROGRESS_LINES = 40  # the last lines of the exporter's progress the panel shows
+POLL_S = 1.0  # how often a page asks how far the model's preparation has got, while it runs
 
 
 class ModelPanel:
@@ -26,10 +27,29 @@ class ModelPanel:
     def model_info(self) -> str:
         loaded = self.backend.loaded
         if loaded is None:
-            return "No model loaded."
+            return f"No model loaded yet. {self.backend.not_ready()}"
         notices = "".join(f"\n\n> ⚠️ {n}" for n in loaded.notices)
         # Visitors of a locked server get no server paths: the model's name, not its folder.
         return f"Loaded: {loaded.describe(folder=not self.lock_settings)}{notices}"
+
+    def preparation(self) -> tuple[dict, str, gr.Timer]:
+        """The banner over the chat, the model panel's text, and the poll timer, as the
+        model's preparation stands: the banner shows while it runs (and after a start that
+        failed), and the page stops polling once it has ended."""
+        snapshot, loaded = self.backend.preparing(), self.backend.loaded
+        polling = gr.Timer(POLL_S, active=bool(snapshot and snapshot.active))
+        if snapshot is None or (snapshot.failure and loaded is not None):  # a sidebar failure is in its log
+            return gr.update(visible=False, value=""), self.model_info(), polling
+        if snapshot.failure:
+            text = f"❌ **{self.backend.not_ready()}**"
+        else:
+            meanwhile = (f"Answers come from {loaded.model_name()} until it is loaded." if loaded else
+                         "The chat answers once it is ready; what you type stays in the box.")
+            detail = f"  \n`{snapshot.line[-200:]}`" if snapshot.line and not self.lock_settings else ""
+            text = f"⏳ **{snapshot.describe()}.** {meanwhile}{detail}"
+        if snapshot.notice:
+            text += f"\n\n> ⚠️ {snapshot.notice}"
+        return gr.update(visible=True, value=text), self.model_info(), polling
 
     def export_and_load(self, model, weight_format, group_size, ratio, sym, all_layers, device,
                         engine, prompt_lookup) -> Iterator[tuple[str, str]]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import gradio as gr
 
-from ..chat import ChatBackend
+from ..chat import ChatBackend, LoadRequest
 from ..service import ChatService
 from ..sessions import Sessions
 from . import gradio_internals
@@ -49,6 +49,7 @@ class Page(ChatEvents, ConversationEvents, ModelPanel):
     # The one way in for answers, with the fair-use limits, shared with /v1; a default one
     # (no per-client limits) when not given.
     service: ChatService | None = None
+    startup: LoadRequest | None = None  # the model the server starts with, shown before it is loaded
     ui: Components | None = None
     # Budgets being worked out now. They run outside the queue (on every keystroke), so raw
     # HTTP calls could otherwise ask for any number at once.
@@ -141,10 +142,13 @@ class Page(ChatEvents, ConversationEvents, ModelPanel):
             saved(answer.then(**answer_ended).then(**{**after_change, "fn": self.after_answer})).then(**answered)
 
         sent = [c.message, c.chatbot, c.send, c.stop_btn]
+        # Queued, though quick: Gradio shows a queued event's refusal as a toast, and an
+        # unqueued one's only as "Error" on the chat.
+        check = dict(fn=self.submit, inputs=[c.message, c.chatbot, *gen.values()], outputs=sent,
+                     **{**quick, "queue": True}, concurrency_limit=4, concurrency_id="check")
         for trigger in (c.message.submit, c.send.click):
-            send(trigger(self.submit, [c.message, c.chatbot, *gen.values()], sent, **quick))
-        send(c.chatbot.example_select(self.example, None, c.message, **quick).success(
-            self.submit, [c.message, c.chatbot, *gen.values()], sent, **quick))
+            send(trigger(**check))
+        send(c.chatbot.example_select(self.example, None, c.message, **quick).success(**check))
         send(c.chatbot.retry(self.retry, c.chatbot, c.chatbot, **quick).success(**started))
         send(c.chatbot.edit(self.edit, c.chatbot, c.chatbot, **quick).success(**started))
         saved(c.chatbot.undo(self.undo, c.chatbot, [c.chatbot, c.message], **quick).then(**after_change))
@@ -175,7 +179,10 @@ class Page(ChatEvents, ConversationEvents, ModelPanel):
                                                  c.storage_note, c.unsaved], **quick,
                         **storage_step("open_last", {"storage_report": c.storage_report, "chatbot": c.chatbot,
                                                      "search": c.search}))).then(
-            **remember).then(**details).then(self.model_info, None, c.model_md, **quick)
+            **remember).then(**details)
+        preparation = dict(fn=self.preparation, outputs=[c.preparing, c.model_md, c.poll], **quick)
+        demo.load(**preparation)
+        c.poll.tick(**preparation).then(**details)  # the budget, once there is a model to count with
         demo.unload(self.tab_closed)
         for box in (c.message, *gen.values()):
             box.change(self.budget, list(chat_now.values()), [c.budget_md, c.inspector], trigger_mode="always_last",

@@ -1,0 +1,129 @@
+"""A Hugging Face hub on loopback that serves local folders as model repos, for tests of the
+download path (`HF_ENDPOINT=hub.url`): the real huggingface_hub client talks to it as it
+would to huggingface.co, through the endpoints it uses to list a repo and fetch its files.
+
+A file can be held half-sent (`hold`) until the test releases it, so a test sees a download
+in progress for as long as it needs, whatever the machine's speed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+INFO = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)(?:/revision/(?P<rev>[^/]+))?$")
+FILE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<name>.+)$")
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass
+class LocalHub:
+    """`repos` maps a repo id to the folder served as its files."""
+
+    repos: dict[str, Path]
+    held: dict[str, threading.Event] = field(default_factory=dict)  # file name -> released
+    fetched: list[str] = field(default_factory=list)  # "repo/name" of every file body sent
+    _server: ThreadingHTTPServer | None = None
+
+    def __enter__(self) -> LocalHub:
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+            def do_HEAD(self) -> None:
+                hub._file(self, body=False)
+
+            def do_GET(self) -> None:
+                if INFO.match(self.path.split("?")[0]):
+                    hub._info(self)
+                else:
+                    hub._file(self, body=True)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release_all()
+        assert self._server is not None
+        self._server.shutdown()
+        self._server.server_close()
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def hold(self, name: str) -> None:
+        """Send only the first half of `name` (in any repo) until `release`."""
+        self.held[name] = threading.Event()
+
+    def release_all(self) -> None:
+        for event in self.held.values():
+            event.set()
+
+    @staticmethod
+    def sha(repo: str) -> str:
+        return hashlib.sha1(repo.encode()).hexdigest()
+
+    def files(self, repo: str) -> dict[str, Path]:
+        folder = self.repos[repo]
+        return {str(p.relative_to(folder)): p for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    def _info(self, handler: BaseHTTPRequestHandler) -> None:
+        repo = INFO.match(handler.path.split("?")[0])["repo"]
+        if repo not in self.repos:
+            return self._missing(handler, repo)
+        siblings = [{"rfilename": name, "size": path.stat().st_size, "blobId": _digest(path)}
+                    for name, path in self.files(repo).items()]
+        body = json.dumps({"id": repo, "modelId": repo, "sha": self.sha(repo), "private": False, "tags": [],
+                           "siblings": siblings}).encode()
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    def _file(self, handler: BaseHTTPRequestHandler, body: bool) -> None:
+        match = FILE.match(handler.path.split("?")[0])
+        if not match or match["repo"] not in self.repos or match["name"] not in self.files(match["repo"]):
+            return self._missing(handler, handler.path)
+        path = self.files(match["repo"])[match["name"]]
+        data = path.read_bytes()
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.send_header("ETag", f'"{_digest(path)}"')
+        handler.send_header("X-Repo-Commit", self.sha(match["repo"]))
+        handler.end_headers()
+        if not body:
+            return
+        self.fetched.append(f"{match['repo']}/{match['name']}")
+        released = self.held.get(match["name"])
+        if released is not None:
+            half = len(data) // 2
+            handler.wfile.write(data[:half])
+            handler.wfile.flush()
+            released.wait()
+            data = data[half:]
+        handler.wfile.write(data)
+
+    @staticmethod
+    def _missing(handler: BaseHTTPRequestHandler, what: str) -> None:
+        body = json.dumps({"error": f"{what} not found"}).encode()
+        handler.send_response(404)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("X-Error-Code", "RepoNotFound")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)

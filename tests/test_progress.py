@@ -1,0 +1,94 @@
+"""How a model's preparation is reported: stages planned and announced, bytes, time, and
+what readers in other threads see (phi3ui/progress.py)."""
+
+from __future__ import annotations
+
+import threading
+
+from phi3ui.progress import TRANSFER_LOG_EVERY_S, Preparation, Progress, duration_text, size_text
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_stages_planned_later_come_before_those_planned_first() -> None:
+    lines: list[str] = []
+    clock = Clock()
+    preparation = Preparation("microsoft/Phi-3-mini-4k-instruct", emit=lines.append, clock=clock)
+    preparation.plan("Loading", "Warming up")  # the load knows its own stages first
+    preparation.plan("Downloading", "Exporting", "Checking the export")  # the export its own, which come first
+    clock.now += 75
+    preparation.stage("Exporting")  # a stage may be skipped (the download was cached)
+    snapshot = preparation.snapshot()
+    assert (snapshot.stage, snapshot.number, snapshot.stages) == ("Exporting", 2, 5)
+    assert snapshot.describe() == "Exporting microsoft/Phi-3-mini-4k-instruct (stage 2 of 5, 1 min 15 s so far)"
+    assert lines == [snapshot.describe()], "the terminal hears the same"
+    preparation.stage("Loading")
+    assert preparation.snapshot().number == 4
+    preparation.stage("Converting")  # unplanned: it comes now, and the rest move on
+    assert (preparation.snapshot().number, preparation.snapshot().stages) == (5, 6)
+
+
+def test_download_bytes_are_shown_and_logged_now_and_then() -> None:
+    lines: list[str] = []
+    clock = Clock()
+    preparation = Preparation("m", emit=lines.append, clock=clock)
+    preparation.plan("Downloading")
+    preparation.stage("Downloading")
+    preparation.transfer(1_500_000_000, 7_600_000_000)
+    preparation.transfer(1_600_000_000, 7_600_000_000)  # within the interval: not logged
+    assert "1.6 GB of 7.6 GB" in preparation.snapshot().describe()
+    clock.now += TRANSFER_LOG_EVERY_S
+    preparation.transfer(2_000_000_000, 7_600_000_000)
+    preparation.transfer(7_600_000_000, 7_600_000_000)  # the end is always told
+    assert lines[1:] == ["1.5 GB of 7.6 GB downloaded", "2.0 GB of 7.6 GB downloaded", "7.6 GB of 7.6 GB downloaded"]
+
+
+def test_failure_fallback_and_end_are_kept_for_readers() -> None:
+    preparation = Preparation("microsoft/Phi-3-mini-4k-instruct", emit=lambda line: None)
+    preparation.instead("bundled", "Phi-3 could not be had; the bundled model instead.")
+    snapshot = preparation.snapshot()
+    assert snapshot.model == "bundled" and snapshot.notice.startswith("Phi-3 could not") and snapshot.active
+    preparation.fail("There is no folder /nowhere.")
+    assert preparation.snapshot().describe() == "Preparing bundled failed: There is no folder /nowhere."
+    assert not preparation.snapshot().active
+    preparation.finish()
+    assert preparation.snapshot().finished
+
+
+def test_readers_in_other_threads_always_see_a_whole_snapshot() -> None:
+    preparation = Preparation("m", emit=lambda line: None)
+    preparation.plan(*(f"stage {i}" for i in range(200)))
+    seen: list[tuple[int, int]] = []
+
+    def read() -> None:
+        for _ in range(2000):
+            snapshot = preparation.snapshot()
+            seen.append((snapshot.number, snapshot.stages))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    for i in range(200):
+        preparation.stage(f"stage {i}")
+    reader.join()
+    assert all(0 <= number <= stages == 200 for number, stages in seen)
+
+
+def test_plain_callables_are_progress_too() -> None:
+    lines: list[str] = []
+    progress = Progress.of(lines.append)
+    progress.plan("Exporting")
+    progress.stage("Exporting")
+    progress.transfer(1, 2)
+    assert lines == ["Exporting…"]
+    assert Progress.of(progress) is progress
+
+
+def test_sizes_and_durations_read_as_people_write_them() -> None:
+    assert [size_text(n) for n in (512, 12_000, 566_433, 7_646_373_869)] == ["512 B", "12.0 kB", "566.4 kB", "7.6 GB"]
+    assert [duration_text(s) for s in (0.4, 59.9, 101)] == ["0 s", "59 s", "1 min 41 s"]
