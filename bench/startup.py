@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 import tempfile
 import threading
 import time
@@ -35,7 +34,7 @@ from bench.bench import build_phi3_shaped, phi3_source
 from phi3ui.progress import size_text
 from phi3ui.settings import DEFAULT_MODEL, READY_MADE
 from tests.app_process import ROOT, AppProcess
-from tests.local_hub import LocalHub
+from tests.local_hub import LocalHub, ready_made_repo
 from tests.waiting import wait_until
 
 RESULTS = ROOT / "bench" / "results"
@@ -95,17 +94,10 @@ def start(name: str, args: list[str], env: dict[str, str]) -> Start:
     finally:
         memory.stop()
         app.stop()
-    command = " ".join([*(f"{k}={v}" for k, v in env.items() if k.startswith("PHI3UI_READY")), "python app.py", *args])
+    shown = {k: ("<loopback hub>" if k == "HF_ENDPOINT" else v.replace(str(Path(v).parent), "$TMP") if "/" in v else v)
+             for k, v in env.items()}
+    command = " ".join([*(f"{k}={v}" for k, v in shown.items()), "python app.py", *args])
     return Start(name, command, round(app.page_s, 1), round(app.startup_s, 1), peak, ready_bytes, stages)
-
-
-def ready_made_folder(exported: Path, dest: Path) -> Path:
-    """The export laid out as the hub's ready-made repo is (what tests/test_startup.py builds)."""
-    dest.mkdir(parents=True)
-    for file in exported.iterdir():
-        if file.is_file() and file.name != "phi3ui-export.json":
-            shutil.copy(file, dest / file.name)
-    return dest
 
 
 def markdown(starts: list[Start], source_bytes: int, when: str) -> str:
@@ -115,7 +107,9 @@ def markdown(starts: list[Start], source_bytes: int, when: str) -> str:
         f"## From nothing to chatting ({when})", "",
         f"The Phi-3-mini shape ({size_text(source_bytes)} of bf16 weights on disk), default settings, 2 cores. "
         "Page: until the page answers; ready: until `/health` says ok (exported, loaded, warmed up). Peak: the "
-        "app and its export child, resident, summed. `python -m bench.startup`.", "",
+        "app and its export child, resident, summed. Cold and warm start from the model's Hugging Face folder on "
+        "this disk (no download: the hub is out of reach here); ready-made downloads over loopback from "
+        "tests/local_hub.py, at disk speed rather than a network's. `python -m bench.startup`.", "",
         "| start | page | ready | peak memory | app once ready | stages |",
         "|---|---|---|---|---|---|", *rows, "",
         "Commands: " + "; ".join(f"{s.name}: `{s.command}`" for s in starts), ""])
@@ -130,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         home = {"PHI3UI_HOME": f"{tmp}/phi3ui", "HF_HOME": f"{tmp}/huggingface", "HF_HUB_OFFLINE": "1"}
         starts = [start("cold", ["--model", str(source)], home), start("warm", ["--model", str(source)], home)]
         exported = next(Path(f"{tmp}/phi3ui/models").glob("local-*/*"))
-        with LocalHub({READY_MADE[DEFAULT_MODEL]: ready_made_folder(exported, Path(tmp) / "ready")}) as hub:
+        with LocalHub({READY_MADE[DEFAULT_MODEL]: ready_made_repo(exported, Path(tmp) / "ready")}) as hub:
             env = {"PHI3UI_HOME": f"{tmp}/phi3ui-2", "HF_HOME": f"{tmp}/huggingface-2", "HF_HUB_OFFLINE": "0",
                    "HF_ENDPOINT": hub.url, "PHI3UI_READY_MADE": "1"}
             starts.append(start("ready-made", [], env))

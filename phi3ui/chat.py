@@ -33,6 +33,7 @@ from .settings import (
 )
 
 log = logging.getLogger(__name__)
+LOAD_STAGES = ("Loading", "Warming up")  # a load's own, after whatever the export needs
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,7 @@ class ChatBackend:
     def _load(self, model: str, progress: Preparation, export: ExportSettings | None, runtime: RuntimeSettings,
               fallback: bool) -> Loaded:
         notices: list[str] = []
-        progress.plan("Loading", "Warming up")
+        progress.plan(*LOAD_STAGES)
         try:
             exported = ensure_exported(model, export, progress, self.export_memory_limit)
         except ModelUnavailable as exc:
@@ -174,7 +175,7 @@ class ChatBackend:
             notice = fallback_notice(model, str(exc))
             log.warning(notice)
             notices.append(notice)
-            progress.instead(BUNDLED, notice)
+            progress.instead(BUNDLED, notice, keep=LOAD_STAGES)
             exported = ensure_exported(BUNDLED, default_settings(BUNDLED), progress)
         progress.stage("Loading")
         progress(f"Loading {exported.folder} with the {runtime.engine} engine…")
@@ -203,7 +204,7 @@ class ChatBackend:
             notices.append(engine.device_warning)
         self.loaded = Loaded(engine, exported, runtime, tuple(notices),
                              self.limits.window(engine.context_window))
-        if kept is not None:  # it answered until now; answers still running on it end with a message
+        if kept is not None:  # it answered until now (the batching engine ends answers still on it)
             kept.engine.close()
         progress(f"Loaded: {self.loaded.describe()}")
         return self.loaded
@@ -243,6 +244,13 @@ class ChatBackend:
         if self.loaded is None:
             raise self.not_ready()
         return self.loaded.engine
+
+    def shown_notice(self, notice: str) -> str:
+        """A fallback's notice as visitors may read it: on a locked server without the reason,
+        which may name server paths (the log has it)."""
+        if not self.host_prompt.locked:
+            return notice
+        return "The host's model could not be had here; the bundled SmolLM2-135M-Instruct answers instead."
 
     def not_ready(self) -> ModelNotLoaded:
         """Why there is no answer yet: what is being prepared and how far it got, or why it

@@ -33,6 +33,7 @@ from .settings import (
     BUNDLED,
     BUNDLED_EXPORT,
     DEFAULT_MODEL,
+    READY_MADE,
     WEIGHT_FORMATS,
     ExportSettings,
     GenerationSettings,
@@ -162,6 +163,7 @@ class HubRepo:
     """A hub model as its file list tells it, before anything is downloaded."""
 
     model: str
+    revision: str  # the commit the sizes and config were read from: the download takes the same
     files: dict[str, int]  # name -> bytes
     config: dict
 
@@ -192,7 +194,7 @@ def _hub_repo(model: str) -> HubRepo:
             f"({type(exc).__name__}). Connect to the internet once and export it with "
             f"`python -m phi3ui.export {model}`, or pass a local folder with --model."
         ) from exc
-    return HubRepo(model, {s.rfilename: s.size or 0 for s in info.siblings or []}, config)
+    return HubRepo(model, info.sha, {s.rfilename: s.size or 0 for s in info.siblings or []}, config)
 
 
 def _download_bar(progress: Progress) -> type:
@@ -228,11 +230,13 @@ def _download(repo: HubRepo, ignore: list[str], progress: Progress) -> Path:
         resources.check_disk(hub_cache, repo.download_size(ignore), f"downloading {repo.model}")
     progress.stage("Downloading")
     try:
-        return Path(snapshot_download(repo.model, ignore_patterns=ignore or None, tqdm_class=_download_bar(progress)))
-    except OSError as exc:
+        return Path(snapshot_download(repo.model, revision=repo.revision, ignore_patterns=ignore or None,
+                                      tqdm_class=_download_bar(progress)))
+    except Exception as exc:  # noqa: BLE001 - a dropped connection, a timeout, a refused file: not here
         if resources.is_disk_full(exc):
             raise DiskFull(resources.disk_full_text(hub_cache)) from exc
-        raise ModelUnavailable(f"Downloading {repo.model} failed: {exc}") from exc
+        raise ModelUnavailable(f"Downloading {repo.model} failed ({type(exc).__name__}); it goes on from where "
+                               "it stopped at the next start.") from exc
 
 
 def _source_ignore(repo: HubRepo) -> list[str]:
@@ -272,7 +276,7 @@ def _download_openvino(repo: HubRepo, progress: Progress) -> Path:
     return folder
 
 
-def _looks_like_path(model: str) -> bool:
+def looks_like_path(model: str) -> bool:
     """A hub id is `name` or `owner/name`; anything else was meant as a folder."""
     return model.startswith(("/", ".", "~")) or model.count("/") > 1 or "\\" in model
 
@@ -430,7 +434,7 @@ def ensure_exported(model: str, settings: ExportSettings | None = None,
     if model != BUNDLED and path.is_dir() and is_openvino_folder(path):
         return Exported(path, model, None, cached=True)
     if model != BUNDLED and not path.is_dir():
-        if _looks_like_path(model):
+        if looks_like_path(model):
             problem = f"{path} is a file, not a folder" if path.exists() else f"There is no folder {path}"
             raise ExportError(f"{problem}. Pass a Hugging Face model id, a local model folder or '{BUNDLED}'.")
         if downloaded := _downloaded(model):
@@ -460,13 +464,13 @@ def ensure_exported(model: str, settings: ExportSettings | None = None,
             progress(f"{model} is already OpenVINO IR; downloading it as it is.")
             return Exported(_download_openvino(repo, progress), model, None, cached=False)
         check_settings(settings, repo.config)
-        _check_fits(model, repo.weights(), target, memory_limit)
+        _check_fits(model, repo.weights(), settings, target, memory_limit)
         progress.plan("Downloading", "Exporting", "Checking the export")
         path = _download(repo, _source_ignore(repo), progress)
     config = json.loads((path / "config.json").read_text())
     if model == BUNDLED or Path(model).expanduser().is_dir():
         check_settings(settings, config)
-        _check_fits(model, resources.folder_weights(path, config), target, memory_limit)
+        _check_fits(model, resources.folder_weights(path, config), settings, target, memory_limit)
     progress.stage("Exporting")
     progress(f"Exporting {model} with {settings.slug()} (this runs once; the result is cached)…")
     _export_into(str(path), model, settings, target, progress)
@@ -474,11 +478,13 @@ def ensure_exported(model: str, settings: ExportSettings | None = None,
     return Exported(target, model, settings, cached=False)
 
 
-def _check_fits(model: str, weights: Weights, target: Path, memory_limit: int | None) -> None:
+def _check_fits(model: str, weights: Weights, settings: ExportSettings, target: Path,
+                memory_limit: int | None) -> None:
     """Refuse an export that cannot fit in memory or on disk, before anything is fetched."""
     with _refusing_what_cannot_fit():
-        need = resources.check_export_memory(model, weights, memory_limit)
-        resources.check_disk(target.parent, resources.export_disk_need(weights), f"exporting {model}")
+        need = resources.check_export_memory(model, weights, memory_limit, READY_MADE.get(model))
+        resources.check_disk(target.parent, resources.export_disk_need(weights, settings.weight_format),
+                             f"exporting {model}")
     log.info("Exporting %s (%s) should peak at about %s of memory.", model, weights.describe(),
              resources.size_text(need))
 
@@ -497,6 +503,19 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--task", default="text-generation-with-past")
     group.add_argument("--trust-remote-code", action="store_true",
                        help="run the model repo's own Python code (off unless asked for)")
+    group.add_argument("--export-memory-limit", type=float, metavar="GB",
+                       default=float(os.environ.get("PHI3UI_EXPORT_MEMORY_LIMIT") or 0) or None,
+                       help="memory an export may count on, in GB; an export estimated to need more is refused "
+                            "before it starts. Default: what the system reports available [PHI3UI_EXPORT_MEMORY_LIMIT]")
+
+
+def memory_limit_from_args(args: argparse.Namespace) -> int | None:
+    """--export-memory-limit in bytes; None: what the system reports available."""
+    if args.export_memory_limit is None:
+        return None
+    if args.export_memory_limit <= 0:
+        raise SettingsError(f"--export-memory-limit must be above 0 GB, not {args.export_memory_limit:g}.")
+    return int(args.export_memory_limit * 1e9)
 
 
 def settings_from_args(args: argparse.Namespace) -> ExportSettings:
@@ -513,7 +532,8 @@ def main(argv: list[str] | None = None) -> int:
     add_export_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        exported = ensure_exported(args.model, settings_from_args(args), progress=print)
+        exported = ensure_exported(args.model, settings_from_args(args), progress=print,
+                                   memory_limit=memory_limit_from_args(args))
     except (ExportError, SettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

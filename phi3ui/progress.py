@@ -41,8 +41,11 @@ class Progress:
     on (to the terminal, or an event's stream); `Preparation` also keeps them for readers.
     Plain callables (`print`, `log.info`) are accepted wherever a `Progress` is: `of` wraps them."""
 
-    def __init__(self, emit: Callable[[str], None] = log.info):
+    def __init__(self, emit: Callable[[str], None] = log.info, clock: Callable[[], float] = time.monotonic):
         self.emit = emit
+        self._clock = clock
+        self._transfer_lock = threading.Lock()  # downloads report from several threads
+        self._logged_transfer = -TRANSFER_LOG_EVERY_S
 
     @staticmethod
     def of(progress: Progress | Callable[[str], None]) -> Progress:
@@ -58,7 +61,14 @@ class Progress:
         self(f"{name}…")
 
     def transfer(self, done: int, total: int) -> None:
-        """Bytes of the current stage's download so far."""
+        """Bytes of the current stage's download so far: a line now and then, and at the end."""
+        with self._transfer_lock:
+            now = self._clock()
+            due = now - self._logged_transfer >= TRANSFER_LOG_EVERY_S or bool(total and done >= total)
+            if due:
+                self._logged_transfer = now
+        if due:
+            self.emit(f"{size_text(done)} of {size_text(total)} downloaded")
 
 
 @dataclass(frozen=True)
@@ -102,9 +112,8 @@ class Preparation(Progress):
     under a lock, and each line also goes to `emit` (the terminal shows what the page shows)."""
 
     def __init__(self, model: str, emit: Callable[[str], None] = log.info, clock: Callable[[], float] = time.monotonic):
-        super().__init__(emit)
+        super().__init__(emit, clock)
         self.model = model
-        self._clock = clock
         self._began = clock()
         self._lock = threading.Lock()
         self._stages: list[str] = []
@@ -114,7 +123,6 @@ class Preparation(Progress):
         self._failure = ""
         self._notice = ""
         self._finished = False
-        self._logged_transfer = -TRANSFER_LOG_EVERY_S
 
     def __call__(self, line: str) -> None:
         with self._lock:
@@ -139,17 +147,15 @@ class Preparation(Progress):
     def transfer(self, done: int, total: int) -> None:
         with self._lock:
             self._bytes = (done, total)
-            now = self._clock()
-            due = now - self._logged_transfer >= TRANSFER_LOG_EVERY_S or (total and done >= total)
-            if due:
-                self._logged_transfer = now
-        if due:
-            self.emit(f"{size_text(done)} of {size_text(total)} downloaded")
+        super().transfer(done, total)
 
-    def instead(self, model: str, notice: str) -> None:
-        """It goes on with another model; `notice` says why."""
+    def instead(self, model: str, notice: str, keep: tuple[str, ...] = ()) -> None:
+        """It goes on with another model; `notice` says why. Of the stages still to come, only
+        those in `keep` stay planned (the new model plans its own)."""
         with self._lock:
             self.model, self._notice = model, notice
+            done, later = self._stages[:self._current + 1], self._stages[self._current + 1:]
+            self._stages = done + [stage for stage in later if stage in keep]
 
     def fail(self, reason: str) -> None:
         with self._lock:

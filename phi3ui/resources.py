@@ -17,9 +17,9 @@ from .progress import size_text
 EXPORT_BASE = 0.85e9  # bytes of Python, torch, optimum and NNCF before any weight
 EXPORT_FACTOR = 1.35  # peak bytes per byte of weights on disk
 # An int4 export's output is about a third of a bf16 source; the check wants room for an
-# fp16 one (the same size as the source) so that no setting gets past it with too little.
+# int8 or fp16 one (up to the size of a 16-bit source).
 EXPORT_OUTPUT_FACTOR = 1.0
-READY_MADE_HINT = "use the ready-made OpenVINO export instead (--ready-made), which needs no export here"
+
 
 
 class DoesNotFit(Exception):
@@ -86,13 +86,25 @@ def available_memory() -> int:
         return int(psutil.virtual_memory().available)
     fields = dict(line.split(":", 1) for line in meminfo.read_text().splitlines() if ":" in line)
     available = int(fields["MemAvailable"].split()[0]) * 1024
-    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
-        limit, usage = _read_int(limit_file), _read_int(usage_file)
-        if limit is not None and usage is not None and limit < 1 << 60:  # v1 says "no limit" with a huge number
-            available = min(available, max(0, limit - usage))
+    for folder, limit_file, usage_file, cache_field in (
+            ("/sys/fs/cgroup", "memory.max", "memory.current", "inactive_file"),
+            ("/sys/fs/cgroup/memory", "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")):
+        limit, usage = _read_int(f"{folder}/{limit_file}"), _read_int(f"{folder}/{usage_file}")
+        if limit is None or usage is None or limit >= 1 << 60:  # v1 says "no limit" with a huge number
+            continue
+        # The usage counts file pages the kernel can drop (weights just read), as MemAvailable does not.
+        usage -= _cgroup_stat(f"{folder}/memory.stat").get(cache_field, 0)
+        available = min(available, max(0, limit - usage))
     return available
+
+
+def _cgroup_stat(path: str) -> dict[str, int]:
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return {}
+    return {name: int(value) for name, value in (line.split() for line in lines if len(line.split()) == 2)
+            if value.isdigit()}
 
 
 # A loaded model's resident memory per byte of its IR weights file, warmed up: the mapped
@@ -106,18 +118,21 @@ def fits_beside(folder: Path) -> bool:
     return LOAD_FACTOR * weights < available_memory()
 
 
-def check_export_memory(model: str, weights: Weights, limit: int | None = None) -> int:
-    """The export's estimated peak; `DoesNotFit` when it is above the memory available
-    (`limit` when the host set one, else what the system reports)."""
+def check_export_memory(model: str, weights: Weights, limit: int | None = None, ready_made: str | None = None) -> int:
+    """The export's estimated peak; `NotEnoughMemory` when it is above the memory available
+    (`limit` when the host set one, else what the system reports). `ready_made`: the hub's
+    ready-made OpenVINO export of this model, if there is one, as the first way out."""
     need = export_peak(weights)
     available = available_memory() if limit is None else limit
     if need > available:
         told = "the limit set with --export-memory-limit" if limit is not None else "available now"
+        instead = (f"use the ready-made OpenVINO export {ready_made} instead (--ready-made, or that id as the "
+                   f"model), which needs no export here; " if ready_made else "")
         raise NotEnoughMemory(
             f"Exporting {model} ({weights.describe()}) needs about {size_text(need)} of memory at its peak, and "
-            f"{size_text(available)} is {told}. Ways out: {READY_MADE_HINT}; close other programs; export on a "
-            f"machine with more memory and pass the exported folder with --model. If you know the estimate is "
-            f"too high, raise --export-memory-limit.")
+            f"{size_text(available)} is {told}. Ways out: {instead}close other programs; export on a machine "
+            f"with more memory and pass the exported folder as the model. If you know the estimate is too "
+            f"high, raise --export-memory-limit (PHI3UI_EXPORT_MEMORY_LIMIT).")
     return need
 
 
@@ -147,5 +162,6 @@ def disk_full_text(folder: Path) -> str:
             f"Free some space, or set PHI3UI_HOME (and HF_HOME) to a bigger disk.")
 
 
-def export_disk_need(weights: Weights) -> int:
-    return int(EXPORT_OUTPUT_FACTOR * weights.size)
+def export_disk_need(weights: Weights, weight_format: str) -> int:
+    """Room for the export's output: fp16's rotary repair writes its weights file twice."""
+    return int(EXPORT_OUTPUT_FACTOR * weights.size * (2 if weight_format == "fp16" else 1))

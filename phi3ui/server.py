@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 from .chat import ChatBackend, HostPrompt, LoadRequest
-from .export import ExportError, add_export_arguments, settings_from_args
+from .export import ExportError, add_export_arguments, looks_like_path, memory_limit_from_args, settings_from_args
 from .fairness import (
     LOCKED_MAX_NEW_TOKENS,
     PUBLIC_CONCURRENCY,
@@ -60,10 +60,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         default=_env("PHI3UI_READY_MADE", False),
                         help="download the ready-made OpenVINO int4 export of --model instead of exporting it here "
                              f"(for {', '.join(READY_MADE)}); the export flags then do not apply [PHI3UI_READY_MADE]")
-    parser.add_argument("--export-memory-limit", type=float, default=_env("PHI3UI_EXPORT_MEMORY_LIMIT", None),
-                        metavar="GB", help="memory an export may count on, in GB; an export estimated to need more is "
-                                           "refused before it starts. Default: what the system reports available "
-                                           "[PHI3UI_EXPORT_MEMORY_LIMIT]")
     parser.add_argument("--engine", choices=list(ENGINES), default=_env("PHI3UI_ENGINE", "genai"),
                         help="runtime; 'openai' = a front end to the OpenAI-compatible server at --api-base, "
                              "with no model here [PHI3UI_ENGINE]")
@@ -161,8 +157,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--ready-made knows {', '.join(READY_MADE)}, not {args.model}. Pass a hub repo of OpenVINO IR "
                          "or an exported folder with --model instead.")
         args.model = READY_MADE[args.model]
-    if args.export_memory_limit is not None and args.export_memory_limit <= 0:
-        parser.error(f"--export-memory-limit must be above 0 GB, not {args.export_memory_limit:g}.")
+    try:  # settings an export would refuse: told now, not after the page is up
+        settings_from_args(args).validate()
+        memory_limit_from_args(args)
+    except SettingsError as exc:
+        parser.error(str(exc))
+    if looks_like_path(args.model) and not Path(args.model).expanduser().exists():
+        parser.error(f"There is no folder {args.model}. Pass a Hugging Face model id, a local model folder or "
+                     "'bundled'.")
     if args.context_window is not None and args.context_window < Limits.MIN_CONTEXT_WINDOW:
         parser.error(f"--context-window must be at least {Limits.MIN_CONTEXT_WINDOW}, not {args.context_window}.")
     return args
@@ -205,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         auth = read_auth(args.auth)
-        memory_limit = int(args.export_memory_limit * 1e9) if args.export_memory_limit else None
+        memory_limit = memory_limit_from_args(args)
         backend = ChatBackend(limits=Limits(max_message_chars=args.max_message_chars, context_window=args.context_window,
                                             max_new_tokens=args.max_new_tokens_cap),
                               concurrency=args.concurrency, export_memory_limit=memory_limit,

@@ -47,7 +47,8 @@ class StatusApi:
             status = "failed" if preparing.failure else "preparing"
             progress = preparing.as_dict()
             if backend.host_prompt.locked:  # its lines may name server paths
-                progress = {**progress, "detail": "", "failure": "see the server's log" if preparing.failure else ""}
+                progress = {**progress, "detail": "", "failure": "see the server's log" if preparing.failure else "",
+                            "notice": backend.shown_notice(preparing.notice) if preparing.notice else ""}
             return 503, {"status": status, "reason": str(backend.not_ready()), "progress": progress}
         engine = loaded.engine
         if engine.unavailable:
@@ -63,7 +64,8 @@ class StatusApi:
 
     @staticmethod
     def response(status: int, body: dict) -> Response:
-        headers = {"Retry-After": str(RETRY_S)} if status == 503 else {}
+        """JSON, never cached; a 503 says when to ask again, unless the start failed for good."""
+        headers = {"Retry-After": str(RETRY_S)} if status == 503 and body.get("status") != "failed" else {}
         return JSONResponse(body, status_code=status, headers={**headers, "Cache-Control": "no-store"})
 
     async def metrics(self, request: Request) -> Response:

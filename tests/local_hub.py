@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,6 +31,7 @@ class LocalHub:
 
     repos: dict[str, Path]
     held: dict[str, threading.Event] = field(default_factory=dict)  # file name -> released
+    broken: set[str] = field(default_factory=set)  # file names whose download breaks off half-way for good
     fetched: list[str] = field(default_factory=list)  # "repo/name" of every file body sent
     _server: ThreadingHTTPServer | None = None
 
@@ -109,6 +111,14 @@ class LocalHub:
         if not body:
             return
         self.fetched.append(f"{match['repo']}/{match['name']}")
+        if match["name"] in self.broken:  # the network goes away mid-file and stays away
+            if f"{match['repo']}/{match['name']}" in self.fetched[:-1]:
+                data = b""  # asked again: not a byte more, so the client's retries give up
+            handler.wfile.write(data[:len(data) // 2])
+            handler.wfile.flush()
+            handler.close_connection = True
+            handler.connection.shutdown(2)
+            return
         released = self.held.get(match["name"])
         if released is not None:
             half = len(data) // 2
@@ -127,3 +137,14 @@ class LocalHub:
         handler.send_header("Content-Length", str(len(body)))
         handler.end_headers()
         handler.wfile.write(body)
+
+
+def ready_made_repo(exported: Path, dest: Path) -> Path:
+    """An export laid out as the hub's ready-made OpenVINO repos are (the IR, the tokenizer IR,
+    the configs, the tokenizer files, a model card), in `dest`."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for file in exported.iterdir():
+        if file.is_file() and file.name != "phi3ui-export.json":
+            shutil.copy(file, dest / file.name)
+    (dest / "README.md").write_text("---\nlicense: mit\nbase_model: microsoft/Phi-3-mini-4k-instruct\n---\n")
+    return dest

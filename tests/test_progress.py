@@ -62,21 +62,28 @@ def test_failure_fallback_and_end_are_kept_for_readers() -> None:
 
 
 def test_readers_in_other_threads_always_see_a_whole_snapshot() -> None:
+    """Stages arrive unplanned, each with its bytes; a reader never sees a stage beside another
+    stage's number or bytes."""
     preparation = Preparation("m", emit=lambda line: None)
-    preparation.plan(*(f"stage {i}" for i in range(200)))
-    seen: list[tuple[int, int]] = []
+    seen: list[tuple[str, int, int, int]] = []
+    writing = threading.Event()
 
     def read() -> None:
-        for _ in range(2000):
+        while not writing.is_set() or len(seen) < 2000:
             snapshot = preparation.snapshot()
-            seen.append((snapshot.number, snapshot.stages))
+            seen.append((snapshot.stage, snapshot.number, snapshot.stages, snapshot.done_bytes))
 
     reader = threading.Thread(target=read)
     reader.start()
-    for i in range(200):
+    for i in range(1, 301):
         preparation.stage(f"stage {i}")
+        preparation.transfer(i, 1000)
+    writing.set()
     reader.join()
-    assert all(0 <= number <= stages == 200 for number, stages in seen)
+    started = [s for s in seen if s[1]]
+    assert started, "the reader saw the stages go by"
+    assert all(stage == f"stage {number}" and stages == number and done in (0, number)
+               for stage, number, stages, done in started)
 
 
 def test_plain_callables_are_progress_too() -> None:
@@ -85,7 +92,8 @@ def test_plain_callables_are_progress_too() -> None:
     progress.plan("Exporting")
     progress.stage("Exporting")
     progress.transfer(1, 2)
-    assert lines == ["Exporting…"]
+    progress.transfer(2, 2)  # the end: always told
+    assert lines == ["Exporting…", "1 B of 2 B downloaded", "2 B of 2 B downloaded"], "the command line hears it too"
     assert Progress.of(progress) is progress
 
 

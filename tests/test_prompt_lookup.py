@@ -84,19 +84,18 @@ def test_stop_ends_a_prompt_lookup_answer(engines):
 
 @pytest.mark.server
 @pytest.mark.slow
-def test_app_started_with_prompt_lookup_says_so_and_answers(bundled):
+@pytest.mark.browser
+def test_app_started_with_prompt_lookup_says_so_and_answers(bundled, browser):
     """The flag reaches the engine through the real server; the page names it."""
-    import urllib.request
-
     from gradio_client import Client
 
     from tests.app_process import AppProcess
+    from tests.browsing import model_info
     from phi3ui.settings import BUNDLED
 
     app = AppProcess("--model", BUNDLED, "--prompt-lookup").wait_ready()
     try:
-        html = urllib.request.urlopen(app.url + "config", timeout=10).read().decode()
-        assert "genai + prompt lookup engine" in html
+        assert "genai + prompt lookup engine" in model_info(browser, app.url)
         reply = Client(app.url, verbose=False).predict(message=QUOTE, history=[], max_new_tokens=48,
                                                        api_name="/chat")
         assert "gets a lot of sun in the afternoon" in reply

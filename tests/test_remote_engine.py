@@ -30,6 +30,7 @@ from gradio_client import Client
 from playwright.sync_api import Page, expect
 
 from tests.app_process import AppProcess, free_port
+from tests.browsing import model_info
 from tests.json_cases import PROMPTS, SCHEMAS, instruction
 from phi3ui.chat import ChatBackend
 from phi3ui.errors import public_error
@@ -568,14 +569,15 @@ def test_stop_in_the_page_ends_the_engines_generation(page: Page, engine: Engine
 
 
 @pytest.mark.server
-def test_a_locked_front_end_shows_visitors_neither_the_remotes_url_nor_its_words(engine: Engine) -> None:
+@pytest.mark.browser
+def test_a_locked_front_end_shows_visitors_neither_the_remotes_url_nor_its_words(engine: Engine, browser) -> None:
     """The remote's own error text can hold its server paths: the locked front end's log has
     it, its visitors (page, /chat, /v1) get the front end's sentence; the model line has no URL."""
     locked = AppProcess("--engine", "openai", "--api-base", f"http://127.0.0.1:{engine.port}/v1",
                         "--remote-model", "no-such-model", "--lock-settings", "--remote-timeout", "30").wait_ready()
     remote_words = "does not exist here"  # the engine's own 404 text
     try:
-        page = httpx.get(f"{locked.url}config", timeout=30).text
+        page = httpx.get(f"{locked.url}config", timeout=30).text + model_info(browser, locked.url)
         assert "remote OpenAI-compatible engine" in page and f"127.0.0.1:{engine.port}" not in page
         client = api(locked)
         model = client.models.list().data[0].id

@@ -65,8 +65,9 @@ def test_bad_calls_get_clear_errors(client, kwargs, message):
     assert client.predict(message="Say hi.", history=[], max_new_tokens=4, api_name="/chat")
 
 
-def test_page_says_which_model_is_loaded(app_server):
-    import urllib.request
+@pytest.mark.browser
+def test_page_says_which_model_is_loaded(app_server, browser):
+    from tests.browsing import model_info
 
-    html = urllib.request.urlopen(app_server.url + "config", timeout=10).read().decode()
-    assert "bundled" in html and "int4-sym-g64-r0.6" in html
+    shown = model_info(browser, app_server.url)
+    assert "bundled" in shown and "int4-sym-g64-r0.6" in shown

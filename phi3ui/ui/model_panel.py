@@ -27,7 +27,7 @@ class ModelPanel:
     def model_info(self) -> str:
         loaded = self.backend.loaded
         if loaded is None:
-            return f"No model loaded yet. {self.backend.not_ready()}"
+            return "No model loaded yet: see the note above the chat."
         notices = "".join(f"\n\n> ⚠️ {n}" for n in loaded.notices)
         # Visitors of a locked server get no server paths: the model's name, not its folder.
         return f"Loaded: {loaded.describe(folder=not self.lock_settings)}{notices}"
@@ -37,7 +37,9 @@ class ModelPanel:
         model's preparation stands: the banner shows while it runs (and after a start that
         failed), and the page stops polling once it has ended."""
         snapshot, loaded = self.backend.preparing(), self.backend.loaded
-        polling = gr.Timer(POLL_S, active=bool(snapshot and snapshot.active))
+        # Until a model is loaded, also before the start's preparation has begun.
+        waiting = loaded is None and not (snapshot and snapshot.failure)
+        polling = gr.Timer(POLL_S, active=bool(waiting or (snapshot and snapshot.active)))
         if snapshot is None or (snapshot.failure and loaded is not None):  # a sidebar failure is in its log
             return gr.update(visible=False, value=""), self.model_info(), polling
         if snapshot.failure:
@@ -48,7 +50,7 @@ class ModelPanel:
             detail = f"  \n`{snapshot.line[-200:]}`" if snapshot.line and not self.lock_settings else ""
             text = f"⏳ **{snapshot.describe()}.** {meanwhile}{detail}"
         if snapshot.notice:
-            text += f"\n\n> ⚠️ {snapshot.notice}"
+            text += f"\n\n> ⚠️ {self.backend.shown_notice(snapshot.notice)}"
         return gr.update(visible=True, value=text), self.model_info(), polling
 
     def export_and_load(self, model, weight_format, group_size, ratio, sym, all_layers, device,
