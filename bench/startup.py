@@ -35,7 +35,6 @@ from phi3ui.progress import size_text
 from phi3ui.settings import DEFAULT_MODEL, READY_MADE
 from tests.app_process import ROOT, AppProcess
 from tests.local_hub import LocalHub, ready_made_repo
-from tests.waiting import wait_until
 
 RESULTS = ROOT / "bench" / "results"
 

@@ -1,4 +1,5 @@
-"""Hugging Face model -> OpenVINO IR, once, cached by model and settings.
+"""Hugging Face model -> OpenVINO IR, once, cached by model and settings (a hub model is
+downloaded first by phi3ui/hub.py; resources.py checks that the export fits).
 
 The export itself is `optimum-cli export openvino`, run as a child process so that a
 crash or an out-of-memory kill during NNCF compression cannot take the app down. It writes
@@ -26,7 +27,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import resources, rope
+from . import hub, resources, rope
+from .hub import is_openvino_folder, utc_now
 from .progress import Progress
 from .resources import Weights
 from .settings import (
@@ -45,8 +47,6 @@ from .settings import (
 log = logging.getLogger(__name__)
 
 RECORD = "phi3ui-export.json"
-# What a source download skips: other formats of the same weights, and originals kept beside them.
-NOT_DOWNLOADED = ["*.gguf", "*.onnx", "*.onnx_data", "*.h5", "*.msgpack", "*.ot", "original/*"]
 
 
 class ExportError(RuntimeError):
@@ -66,10 +66,12 @@ class DiskFull(ExportError):
 
 
 @contextlib.contextmanager
-def _refusing_what_cannot_fit() -> Iterator[None]:
-    """resources' checks, told as export errors."""
+def _as_export_errors() -> Iterator[None]:
+    """The hub's and resources' refusals, told as export errors."""
     try:
         yield
+    except hub.Unreachable as exc:
+        raise ModelUnavailable(str(exc)) from exc
     except resources.NotEnoughMemory as exc:
         raise ExportTooBig(str(exc)) from None
     except resources.NotEnoughDisk as exc:
@@ -109,10 +111,6 @@ def recorded_compression(folder: Path) -> str:
     if config.get("ratio") is not None:
         parts.append(f"ratio {config['ratio']}")
     return " ".join(parts)
-
-
-def is_openvino_folder(path: Path) -> bool:
-    return (path / "openvino_model.xml").exists()
 
 
 def default_settings(model: str) -> ExportSettings:
@@ -158,122 +156,9 @@ def check_settings(settings: ExportSettings, config: dict) -> None:
         )
 
 
-@dataclass(frozen=True)
-class HubRepo:
-    """A hub model as its file list tells it, before anything is downloaded."""
-
-    model: str
-    revision: str  # the commit the sizes and config were read from: the download takes the same
-    files: dict[str, int]  # name -> bytes
-    config: dict
-
-    @property
-    def is_openvino(self) -> bool:
-        return "openvino_model.xml" in self.files
-
-    def weights(self) -> Weights:
-        return Weights(sum(self.files[n] for n in resources.weight_files(list(self.files))),
-                       resources.config_dtype(self.config))
-
-    def download_size(self, ignore: list[str]) -> int:
-        from fnmatch import fnmatch
-
-        return sum(size for name, size in self.files.items() if not any(fnmatch(name, p) for p in ignore))
-
-
-def _hub_repo(model: str) -> HubRepo:
-    """A hub model's files with their sizes, and its config."""
-    from huggingface_hub import HfApi, hf_hub_download
-
-    try:
-        info = HfApi().model_info(model, files_metadata=True)
-        config = json.loads(Path(hf_hub_download(model, "config.json", revision=info.sha)).read_text())
-    except Exception as exc:  # noqa: BLE001 - offline, unknown repo, gated: all mean "not here"
-        raise ModelUnavailable(
-            f"{model} is not cached here and the Hugging Face hub cannot be reached "
-            f"({type(exc).__name__}). Connect to the internet once and export it with "
-            f"`python -m phi3ui.export {model}`, or pass a local folder with --model."
-        ) from exc
-    return HubRepo(model, info.sha, {s.rfilename: s.size or 0 for s in info.siblings or []}, config)
-
-
-def _download_bar(progress: Progress) -> type:
-    """A tqdm class for huggingface_hub's download bars that reports the bytes bar to
-    `progress` and draws nothing."""
-    from tqdm.std import tqdm
-
-    class Bar(tqdm):
-        def __init__(self, *args, **kwargs):
-            kwargs.pop("name", None)
-            super().__init__(*args, **{**kwargs, "disable": False, "file": open(os.devnull, "w")})  # noqa: SIM115
-
-        def update(self, n=1):
-            shown = super().update(n)
-            if self.unit == "B":
-                progress.transfer(int(self.n), int(self.total or 0))
-            return shown
-
-        def close(self):
-            super().close()
-            self.fp.close()
-
-    return Bar
-
-
-def _download(repo: HubRepo, ignore: list[str], progress: Progress) -> Path:
-    """A hub model's files into the Hugging Face cache (HF_HOME), with progress; files
-    already there are not fetched again."""
-    from huggingface_hub import constants, snapshot_download
-
-    hub_cache = Path(constants.HF_HUB_CACHE)
-    with _refusing_what_cannot_fit():
-        resources.check_disk(hub_cache, repo.download_size(ignore), f"downloading {repo.model}")
-    progress.stage("Downloading")
-    try:
-        return Path(snapshot_download(repo.model, revision=repo.revision, ignore_patterns=ignore or None,
-                                      tqdm_class=_download_bar(progress)))
-    except Exception as exc:  # noqa: BLE001 - a dropped connection, a timeout, a refused file: not here
-        if resources.is_disk_full(exc):
-            raise DiskFull(resources.disk_full_text(hub_cache)) from exc
-        raise ModelUnavailable(f"Downloading {repo.model} failed ({type(exc).__name__}); it goes on from where "
-                               "it stopped at the next start.") from exc
-
-
-def _source_ignore(repo: HubRepo) -> list[str]:
-    weights = resources.weight_files(list(repo.files))
-    others = [n for n in repo.files if n.endswith(resources.WEIGHT_SUFFIXES) and n not in weights]
-    return [*NOT_DOWNLOADED, *others]
-
-
 def _finished(folder: Path) -> bool:
     """An export or download that completed: its record is written last."""
     return (folder / RECORD).exists() and is_openvino_folder(folder)
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def _download_record(model: str) -> Path:
-    """Where a finished download of a hub model's OpenVINO IR is noted: later starts load the
-    noted snapshot with no network, and an interrupted download is never loaded."""
-    return cache_root() / "downloads" / (model.replace("/", "--") + ".json")
-
-
-def _downloaded(model: str) -> Path | None:
-    try:
-        folder = Path(json.loads(_download_record(model).read_text())["folder"])
-    except (OSError, ValueError, KeyError):
-        return None
-    return folder if is_openvino_folder(folder) else None
-
-
-def _download_openvino(repo: HubRepo, progress: Progress) -> Path:
-    folder = _download(repo, list(NOT_DOWNLOADED), progress)
-    record = _download_record(repo.model)
-    record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps({"source": repo.model, "folder": str(folder), "downloaded_at": _now()}, indent=2))
-    return folder
 
 
 def looks_like_path(model: str) -> bool:
@@ -404,7 +289,7 @@ def _export_into(source: str, model: str, settings: ExportSettings, target: Path
         _smoke_test(out)
         record = {"source": model, "settings": settings.as_dict(),
                   "seconds": round(time.time() - started, 1),
-                  "exported_at": _now()}
+                  "exported_at": utc_now()}
         (out / RECORD).write_text(json.dumps(record, indent=2))
         try:
             os.replace(out, target)
@@ -437,7 +322,7 @@ def ensure_exported(model: str, settings: ExportSettings | None = None,
         if looks_like_path(model):
             problem = f"{path} is a file, not a folder" if path.exists() else f"There is no folder {path}"
             raise ExportError(f"{problem}. Pass a Hugging Face model id, a local model folder or '{BUNDLED}'.")
-        if downloaded := _downloaded(model):
+        if downloaded := hub.downloaded(model):
             return Exported(downloaded, model, None, cached=True)
     target = cache_folder(model, settings)
     if _finished(target):
@@ -458,15 +343,16 @@ def ensure_exported(model: str, settings: ExportSettings | None = None,
             raise ExportError(f"{path} holds neither a Hugging Face model (config.json) nor OpenVINO IR.")
         progress.plan("Exporting", "Checking the export")
     else:
-        repo = _hub_repo(model)
-        if repo.is_openvino:
-            progress.plan("Downloading")
-            progress(f"{model} is already OpenVINO IR; downloading it as it is.")
-            return Exported(_download_openvino(repo, progress), model, None, cached=False)
-        check_settings(settings, repo.config)
-        _check_fits(model, repo.weights(), settings, target, memory_limit)
-        progress.plan("Downloading", "Exporting", "Checking the export")
-        path = _download(repo, _source_ignore(repo), progress)
+        with _as_export_errors():
+            repo = hub.repo(model)
+            if repo.is_openvino:
+                progress.plan("Downloading")
+                progress(f"{model} is already OpenVINO IR; downloading it as it is.")
+                return Exported(hub.download_openvino(repo, progress), model, None, cached=False)
+            check_settings(settings, repo.config)
+            _check_fits(model, repo.weights(), settings, target, memory_limit)
+            progress.plan("Downloading", "Exporting", "Checking the export")
+            path = hub.download(repo, repo.not_needed(), progress)
     config = json.loads((path / "config.json").read_text())
     if model == BUNDLED or Path(model).expanduser().is_dir():
         check_settings(settings, config)
@@ -481,7 +367,7 @@ def ensure_exported(model: str, settings: ExportSettings | None = None,
 def _check_fits(model: str, weights: Weights, settings: ExportSettings, target: Path,
                 memory_limit: int | None) -> None:
     """Refuse an export that cannot fit in memory or on disk, before anything is fetched."""
-    with _refusing_what_cannot_fit():
+    with _as_export_errors():
         need = resources.check_export_memory(model, weights, memory_limit, READY_MADE.get(model))
         resources.check_disk(target.parent, resources.export_disk_need(weights, settings.weight_format),
                              f"exporting {model}")

@@ -210,14 +210,21 @@ def without_tokenizer(folder: Path, dest: Path) -> Path:
     return dest
 
 
-def test_a_failed_load_keeps_the_model_that_was_loaded(bundled, tmp_path):
+@pytest.mark.parametrize("room_for_both", [True, False])
+def test_a_failed_load_keeps_the_model_that_was_loaded(bundled, tmp_path, monkeypatch, room_for_both):
+    """With memory for both, the old model never left; without, it was freed and comes back."""
+    from phi3ui import resources
+
+    monkeypatch.setattr(resources, "available_memory", lambda: 10**12 if room_for_both else 0)
     backend = ChatBackend(limits=Limits(context_window=512))
     backend.load(str(bundled.folder))
+    before = backend.loaded
     lines: list[str] = []
     with pytest.raises(SettingsError, match="openvino_tokenizer.xml"):
         backend.load(str(without_tokenizer(bundled.folder, tmp_path / "no-tokenizer")), progress=lines.append)
     assert backend.loaded is not None and backend.loaded.exported.folder == bundled.folder
-    assert "back on" in lines[-1] and backend.loaded.window == 512  # still capped
+    assert (backend.loaded is before) == room_for_both and ("back on" in lines[-1]) != room_for_both
+    assert backend.loaded.window == 512  # still capped
     answer = backend.reply([], "What is the capital of France?", GenerationSettings(max_new_tokens=8))
     assert answer.text() and answer.stats.answer_tokens >= 1
 
@@ -257,17 +264,17 @@ def test_a_downloaded_openvino_repo_is_used_without_the_network(tiny_phi3, empty
     """A hub repo that is already IR is downloaded once (tests/test_startup.py downloads one);
     later starts use the noted folder offline, and an unfinished download (no note) or a
     folder that has gone is never loaded."""
-    import phi3ui.export as export
+    from phi3ui import hub
 
     def offline(model: str):
-        raise ModelUnavailable(f"{model}: the hub cannot be reached")
+        raise hub.Unreachable(f"{model}: the hub cannot be reached")
 
-    monkeypatch.setattr(export, "_hub_repo", offline)
+    monkeypatch.setattr(hub, "repo", offline)
     snapshot = tmp_path / "huggingface" / "snapshots" / "0123abcd"
     shutil.copytree(tiny_phi3.folder, snapshot)
-    with pytest.raises(ModelUnavailable):
+    with pytest.raises(ModelUnavailable, match="the hub cannot be reached"):
         ensure_exported("someone/phi3-int4-ov")
-    note = export._download_record("someone/phi3-int4-ov")
+    note = hub._note("someone/phi3-int4-ov")
     note.parent.mkdir(parents=True)
     note.write_text(json.dumps({"source": "someone/phi3-int4-ov", "folder": str(snapshot)}))
     exported = ensure_exported("someone/phi3-int4-ov")
