@@ -100,3 +100,42 @@ def test_plain_callables_are_progress_too() -> None:
 def test_sizes_and_durations_read_as_people_write_them() -> None:
     assert [size_text(n) for n in (512, 12_000, 566_433, 7_646_373_869)] == ["512 B", "12.0 kB", "566.4 kB", "7.6 GB"]
     assert [duration_text(s) for s in (0.4, 59.9, 101)] == ["0 s", "59 s", "1 min 41 s"]
+
+
+def banner(page) -> tuple[str, bool, bool]:
+    """The page's banner text, whether it shows, and whether the page keeps polling."""
+    update, _, timer = page.preparation()
+    return update.get("value", ""), update.get("visible"), timer.active
+
+
+def test_the_page_banner_follows_the_preparation() -> None:
+    from phi3ui.chat import ChatBackend, HostPrompt
+    from phi3ui.ui import Page
+
+    backend = ChatBackend()
+    page = Page(backend)
+    text, shown, polling = banner(page)
+    assert not shown and polling, "before the preparation begins: nothing to show yet, but keep asking"
+
+    backend.preparation = preparation = Preparation("microsoft/Phi-3-mini-4k-instruct", emit=lambda line: None)
+    preparation.plan("Downloading", "Exporting")
+    preparation.stage("Downloading")
+    preparation.transfer(2_000_000_000, 7_600_000_000)
+    preparation("/data/huggingface/hub/models--microsoft--Phi-3-mini-4k-instruct/blobs/x.incomplete")
+    text, shown, polling = banner(page)
+    assert shown and polling and "Downloading microsoft/Phi-3-mini-4k-instruct (stage 1 of 2, 2.0 GB of 7.6 GB" in text
+    assert "what you type stays in the box" in text and "/data/huggingface" in text, "the host sees the detail"
+
+    backend.host_prompt = HostPrompt(locked=True)
+    locked = Page(backend, lock_settings=True)
+    preparation.instead("bundled", "Downloading failed at /data/huggingface/secret.", keep=("Loading",))
+    text, shown, polling = banner(locked)
+    assert shown and polling and "/data" not in text, "a locked page names no server path"
+    assert "the bundled SmolLM2-135M-Instruct answers instead" in text
+
+    preparation.fail("There is no folder /data/models/x.")
+    text, shown, polling = banner(locked)
+    assert shown and not polling and "No model could be loaded" in text and "/data" not in text
+    backend.host_prompt = HostPrompt()
+    text, shown, polling = banner(page)
+    assert "There is no folder /data/models/x." in text, "unlocked, the host reads the reason on the page"
