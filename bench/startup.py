@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import tempfile
 import threading
 import time
@@ -89,7 +88,7 @@ def start(name: str, args: list[str], env: dict[str, str]) -> Start:
         app.wait_ready(timeout=1800)
         ready_bytes = psutil.Process(app.process.pid).memory_info().rss
         peak = memory.stop()
-        stages = re.findall(r"INFO (\w[\w ]*?) \S+ \(stage \d+ of \d+,", app.output())
+        stages = [stage.rsplit(" ", 1)[0] for stage in app.stages()]
     finally:
         memory.stop()
         app.stop()

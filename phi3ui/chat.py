@@ -34,6 +34,9 @@ from .settings import (
 
 log = logging.getLogger(__name__)
 LOAD_STAGES = ("Loading", "Warming up")  # a load's own, after whatever the export needs
+# What a locked server's visitors read of a failed or diverted preparation (the log has the rest).
+LOCKED_FAILURE = "the details are in the server's log"
+LOCKED_FALLBACK = "The host's model could not be had here; the bundled SmolLM2-135M-Instruct answers instead."
 
 
 @dataclass(frozen=True)
@@ -136,10 +139,17 @@ class ChatBackend:
     _load_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def preparing(self) -> Snapshot | None:
-        """The latest load, while it runs or once it has failed (None once it succeeded)."""
+        """The latest load, while it runs or once it has failed (None once it succeeded), as
+        visitors may read it: on a locked server without the work's last line, the failure's
+        text or a fallback's reason, which may name server paths (the log has them)."""
         preparation = self.preparation
         snapshot = preparation.snapshot() if preparation else None
-        return None if snapshot is None or snapshot.finished else snapshot
+        if snapshot is None or snapshot.finished:
+            return None
+        if self.host_prompt.locked:
+            snapshot = replace(snapshot, line="", failure=snapshot.failure and LOCKED_FAILURE,
+                               notice=snapshot.notice and LOCKED_FALLBACK)
+        return snapshot
 
     def load(self, model: str, export: ExportSettings | None = None,
              runtime: RuntimeSettings = RuntimeSettings(), progress: Callable[[str], None] = log.info,
@@ -245,22 +255,14 @@ class ChatBackend:
             raise self.not_ready()
         return self.loaded.engine
 
-    def shown_notice(self, notice: str) -> str:
-        """A fallback's notice as visitors may read it: on a locked server without the reason,
-        which may name server paths (the log has it)."""
-        if not self.host_prompt.locked:
-            return notice
-        return "The host's model could not be had here; the bundled SmolLM2-135M-Instruct answers instead."
-
     def not_ready(self) -> ModelNotLoaded:
         """Why there is no answer yet: what is being prepared and how far it got, or why it
-        failed (on a locked server without the reason, which may name server paths)."""
+        failed (as `preparing` tells it)."""
         snapshot = self.preparing()
         if snapshot is None:
             return ModelNotLoaded("No model is loaded yet; try again in a moment.")
         if snapshot.failure:
-            reason = "the details are in the server's log" if self.host_prompt.locked else snapshot.failure
-            return ModelNotLoaded(f"No model could be loaded: {reason}")
+            return ModelNotLoaded(f"No model could be loaded: {snapshot.failure}")
         return ModelNotLoaded(f"The model is not ready yet: {snapshot.describe()}. The chat answers once it is.")
 
     def check_message(self, message: object) -> str:

@@ -161,7 +161,16 @@ def _finished(folder: Path) -> bool:
     return (folder / RECORD).exists() and is_openvino_folder(folder)
 
 
-def looks_like_path(model: str) -> bool:
+def check_source(model: str) -> None:
+    """`ExportError` for a model meant as a folder (a path, not a hub id) that is no folder:
+    told before anything starts."""
+    path = Path(model).expanduser()
+    if model != BUNDLED and not path.is_dir() and _looks_like_path(model):
+        problem = f"{path} is a file, not a folder" if path.exists() else f"There is no folder {path}"
+        raise ExportError(f"{problem}. Pass a Hugging Face model id, a local model folder or '{BUNDLED}'.")
+
+
+def _looks_like_path(model: str) -> bool:
     """A hub id is `name` or `owner/name`; anything else was meant as a folder."""
     return model.startswith(("/", ".", "~")) or model.count("/") > 1 or "\\" in model
 
@@ -315,13 +324,11 @@ def ensure_exported(model: str, settings: ExportSettings | None = None,
     """
     progress = Progress.of(progress)
     settings = (settings or default_settings(model)).validate()
+    check_source(model)
     path = Path(model).expanduser()
     if model != BUNDLED and path.is_dir() and is_openvino_folder(path):
         return Exported(path, model, None, cached=True)
     if model != BUNDLED and not path.is_dir():
-        if looks_like_path(model):
-            problem = f"{path} is a file, not a folder" if path.exists() else f"There is no folder {path}"
-            raise ExportError(f"{problem}. Pass a Hugging Face model id, a local model folder or '{BUNDLED}'.")
         if downloaded := hub.downloaded(model):
             return Exported(downloaded, model, None, cached=True)
     target = cache_folder(model, settings)

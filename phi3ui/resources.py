@@ -77,15 +77,11 @@ def _read_int(path: str) -> int | None:
 
 
 def available_memory() -> int:
-    """Memory a new process may use now: the kernel's MemAvailable, within a container's own
-    limit (cgroup v2 or v1) where one is set, as on Hugging Face Spaces."""
-    meminfo = Path("/proc/meminfo")
-    if not meminfo.exists():  # not Linux: psutil knows
-        import psutil
+    """Memory a new process may use now: the system's own figure (MemAvailable on Linux),
+    within a container's own limit (cgroup v2 or v1) where one is set, as on Hugging Face Spaces."""
+    import psutil
 
-        return int(psutil.virtual_memory().available)
-    fields = dict(line.split(":", 1) for line in meminfo.read_text().splitlines() if ":" in line)
-    available = int(fields["MemAvailable"].split()[0]) * 1024
+    available = int(psutil.virtual_memory().available)
     for folder, limit_file, usage_file, cache_field in (
             ("/sys/fs/cgroup", "memory.max", "memory.current", "inactive_file"),
             ("/sys/fs/cgroup/memory", "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")):

@@ -122,6 +122,9 @@ def _rounded_match(constant: ov.Node, exact: list[np.ndarray]) -> np.ndarray | N
 
     if constant.get_type_name() != "Constant" or constant.get_output_element_type(0) != ov.Type.f16:
         return None
+    size = int(np.prod(tuple(constant.get_output_shape(0))))
+    if all(candidate.size != size for candidate in exact):  # a weight: not read, not converted
+        return None
     values = constant.get_data().astype(np.float32).ravel()
     for candidate in exact:
         rounded = candidate.astype(np.float16).astype(np.float32)

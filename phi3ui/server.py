@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 from .chat import ChatBackend, HostPrompt, LoadRequest
-from .export import ExportError, add_export_arguments, looks_like_path, memory_limit_from_args, settings_from_args
+from .export import ExportError, add_export_arguments, check_source, memory_limit_from_args, settings_from_args
 from .fairness import (
     LOCKED_MAX_NEW_TOKENS,
     PUBLIC_CONCURRENCY,
@@ -157,14 +157,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--ready-made knows {', '.join(READY_MADE)}, not {args.model}. Pass a hub repo of OpenVINO IR "
                          "or an exported folder with --model instead.")
         args.model = READY_MADE[args.model]
-    try:  # settings an export would refuse: told now, not after the page is up
+    try:  # what an export would refuse at once: told now, not after the page is up
         settings_from_args(args).validate()
         memory_limit_from_args(args)
-    except SettingsError as exc:
+        check_source(args.model)
+    except (SettingsError, ExportError) as exc:
         parser.error(str(exc))
-    if looks_like_path(args.model) and not Path(args.model).expanduser().exists():
-        parser.error(f"There is no folder {args.model}. Pass a Hugging Face model id, a local model folder or "
-                     "'bundled'.")
     if args.context_window is not None and args.context_window < Limits.MIN_CONTEXT_WINDOW:
         parser.error(f"--context-window must be at least {Limits.MIN_CONTEXT_WINDOW}, not {args.context_window}.")
     return args

@@ -45,11 +45,7 @@ class StatusApi:
             if preparing is None:
                 return 503, {"status": "preparing", "reason": "No model is loaded yet."}
             status = "failed" if preparing.failure else "preparing"
-            progress = preparing.as_dict()
-            if backend.host_prompt.locked:  # its lines may name server paths
-                progress = {**progress, "detail": "", "failure": "see the server's log" if preparing.failure else "",
-                            "notice": backend.shown_notice(preparing.notice) if preparing.notice else ""}
-            return 503, {"status": status, "reason": str(backend.not_ready()), "progress": progress}
+            return 503, {"status": status, "reason": str(backend.not_ready()), "progress": preparing.as_dict()}
         engine = loaded.engine
         if engine.unavailable:
             return 503, {"status": "unavailable", "reason": engine.unavailable}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -70,22 +71,30 @@ class AppProcess:
 
     def _model_ready(self) -> bool:
         """Whether /health says the model answers; a start that failed never will."""
-        if self.process.poll() is not None:
-            raise RuntimeError(f"app exited with {self.process.returncode}:\n{self.output()}")
+        self._check_running()
         status, body = self.health()
         if body.get("status") == "failed":
             raise RuntimeError(f"the app could not load its model: {body.get('reason')}\n{self.output()}")
         return status == 200 or body.get("status") == "unavailable"  # a remote engine that is down still serves
 
     def _answers(self) -> bool:
-        """Whether the page answers yet; an app that has exited never will."""
-        if self.process.poll() is not None:
-            raise RuntimeError(f"app exited with {self.process.returncode}:\n{self.output()}")
+        """Whether the page answers yet."""
+        self._check_running()
         try:
             urllib.request.urlopen(self.url, timeout=2).close()
         except OSError:
             return False
         return True
+
+    def _check_running(self) -> None:
+        """An app that has exited will never answer: say so at once, with its output."""
+        if self.process.poll() is not None:
+            raise RuntimeError(f"app exited with {self.process.returncode}:\n{self.output()}")
+
+    def stages(self) -> list[str]:
+        """The stages of the model's preparation the app announced, in order, as 'Name k/n'."""
+        return [f"{name} {k}/{n}" for name, k, n in
+                re.findall(r"INFO (\w[\w ]*?) \S+ \(stage (\d+) of (\d+),", self.output())]
 
     def output(self) -> str:
         if not self.log.closed:

@@ -14,7 +14,7 @@ this process and the apps it starts, so a missing model falls back the same way 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -54,13 +54,18 @@ def phi3_tokenizer(tmp_path_factory):
     return make_phi3_tokenizer(tmp_path_factory.mktemp("phi3-tokenizer"))
 
 
+def cached_source(name: str, make: Callable[[Path], object]) -> Path:
+    """A Hugging Face folder `make` builds once, kept where the export cache can key it."""
+    dest = cache_root() / "test-sources" / name
+    if not (dest / "config.json").exists():
+        make(dest)
+    return dest
+
+
 @pytest.fixture(scope="session")
 def tiny_phi3_source() -> Path:
-    """A tiny random Phi-3 as a Hugging Face folder, kept where the export cache can key it."""
-    dest = cache_root() / "test-sources" / f"tiny-phi3-v{TINY_PHI3_VERSION}"
-    if not (dest / "config.json").exists():
-        make_tiny_phi3(dest)
-    return dest
+    """A tiny random Phi-3 as a Hugging Face folder."""
+    return cached_source(f"tiny-phi3-v{TINY_PHI3_VERSION}", make_tiny_phi3)
 
 
 @pytest.fixture(scope="session")
@@ -72,10 +77,7 @@ def tiny_phi3(tiny_phi3_source: Path) -> Exported:
 @pytest.fixture(scope="session")
 def tiny_longrope_phi3_source() -> Path:
     """A tiny random Phi-3 with Phi-3-mini-128k's LongRoPE settings, as a Hugging Face folder."""
-    dest = cache_root() / "test-sources" / f"tiny-longrope-phi3-v{TINY_LONGROPE_PHI3_VERSION}"
-    if not (dest / "config.json").exists():
-        make_tiny_longrope_phi3(dest)
-    return dest
+    return cached_source(f"tiny-longrope-phi3-v{TINY_LONGROPE_PHI3_VERSION}", make_tiny_longrope_phi3)
 
 
 @pytest.fixture(scope="session")

@@ -89,13 +89,8 @@ class LocalHub:
             return self._missing(handler, repo)
         siblings = [{"rfilename": name, "size": path.stat().st_size, "blobId": _digest(path)}
                     for name, path in self.files(repo).items()]
-        body = json.dumps({"id": repo, "modelId": repo, "sha": self.sha(repo), "private": False, "tags": [],
-                           "siblings": siblings}).encode()
-        handler.send_response(200)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)
+        _json(handler, 200, {"id": repo, "modelId": repo, "sha": self.sha(repo), "private": False, "tags": [],
+                             "siblings": siblings})
 
     def _file(self, handler: BaseHTTPRequestHandler, body: bool) -> None:
         match = FILE.match(handler.path.split("?")[0])
@@ -105,7 +100,7 @@ class LocalHub:
         data = path.read_bytes()
         handler.send_response(200)
         handler.send_header("Content-Length", str(len(data)))
-        handler.send_header("ETag", f'"{_digest(path)}"')
+        handler.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
         handler.send_header("X-Repo-Commit", self.sha(match["repo"]))
         handler.end_headers()
         if not body:
@@ -130,13 +125,17 @@ class LocalHub:
 
     @staticmethod
     def _missing(handler: BaseHTTPRequestHandler, what: str) -> None:
-        body = json.dumps({"error": f"{what} not found"}).encode()
-        handler.send_response(404)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("X-Error-Code", "RepoNotFound")
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)
+        _json(handler, 404, {"error": f"{what} not found"}, {"X-Error-Code": "RepoNotFound"})
+
+
+def _json(handler: BaseHTTPRequestHandler, status: int, payload: dict, headers: dict[str, str] | None = None) -> None:
+    body = json.dumps(payload).encode()
+    handler.send_response(status)
+    for name, value in {"Content-Type": "application/json", **(headers or {}),
+                        "Content-Length": str(len(body))}.items():
+        handler.send_header(name, value)
+    handler.end_headers()
+    handler.wfile.write(body)
 
 
 def ready_made_repo(exported: Path, dest: Path) -> Path:

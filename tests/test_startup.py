@@ -71,11 +71,6 @@ def assert_not_ready_yet(app: AppProcess) -> None:
         Client(app.url, verbose=False).predict("Hi", [], 4, api_name="/chat")
 
 
-def stages(log: str) -> list[str]:
-    """The stages the log announced, as 'Name k/n'."""
-    return [f"{name} {k}/{n}" for name, k, n in re.findall(r"INFO (\w[\w ]*?) \S+ \(stage (\d+) of (\d+),", log)]
-
-
 @pytest.mark.browser
 def test_cold_start_serves_the_page_with_progress_then_the_chat(tiny_phi3_source: Path, tmp_path: Path,
                                                                  browser: Browser) -> None:
@@ -114,7 +109,7 @@ def test_cold_start_serves_the_page_with_progress_then_the_chat(tiny_phi3_source
             page.close()
         finally:
             app.stop()
-    assert stages(app.output()) == ["Downloading 1/5", "Exporting 2/5", "Checking the export 3/5", "Loading 4/5",
+    assert app.stages() == ["Downloading 1/5", "Exporting 2/5", "Checking the export 3/5", "Loading 4/5",
                                     "Warming up 5/5"]
 
 
@@ -146,7 +141,7 @@ def test_ready_made_on_a_space_downloads_once_and_a_restart_reuses_it(ready_made
             defaults(first)
         finally:
             first.stop()
-    assert "Exporting" not in first.output() and stages(first.output()) == [
+    assert "Exporting" not in first.output() and first.stages() == [
         "Downloading 1/3", "Loading 2/3", "Warming up 3/3"]
 
     again = AppProcess(env=env).wait_ready()  # the hub has gone: all of it must come from the disk
@@ -157,7 +152,7 @@ def test_ready_made_on_a_space_downloads_once_and_a_restart_reuses_it(ready_made
         assert Client(again.url, verbose=False).predict("Hi", [], 4, api_name="/chat").strip()
     finally:
         again.stop()
-    assert stages(again.output()) == ["Loading 1/2", "Warming up 2/2"]
+    assert again.stages() == ["Loading 1/2", "Warming up 2/2"]
 
 
 def defaults(app: AppProcess) -> None:

@@ -47,10 +47,10 @@ class ModelPanel:
         else:
             meanwhile = (f"Answers come from {loaded.model_name()} until it is loaded." if loaded else
                          "The chat answers once it is ready; what you type stays in the box.")
-            detail = f"  \n`{snapshot.line[-200:]}`" if snapshot.line and not self.lock_settings else ""
+            detail = f"  \n`{snapshot.line[-200:]}`" if snapshot.line else ""
             text = f"⏳ **{snapshot.describe()}.** {meanwhile}{detail}"
         if snapshot.notice:
-            text += f"\n\n> ⚠️ {self.backend.shown_notice(snapshot.notice)}"
+            text += f"\n\n> ⚠️ {snapshot.notice}"
         return gr.update(visible=True, value=text), self.model_info(), polling
 
     def export_and_load(self, model, weight_format, group_size, ratio, sym, all_layers, device,

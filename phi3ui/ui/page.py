@@ -182,7 +182,8 @@ class Page(ChatEvents, ConversationEvents, ModelPanel):
             **remember).then(**details)
         preparation = dict(fn=self.preparation, outputs=[c.preparing, c.model_md, c.poll], **quick)
         demo.load(**preparation)
-        c.poll.tick(**preparation).then(**details)  # the budget, once there is a model to count with
+        # the budget, once there is a model to count with (not `details`: it rewrites the chat's files)
+        c.poll.tick(**preparation).then(self.budget, list(chat_now.values()), [c.budget_md, c.inspector], **quick)
         demo.unload(self.tab_closed)
         for box in (c.message, *gen.values()):
             box.change(self.budget, list(chat_now.values()), [c.budget_md, c.inspector], trigger_mode="always_last",
