@@ -113,6 +113,8 @@ CONFIGS: dict[str, Config] = {
     "no-pinning": _cfg("seed + ENABLE_CPU_PINNING=NO", ENABLE_CPU_PINNING="NO"),
     "kv-f16": _cfg("seed + KV_CACHE_PRECISION=f16", KV_CACHE_PRECISION="f16"),
     "kv-f32": _cfg("seed + KV_CACHE_PRECISION=f32", KV_CACHE_PRECISION="f32"),
+    "kv-u4": _cfg("seed + KEY_CACHE_PRECISION=u4, VALUE_CACHE_PRECISION=u4 (--kv-cache-precision u4)",
+                  KEY_CACHE_PRECISION="u4", VALUE_CACHE_PRECISION="u4"),
     "dq-0": _cfg("seed + DYNAMIC_QUANTIZATION_GROUP_SIZE=0 (off)", DYNAMIC_QUANTIZATION_GROUP_SIZE="0"),
     "dq-64": _cfg("seed + DYNAMIC_QUANTIZATION_GROUP_SIZE=64", DYNAMIC_QUANTIZATION_GROUP_SIZE="64"),
     "dq-128": _cfg("seed + DYNAMIC_QUANTIZATION_GROUP_SIZE=128", DYNAMIC_QUANTIZATION_GROUP_SIZE="128"),

@@ -7,7 +7,7 @@ bench/results/concurrency.md (`python -m bench.concurrency`); decode: the part o
 bench/NOTES.md between its `<!-- README -->` markers (the hand-written summary of
 `python -m bench.decode`'s sessions); lookup: bench/results/lookup.md (`python -m bench.lookup`);
 long_chat: the summaries of bench/results/long_chat*.md (`python -m bench.long_chat`);
-scale_out: bench/results/scale_out.md (`python -m bench.scale_out`); startup:
+memory: bench/results/memory.md and memory-breakdown.md (`python -m bench.memory`); scale_out: bench/results/scale_out.md (`python -m bench.scale_out`); startup:
 bench/results/startup.md (`python -m bench.startup`).
 """
 
@@ -35,8 +35,9 @@ def sections() -> dict[str, str]:
     lookup = (RESULTS / "lookup.md").read_text()
     scale_out = (RESULTS / "scale_out.md").read_text()
     startup = (RESULTS / "startup.md").read_text()
+    memory = (RESULTS / "memory.md").read_text() + "\n" + (RESULTS / "memory-breakdown.md").read_text()
     return {"chat": chat, "concurrency": concurrency, "decode": decode, "lookup": lookup,
-            "long_chat": long_chats(), "scale_out": scale_out, "startup": startup}
+            "long_chat": long_chats(), "memory": memory, "scale_out": scale_out, "startup": startup}
 
 
 def long_chats() -> str:

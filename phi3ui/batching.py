@@ -5,15 +5,15 @@ and wait for text; the thread adds new requests, stops those whose user pressed 
 left, runs one `step()` for all running answers together (prefill of new prompts is mixed
 with the others' decoding), then hands each answer its new token ids. Each user's own
 thread turns ids into text with `IncrementalText`, off the stepping thread's critical path.
-`step()` releases the GIL, so the web server keeps answering while the model runs.
+openvino-genai 2026.4's `step()` keeps Python's GIL while it runs (its binding does not
+release it), so the web server's threads wait out each step: milliseconds on a small model,
+seconds for a piece of a long prompt on Phi-3 (bench/NOTES.md, "Where the memory goes").
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import math
-import os
 import queue
 import threading
 from collections.abc import Callable
@@ -21,36 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .engine import Emit
-from .genai_engine import GenAIEngine, tokenized
+from .genai_engine import KV_BLOCKS_ENV, GenAIEngine, tokenized
 from .settings import GenerationSettings, RuntimeSettings, SettingsError
 
 log = logging.getLogger(__name__)
-
-KV_CACHE_ENV = "PHI3UI_KV_CACHE_GB"
-KV_BLOCKS_ENV = "PHI3UI_KV_CACHE_BLOCKS"  # an exact block count, for tests and tight machines
-
-
-def kv_bytes_per_token(config: dict) -> int:
-    """Keys and values of one token over all layers, at 2 bytes a number (an upper bound:
-    the CPU plugin may store them in 8 bits)."""
-    layers = int(config.get("num_hidden_layers") or 32)
-    heads = int(config.get("num_attention_heads") or 32)
-    kv_heads = int(config.get("num_key_value_heads") or heads)
-    head_dim = int(config.get("head_dim") or int(config.get("hidden_size") or 4096) // heads)
-    return 2 * layers * kv_heads * head_dim * 2
-
-
-def kv_cache_gb(config: dict, window: int, concurrency: int) -> int:
-    """A fixed KV cache, so memory stays bounded however many conversations pass: room for
-    `concurrency` full context windows; whatever they leave free keeps earlier prompts for
-    prefix caching. `PHI3UI_KV_CACHE_GB` overrides it.
-
-    The pages of the cache are touched as blocks are first used, so the process's RSS
-    climbs over the first many conversations up to this size, then stays flat."""
-    if os.environ.get(KV_CACHE_ENV):
-        return max(1, int(os.environ[KV_CACHE_ENV]))
-    return max(1, math.ceil(concurrency * window * kv_bytes_per_token(config) / 2**30))
-
 
 @dataclass
 class IncrementalText:
@@ -123,13 +97,7 @@ class BatchingEngine(GenAIEngine):
     def make_pipeline(self):
         import openvino_genai as ov_genai
 
-        scheduler = ov_genai.SchedulerConfig()
-        scheduler.enable_prefix_caching = True  # a conversation's next turn re-uses its KV cache
-        scheduler.max_num_seqs = self.concurrency
-        if os.environ.get(KV_BLOCKS_ENV):
-            scheduler.num_kv_blocks = int(os.environ[KV_BLOCKS_ENV])
-        else:
-            scheduler.cache_size = kv_cache_gb(self.config, self.context_window, self.concurrency)
+        scheduler = self.scheduler_config()
         log.info("Continuous batching: %d at once, KV cache %s, prefix caching on.", self.concurrency,
                  f"{scheduler.num_kv_blocks} blocks" if scheduler.num_kv_blocks else f"{scheduler.cache_size} GB")
         return ov_genai.ContinuousBatchingPipeline(str(self.folder), scheduler, self.device,
@@ -222,7 +190,7 @@ class BatchingEngine(GenAIEngine):
         if status == ov_genai.GenerationStatus.IGNORED and not request.stop.is_set():
             self._finish(request, SettingsError(
                 "This conversation does not fit the server's KV cache; start a new chat or ask the "
-                f"operator to raise {KV_CACHE_ENV}."))
+                f"operator to raise {KV_BLOCKS_ENV}."))
             return True
         finished = status != ov_genai.GenerationStatus.RUNNING
         while request.handle.can_read():

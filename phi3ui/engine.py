@@ -20,9 +20,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
+from . import mapped_files, rope
 from . import prompt as prompts
-from . import rope
 from .answer import Answer, Stats
+from .progress import size_text
 from .pump import pump
 from .settings import (
     ENGINES,
@@ -333,6 +334,7 @@ class Engine(AnswerEngine):
         self.device, self.device_warning = resolve_device(runtime.device)
         self.properties = merge_properties(default_properties(), runtime.properties)
         self.prompt_lookup = runtime.prompt_lookup
+        self.kv_cache_precision = runtime.kv_cache_precision
         self.config = read_json(self.folder / "config.json")
         self.model_type: str = self.config.get("model_type", "")
         self.context_window: int = rope.usable_window(self.config)  # a LongRoPE model's trained window
@@ -407,12 +409,16 @@ class Engine(AnswerEngine):
 
     def warm_up(self) -> float:
         """One token for a tiny prompt through the real path (render, ids, `answer`): the
-        first inference does one-off work (on the Phi-3 shape 9-10 s) that would otherwise
-        fall on the first question. Returns, and logs, the seconds it took."""
+        first inference does one-off work (seconds on the Phi-3 shape) that would otherwise
+        fall on the first question. By then the weights are in the plugin's own copy, so the
+        mapped export's pages are handed back (`mapped_files`). Returns, and logs, the
+        seconds it took."""
         start = time.perf_counter()
         self.answer(self.render([{"role": "user", "content": "Hi"}]), GenerationSettings(max_new_tokens=1)).text()
         took = time.perf_counter() - start
-        log.info("Warm-up (first inference) took %.2f s on the %s engine.", took, self.name)
+        released = mapped_files.release(self.folder)
+        log.info("Warm-up (first inference) took %.2f s on the %s engine; %s of the export's mapped pages "
+                 "handed back.", took, self.name, size_text(released))
         return took
 
     def _pieces(self, prompt: Prompt | str, settings: GenerationSettings, stop: threading.Event,

@@ -3,6 +3,8 @@ re-uses the KV cache of earlier turns, so turn 20 starts about as fast as turn 2
 
 from __future__ import annotations
 
+import math
+import os
 import random
 import re
 import tempfile
@@ -19,6 +21,31 @@ from .settings import ENGINES, GenerationSettings, SettingsError
 # bench/NOTES.md, "Prompt lookup").
 PROMPT_LOOKUP_TOKENS = 4
 PROMPT_LOOKUP_NGRAM = 3
+
+# The prompt is read this many tokens at a time (genai's own batching default). The CPU
+# plugin keeps its working buffers at the size of the largest piece it has read, for the
+# rest of the process: a long prompt read in one piece would hold far more memory than its
+# KV cache needs, for no speed that held up (bench/NOTES.md, "Where the memory goes").
+PROMPT_CHUNK_TOKENS = 256
+
+
+KV_CACHE_ENV = "PHI3UI_KV_CACHE_GB"  # a size in whole GB, whatever the window
+KV_BLOCKS_ENV = "PHI3UI_KV_CACHE_BLOCKS"  # an exact block count, for tests and tight machines
+
+
+def kv_block_tokens(device: str) -> int:
+    """Tokens per KV cache block: the CPU plugin's blocks hold 32, a GPU's 16."""
+    return 16 if "GPU" in device.upper() else 32
+
+
+def kv_cache_blocks(window: int, concurrency: int, device: str) -> int:
+    """Room for `concurrency` full context windows and no more, whatever the cache's
+    precision, so memory stays bounded however many conversations pass; what the answers
+    in flight leave free keeps earlier prompts for prefix caching.
+
+    The cache's pages are touched as its blocks are first used, so resident memory climbs
+    with the conversations held, up to this size, then stays flat."""
+    return concurrency * math.ceil(window / kv_block_tokens(device))
 
 
 def tokenized(ids: list[int]):
@@ -140,7 +167,28 @@ class GenAIEngine(Engine):
     def make_pipeline(self):
         import openvino_genai as ov_genai
 
-        return ov_genai.LLMPipeline(str(self.folder), self.device, **self.pipeline_properties())
+        return ov_genai.LLMPipeline(str(self.folder), self.device, scheduler_config=self.scheduler_config(),
+                                    **self.pipeline_properties())
+
+    def scheduler_config(self):
+        """Prefix caching on, so a conversation's next turn re-uses its KV cache; the prompt
+        read `PROMPT_CHUNK_TOKENS` at a time; and a KV cache of a fixed size, room for
+        `concurrency` full windows. Left to grow, genai's cache is re-allocated to fit each
+        longer prompt, and the old one's memory stays with the process: a long chat held
+        about twice its cache."""
+        import openvino_genai as ov_genai
+
+        scheduler = ov_genai.SchedulerConfig()
+        scheduler.enable_prefix_caching = True
+        scheduler.max_num_batched_tokens = PROMPT_CHUNK_TOKENS
+        scheduler.max_num_seqs = self.concurrency
+        if os.environ.get(KV_BLOCKS_ENV):
+            scheduler.num_kv_blocks = int(os.environ[KV_BLOCKS_ENV])
+        elif os.environ.get(KV_CACHE_ENV):
+            scheduler.cache_size = max(1, int(os.environ[KV_CACHE_ENV]))
+        else:
+            scheduler.num_kv_blocks = kv_cache_blocks(self.context_window, self.concurrency, self.device)
+        return scheduler
 
     def require_openvino_tokenizer(self) -> None:
         if not (self.folder / "openvino_tokenizer.xml").exists():
@@ -150,8 +198,12 @@ class GenAIEngine(Engine):
             )
 
     def pipeline_properties(self) -> dict:
-        """The OpenVINO properties, and genai's own switch for prompt lookup."""
-        return {**self.properties, **({"prompt_lookup": True} if self.prompt_lookup else {})}
+        """The OpenVINO properties, the KV cache's precision when one was chosen, and genai's
+        own switch for prompt lookup."""
+        precision = self.kv_cache_precision
+        return {**self.properties,
+                **({"KEY_CACHE_PRECISION": precision, "VALUE_CACHE_PRECISION": precision} if precision else {}),
+                **({"prompt_lookup": True} if self.prompt_lookup else {})}
 
     def render_text(self, messages: list[prompts.Message]) -> str:
         return self.tokenizer.apply_chat_template(

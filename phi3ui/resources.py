@@ -103,8 +103,9 @@ def _cgroup_stat(path: str) -> dict[str, int]:
             if value.isdigit()}
 
 
-# A loaded model's resident memory per byte of its IR weights file, warmed up: the mapped
-# weights plus the CPU plugin's repacked copy and working memory (bench/NOTES.md, "Export memory").
+# A model's resident memory per byte of its IR weights file at the end of its warm-up, the
+# load's peak: the mapped weights (handed back just after) plus the CPU plugin's own copy and
+# working memory (bench/NOTES.md, "Export memory").
 LOAD_FACTOR = 2.2
 
 

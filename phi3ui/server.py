@@ -28,6 +28,7 @@ from .service import ChatService
 from .settings import (
     DEFAULT_MODEL,
     ENGINES,
+    KV_CACHE_PRECISIONS,
     READY_MADE,
     REMOTE_ENGINE,
     Limits,
@@ -81,6 +82,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         default=_env("PHI3UI_PROMPT_LOOKUP", False),
                         help="guess tokens from the conversation and check several a step; genai only "
                              "[PHI3UI_PROMPT_LOOKUP]")
+    parser.add_argument("--kv-cache-precision", choices=[p for p in KV_CACHE_PRECISIONS if p],
+                        default=_env("PHI3UI_KV_CACHE_PRECISION", ""),
+                        help="numbers in the KV cache; genai only. u4 halves its memory, and greedy answers "
+                             "change (README, Configuration); default: OpenVINO's (u8 on a CPU) "
+                             "[PHI3UI_KV_CACHE_PRECISION]")
     parser.add_argument("--host", default=_env("GRADIO_SERVER_NAME", "0.0.0.0" if on_spaces() else "127.0.0.1"),
                         help="address to serve on [GRADIO_SERVER_NAME]")
     parser.add_argument("--port", type=int, default=_env("GRADIO_SERVER_PORT", 7860),
@@ -214,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         remote = RemoteSettings(args.api_base, args.remote_api_key, args.remote_model, args.remote_timeout) \
             if args.engine == REMOTE_ENGINE else None
         runtime = RuntimeSettings(engine=args.engine, device=args.device, prompt_lookup=args.prompt_lookup,
-                                  remote=remote).validate()
+                                  kv_cache_precision=args.kv_cache_precision, remote=remote).validate()
         startup = LoadRequest(args.model, settings_from_args(args), runtime)
     except SettingsError as exc:
         log.error("%s", exc)

@@ -160,6 +160,9 @@ def export_preset(name: str, model: str = "") -> ExportSettings:
     return base if name == "most accurate" else dataclasses.replace(base, ratio=1.0)
 
 
+KV_CACHE_PRECISIONS = ("", "u8", "u4")
+
+
 @dataclass(frozen=True)
 class RemoteSettings:
     """The OpenAI-compatible server that answers for `--engine openai`."""
@@ -198,6 +201,9 @@ class RuntimeSettings:
     # one step: an answer that repeats the prompt (editing, quoting, code) comes out several
     # times faster, others at about the same speed (README, "Prompt lookup").
     prompt_lookup: bool = False
+    # The KV cache's numbers: "" is OpenVINO's choice (8 bits on a CPU); "u4" halves the
+    # cache's memory at a measured cost in answers (README, "Memory").
+    kv_cache_precision: str = ""
     remote: RemoteSettings | None = None  # with engine "openai" only
 
     @property
@@ -211,6 +217,12 @@ class RuntimeSettings:
         return self.kind.remote
 
     def validate(self) -> RuntimeSettings:
+        if self.kv_cache_precision not in KV_CACHE_PRECISIONS:
+            raise SettingsError(f"KV cache precision {self.kv_cache_precision!r} is not one of "
+                                f"{', '.join(p for p in KV_CACHE_PRECISIONS if p)}.")
+        if self.kv_cache_precision and self.engine != "genai":
+            raise SettingsError(f"--kv-cache-precision needs the genai engine; the {self.engine} engine keeps "
+                                "its KV cache as it is.")
         if self.is_remote:
             if self.remote is None:
                 raise SettingsError("The openai engine needs the remote server's URL: --api-base.")

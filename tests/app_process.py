@@ -72,7 +72,12 @@ class AppProcess:
     def _model_ready(self) -> bool:
         """Whether /health says the model answers; a start that failed never will."""
         self._check_running()
-        status, body = self.health()
+        try:
+            status, body = self.health()
+        except httpx.TimeoutException:
+            # The batching engine's first step holds Python's lock while it compiles (openvino-genai
+            # 2026.4's step() does not release it), seconds on the Phi-3 shape: still preparing.
+            return False
         if body.get("status") == "failed":
             raise RuntimeError(f"the app could not load its model: {body.get('reason')}\n{self.output()}")
         return status == 200 or body.get("status") == "unavailable"  # a remote engine that is down still serves

@@ -61,7 +61,8 @@ class ModelPanel:
         try:
             settings = ExportSettings(weight_format=weight_format, group_size=int(group_size),
                                       ratio=float(ratio), sym=bool(sym), all_layers=bool(all_layers)).validate()
-            runtime = RuntimeSettings(engine=engine, device=device, prompt_lookup=bool(prompt_lookup)).validate()
+            runtime = RuntimeSettings(engine=engine, device=device, prompt_lookup=bool(prompt_lookup),
+                                      kv_cache_precision=self.host_kv_cache_precision(engine)).validate()
         except (SettingsError, TypeError, ValueError) as exc:
             raise gr.Error(str(exc)) from None
         progress: list[str] = []
@@ -75,6 +76,12 @@ class ModelPanel:
             yield "\n".join(progress[-PROGRESS_LINES:]), self.model_info()
             raise gr.Error(str(exc)) from None
         yield "\n".join(progress[-PROGRESS_LINES:]), self.model_info()
+
+    def host_kv_cache_precision(self, engine: str) -> str:
+        """The KV cache precision the host started with (`--kv-cache-precision`), kept across
+        loads from the page on the engine that has one."""
+        loaded = self.backend.loaded
+        return loaded.runtime.kv_cache_precision if loaded and engine == "genai" else ""
 
     @staticmethod
     def defaults_for(model: str, preset: str | None = None) -> int:
