@@ -44,3 +44,14 @@ def test_a_new_session_builds_component_configs_only_when_asked() -> None:
     textbox = next(k for k, v in config.blocks.items() if isinstance(v, gr.Textbox))
     session._update_value_in_config(textbox, "typed")
     assert session.config_values[textbox]["props"]["value"] == "typed"
+
+
+def test_no_markdown_showing_changing_text_cuts_math_out_of_it() -> None:
+    """Gradio cuts `$$…$$` out of a Markdown component's raw text before Markdown runs,
+    across the code spans display.py leaves unescaped, so `$$ `$$ <div …>` ` in a chat
+    file's refusal note would render the div. Every Markdown component that shows text
+    from a file, a conversation or the model has no math delimiters."""
+    demo = Page(Backend([])).build()
+    shown = {b.elem_id: b for b in demo.blocks.values() if isinstance(b, gr.Markdown) and b.elem_id}
+    for elem_id in ("conv-note", "budget", "preparing", "model-info"):
+        assert shown[elem_id].latex_delimiters == [], elem_id

@@ -163,7 +163,7 @@ def _render_model_panel(page: Page) -> dict:
     defaults = chosen or (BUNDLED_EXPORT if source == "bundled" else ExportSettings())
     runtime = runtime or RuntimeSettings()
     gr.Markdown("### Model")
-    parts = {"model_md": gr.Markdown(page.model_info(), elem_id="model-info")}
+    parts = {"model_md": gr.Markdown(page.model_info(), elem_id="model-info", latex_delimiters=[])}
     # A remote engine (--engine openai) has nothing here to export, load or place on a device.
     remote = runtime.is_remote
     with gr.Accordion("Export and load", open=False, visible=not (page.lock_settings or remote)):
@@ -225,7 +225,8 @@ def _setting_component(setting: Setting, limits) -> gr.components.Component:
 
 def _render_chat() -> dict:
     gr.Markdown("## phi3ui · chat with Phi-3 on OpenVINO, on your own machine", elem_id="page-title")
-    parts = {"preparing": gr.Markdown(visible=False, elem_id="preparing"), "poll": gr.Timer(active=False)}
+    parts = {"preparing": gr.Markdown(visible=False, elem_id="preparing", latex_delimiters=[]),
+             "poll": gr.Timer(active=False)}
     parts["chatbot"] = gr.Chatbot(
         show_label=False, height="62vh", editable="user", elem_id="chat", placeholder=EMPTY_STATE,
         examples=[{"text": e} for e in EXAMPLES], buttons=["copy", "copy_all"], allow_tags=False,
@@ -241,8 +242,10 @@ def _render_chat() -> dict:
         parts["send"] = gr.Button("Send", variant="primary", scale=1, min_width=80, elem_id="send")
         parts["stop_btn"] = gr.Button("Stop", variant="stop", scale=1, min_width=80, elem_id="stop", visible=False)
         parts["clear"] = gr.Button("New chat", scale=1, min_width=80, elem_id="clear")
-    parts["storage_note"] = gr.Markdown(elem_id="conv-note")
-    parts["budget_md"] = gr.Markdown(elem_id="budget")
+    # No LaTeX where text from a file, a conversation or the model is shown: Gradio would cut
+    # $$…$$ out before Markdown, across code spans whose text display.py leaves unescaped.
+    parts["storage_note"] = gr.Markdown(elem_id="conv-note", latex_delimiters=[])
+    parts["budget_md"] = gr.Markdown(elem_id="budget", latex_delimiters=[])
     with gr.Accordion("Prompt inspector: what the model will see", open=False, elem_id="inspector-box"):
         parts["inspector"] = gr.Code(label="Prompt", language=None, interactive=False, elem_id="inspector")
     with gr.Row():
