@@ -289,6 +289,10 @@ def test_reload_keeps_the_chat(page: Page) -> None:
     send(page, "What is the capital of France?")
     wait_idle(page)
     answer = answer_text(page)
+    # The answer is written to the browser's storage by an event after it ends; reload once it is.
+    page.wait_for_function("""() => Object.keys(localStorage).filter((k) => k.startsWith("phi3ui:conversation:"))
+        .some((k) => (JSON.parse(localStorage.getItem(k)).messages || []).some((m) => m.role === "assistant"))""",
+                           timeout=30_000)
     page.reload()
     ready(page)
     expect(page.locator(USER)).to_have_count(1)
