@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import gradio as gr
 
 from .. import conversations
+from ..display import LATEX_DELIMITERS
 from ..engines import available_devices
 from ..settings import (
     BUNDLED_EXPORT,
@@ -231,9 +232,9 @@ def _render_chat() -> dict:
         show_label=False, height="62vh", editable="user", elem_id="chat", placeholder=EMPTY_STATE,
         examples=[{"text": e} for e in EXAMPLES], buttons=["copy", "copy_all"], allow_tags=False,
         feedback_options=None,
-        # No LaTeX: Gradio cuts $$…$$ out of the raw text before Markdown, across code and
-        # prose, which would undo display.to_display's escaping.
-        latex_delimiters=[],
+        # Math: only the delimiters display.to_display puts around the math it finds, which
+        # no other text holds (Gradio cuts left…right out of the raw text before Markdown).
+        latex_delimiters=LATEX_DELIMITERS,
     )
     with gr.Row(equal_height=True):
         parts["message"] = gr.Textbox(placeholder="Message (Enter sends, Shift+Enter for a new line)",
