@@ -435,9 +435,6 @@ def test_math_is_drawn_and_stays_inert(page: Page, tmp_path: Path) -> None:
     assert [m["content"] for m in download_json(page) if m["role"] == "user"][-1] == TYPED_MATH
 
 
-@pytest.mark.xfail(strict=True, reason="#conv-note (and #budget) are gr.Markdown with Gradio's default $$ "
-                   "delimiters, which cut `$$…$$` out of display.to_display's text across code: give them "
-                   "display.LATEX_DELIMITERS (phi3ui/ui/layout.py), then drop this mark")
 def test_a_refusal_quoting_dollars_around_code_stays_text(page: Page, tmp_path: Path) -> None:
     """A file's errors quote it, through to_display, in a note under the chat: `$$` in the
     quote's prose and in its code must not take the code apart."""
