@@ -39,6 +39,7 @@ from tests.app_process import (  # noqa: F401
     ask_chat,
     ask_v1,
 )
+from tests.waiting import wait_until
 
 RESULTS = ROOT / "bench" / "results"
 LONG = "Count from 1 to 300, writing each number in words on its own line."
@@ -84,26 +85,34 @@ def alone(ask: Ask, url: str, runs: int = 3) -> float:
     return statistics.median(t for t in times if t is not None)
 
 
+def arrived(flood: list[Reply]) -> bool:
+    """The flood has arrived: each of its requests has been refused, or is being answered
+    (its first text came), or has ended."""
+    return all(r.first is not None or r.ended for r in flood)
+
+
 def burst(ask: Ask, url: str, door: str, flooders: int, alone_s: float, message: str = LONG,
           tokens: int = FLOOD_TOKENS) -> Burst:
-    """Each flooder sends BURST requests for a long answer at once; once one of them is
-    answering, the newcomer asks. Returns when every request has ended."""
-    flood: list[Reply] = []
-    lock = threading.Lock()
+    """Each flooder sends BURST requests for a long answer at once; once the flood has
+    arrived and its admitted answers are being written, the newcomer asks. Returns when
+    every request has ended."""
+    flood = [Reply() for _ in range(flooders * BURST)]
     go = threading.Event()
 
-    def flood_one(address: str) -> None:
+    def flood_one(address: str, reply: Reply) -> None:
         go.wait()
-        reply = ask(url, address, message, tokens)
-        with lock:
-            flood.append(reply)
+        try:
+            ask(url, address, message, tokens, reply)
+        except Exception as exc:  # noqa: BLE001 - a request that broke is reported, never waited for
+            reply.error, reply.ended = f"{type(exc).__name__}: {exc}", time.monotonic()
 
-    threads = [threading.Thread(target=flood_one, args=(FLOODERS[i],), daemon=True)
-               for i in range(flooders) for _ in range(BURST)]
+    threads = [threading.Thread(target=flood_one, args=(FLOODERS[i // BURST], reply), daemon=True)
+               for i, reply in enumerate(flood)]
     for thread in threads:
         thread.start()
     go.set()
-    time.sleep(1.0)  # the flood has arrived and its admitted answers are generating
+    wait_until(lambda: arrived(flood), 600, lambda: f"the flood to arrive: {[(r.text[:20], r.error) for r in flood]}",
+               every_s=0.02)
     newcomer = ask(url, NEWCOMER)
     for thread in threads:
         thread.join(600)

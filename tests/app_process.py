@@ -38,6 +38,10 @@ def vm_hwm_mb(pid: int) -> float:
 class AppProcess:
     """`python app.py ...`, its output kept in a log file for failures."""
 
+    # How often a start is looked at: every poll it waits is time lost, at each of the suite's
+    # thirty-odd starts (a failed connection or a /health answer costs the app next to nothing).
+    POLL_S = 0.05
+
     def __init__(self, *args: str, env: dict | None = None, log_path: Path | None = None, root: Path = ROOT):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
@@ -53,7 +57,8 @@ class AppProcess:
     def wait_page(self, timeout: float = 300) -> AppProcess:
         """Return once the page answers (the model may still be being prepared); `page_s` is
         how long that took."""
-        wait_until(self._answers, timeout, lambda: f"the app to serve its page:\n{self.output()}", every_s=0.25)
+        wait_until(self._answers, timeout, lambda: f"the app to serve its page:\n{self.output()}",
+                   every_s=self.POLL_S)
         self.page_s = time.perf_counter() - self.started
         return self
 
@@ -61,7 +66,8 @@ class AppProcess:
         """Return once the model is loaded and answers (`/health` says "ok"); `startup_s` is
         how long that took (the benchmarks report it; the timeout only guards against a hang)."""
         self.wait_page(timeout)
-        wait_until(self._model_ready, timeout, lambda: f"the model to be ready:\n{self.output()}", every_s=0.25)
+        wait_until(self._model_ready, timeout, lambda: f"the model to be ready:\n{self.output()}",
+                   every_s=self.POLL_S)
         self.startup_s = time.perf_counter() - self.started
         return self
 
@@ -149,10 +155,12 @@ class Reply:
         return None if self.first is None else self.first - self.sent
 
 
-def ask_chat(url: str, address: str, message: str = QUESTION, tokens: int = 16) -> Reply:
-    """One `/chat` call as a client behind a proxy (raw HTTP, as a script would send it)."""
+def ask_chat(url: str, address: str, message: str = QUESTION, tokens: int = 16, reply: Reply | None = None) -> Reply:
+    """One `/chat` call as a client behind a proxy (raw HTTP, as a script would send it).
+    `reply`, when given, is filled in as the answer streams, so another thread can watch it."""
     headers = {"X-Forwarded-For": address}
-    reply = Reply(sent=time.monotonic())
+    reply = Reply() if reply is None else reply
+    reply.sent = time.monotonic()
     with httpx.Client(timeout=300) as http:
         joined = http.post(f"{url}gradio_api/call/chat", json={"data": [message, [], tokens, *DEFAULTS]},
                            headers=headers)
@@ -178,13 +186,13 @@ def ask_chat(url: str, address: str, message: str = QUESTION, tokens: int = 16) 
     return reply
 
 
-def ask_v1(url: str, address: str, message: str = QUESTION, tokens: int = 16) -> Reply:
-    """One streamed chat completion through the `openai` client."""
+def ask_v1(url: str, address: str, message: str = QUESTION, tokens: int = 16, reply: Reply | None = None) -> Reply:
+    """One streamed chat completion through the `openai` client; `reply` as for `ask_chat`."""
     import openai
 
     client = openai.OpenAI(base_url=f"{url}v1", api_key=KEY, max_retries=0, timeout=300,
                            default_headers={"X-Forwarded-For": address})
-    reply = Reply()
+    reply = Reply() if reply is None else reply
     try:
         model = client.models.list().data[0].id
         reply.sent = time.monotonic()

@@ -14,7 +14,7 @@ this process and the apps it starts, so a missing model falls back the same way 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -46,6 +46,23 @@ def pytest_configure(config: pytest.Config) -> None:
         "bench": "tests the benchmark code in bench/ (CI runs them with the rest; `-m \"not bench\"` leaves them out)",
     }.items():
         config.addinivalue_line("markers", f"{marker}: {text}")
+
+
+PHASES = pytest.StashKey[dict[str, pytest.TestReport]]()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Generator[None, pytest.TestReport,
+                                                                                     pytest.TestReport]:
+    """Keeps the report of each phase of a test on it, for fixtures that look back (`failed`)."""
+    report = yield
+    item.stash.setdefault(PHASES, {})[report.when] = report
+    return report
+
+
+def failed(request: pytest.FixtureRequest) -> bool:
+    """In a fixture's teardown: whether the setup or the body of its test failed."""
+    return any(report.failed for report in request.node.stash.get(PHASES, {}).values())
 
 
 @pytest.fixture(scope="session")

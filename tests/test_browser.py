@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
+from tests.conftest import failed
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.browser
@@ -25,7 +26,7 @@ LONG_PROMPT = "Write a long story about a dragon who learns to bake bread."
 ANSWER = "#chat .bot-row .message:not(.thought) > [data-testid=bot]"
 USER = "#chat .user-row [data-testid=user]"
 NOTE = "#chat .thought-group .title"
-SHOTS = Path("/tmp") / "phi3ui-browser-shots"
+SHOTS = Path("/tmp") / "phi3ui-browser-shots"  # the pages of failed tests, as they were at the end
 
 
 @pytest.fixture
@@ -45,10 +46,12 @@ def open_page(browser: Browser, browser_app, request):
         return page
 
     yield open_
-    SHOTS.mkdir(exist_ok=True)
-    for i, context in enumerate(contexts):
-        for page in context.pages:
-            page.screenshot(path=str(SHOTS / f"{request.node.name}-{i}.png"))
+    if failed(request) or dialogs:  # what the pages of a test that failed showed
+        SHOTS.mkdir(exist_ok=True)
+        for i, context in enumerate(contexts):
+            for page in context.pages:
+                page.screenshot(path=str(SHOTS / f"{request.node.name}-{i}.png"))
+    for context in contexts:
         context.close()
     assert dialogs == [], f"a dialog opened: {dialogs}"
 

@@ -19,6 +19,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from phi3ui.settings import BUNDLED, DEFAULT_ENGINE
 from tests.app_process import AppProcess
+from tests.conftest import failed
 from tests.json_cases import SCHEMAS
 from tests.test_browser import (  # noqa: F401 - fixtures
     ANSWER,
@@ -64,10 +65,12 @@ def new_page(browser: Browser, browser_app, request) -> Iterator:
         return page
 
     yield open_
-    SHOTS.mkdir(exist_ok=True)
-    for i, context in enumerate(contexts):
-        for j, page in enumerate(context.pages):
-            page.screenshot(path=str(SHOTS / f"{request.node.name}-{i}-{j}.png"))
+    if failed(request) or dialogs:  # what the pages of a test that failed showed
+        SHOTS.mkdir(exist_ok=True)
+        for i, context in enumerate(contexts):
+            for j, page in enumerate(context.pages):
+                page.screenshot(path=str(SHOTS / f"{request.node.name}-{i}-{j}.png"))
+    for context in contexts:
         context.close()
     assert dialogs == [], f"a dialog opened: {dialogs}"
 

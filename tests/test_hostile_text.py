@@ -184,9 +184,13 @@ def assert_inert(page: Page) -> None:
 
 
 def click_links(page: Page) -> None:
-    """Click whatever the link payloads became: links would run their javascript: URL."""
+    """Click whatever the link payloads became: links would run their javascript: URL. A link
+    that opens a tab leaves the chat's tab behind it, as in a browser; the user comes back to
+    the chat (`bring_to_front`), as they would. (A tab left behind only slows the test: every
+    later action waits out Playwright's checks in a tab whose frames Chromium holds back.)"""
     for link in page.locator("#chat a").all():
         link.click()
+        page.bring_to_front()
     for text in LINKS:
         page.locator("#chat").get_by_text(text).first.click()
     assert page.evaluate("window.__pwned") == 0

@@ -260,7 +260,8 @@ class Scripted:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        # Polled every 50 ms rather than 500: `close` waits for the next poll, at every test's end.
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
 
     def backend(self, model: str = "m", limits: Limits | None = None, timeout_s: float = 10) -> ChatBackend:
         backend = ChatBackend(limits=limits or Limits())
