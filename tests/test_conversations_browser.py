@@ -58,7 +58,7 @@ def new_page(browser: Browser, browser_app, request) -> Iterator:
                                              **options})
             contexts.append(context)
         page = context.new_page()
-        page.set_default_timeout(30_000)
+        page.set_default_timeout(60_000)
         page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
         page.goto(url or browser_app.url)
         ready(page)
