@@ -11,8 +11,8 @@ A record is one conversation:
      "messages": [{"role": "user" | "assistant", "content": "text as typed"}, …],
      "settings": {"max_new_tokens": …, "temperature": …, "top_p": …, "top_k": …,
                   "repetition_penalty": …, "seed": …, "system_prompt": "…", "answer_json": …,
-                  "json_schema": "…"}},  (settings.GENERATION_TABLE's names and types)
-     "preset": "…"}  the chat preset it uses, by name ("" or absent: none; phi3ui/chat_presets.py)
+                  "json_schema": "…"},  (settings.GENERATION_TABLE's names and types)
+     "preset": "…"}  (the chat preset it uses, by name; "" or absent in older records: none)
 
 Times are milliseconds since 1970. A message with `"metadata": {"title": …}` is one of the
 page's notes (an answer's time to first token, speed and token counts; "Stopped"); the model
@@ -20,12 +20,12 @@ never reads those. The title is the first message's start until the user renames
 changes on every write; it is what tells a tab that another one changed the conversation.
 
 The file of all conversations is `{"format": "phi3ui-conversations", "version": 1,
-"exported": ms, "conversations": [record, …], "presets": [chat preset, …]}` (`presets`, the
-visitor's own chat presets, may be absent: older files load as before); loading one merges it (`merge`, and
-chat_presets.merge by name): a
-conversation already there (the same id, or the same messages) is not added twice, and of two
-versions of one id the later-updated one is kept. A single chat's JSON download (a list of
-{role, content} messages) loads as one conversation by the same rule.
+"exported": ms, "conversations": [record, …], "presets": [chat preset, …]}`, `presets` being
+the visitor's own chat presets (phi3ui/chat_presets.py; absent from older files, which load as
+before). Loading one merges it (`merge`): a conversation already there (the same id, or the
+same messages) is not added twice, and of two versions of one id the later-updated one is
+kept; presets merge by name the same way (chat_presets.merge). A single chat's JSON download
+(a list of {role, content} messages) loads as one conversation by the same rule.
 
 Two tabs of one browser share the storage. The rule:
 - A tab writes only the conversation it shows, and removes only one the user deletes in it,

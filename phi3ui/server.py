@@ -118,7 +118,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         default=_env("PHI3UI_SHOW_SYSTEM_PROMPT", False),
                         help="with --lock-settings, let visitors read the host's system prompt (off: the page "
                              "only says one is in force) [PHI3UI_SHOW_SYSTEM_PROMPT]")
-    parser.add_argument("--chat-presets", default=_env("PHI3UI_CHAT_PRESETS", None),
+    parser.add_argument("--chat-presets", metavar="FILE", default=_env("PHI3UI_CHAT_PRESETS", None),
                         help="a JSON file of chat presets visitors can pick: [{\"name\": …, \"system_prompt\": …, "
                              "\"settings\": {…}}], settings by the page's names; a locked system prompt stays the "
                              "host's [PHI3UI_CHAT_PRESETS]")

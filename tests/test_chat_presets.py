@@ -17,7 +17,7 @@ from phi3ui.chat_presets import PresetError
 from phi3ui.settings import GENERATION_TABLE, PAGE_SETTINGS, SETTING, Limits
 from phi3ui.ui import Page
 from phi3ui.ui.chat_presets import GONE
-from tests.test_conversations import NOW, SETTINGS, Backend, page_chat
+from tests.test_conversations import NOW, SETTINGS, Backend, page_chat, request
 from tests.test_page import GEN
 
 LIMITS = Limits(max_new_tokens=512)
@@ -230,3 +230,14 @@ def test_importing_a_file_brings_its_presets(tmp_path) -> None:
     assert "2 chat preset(s): 1 added, 1 left out" in job["note"]
     text, note = page.download_all({"conversations": [], "presets": [mine.record()]})
     assert note == "" and conv.file_presets(text) == [mine]
+
+
+def test_the_copy_the_two_tabs_rule_makes_keeps_the_preset() -> None:
+    page = preset_page()
+    meta = {**conv.new_meta(), "preset": "Terse"}
+    pending = page.save_now(request(), {}, page_chat("q", "a"), meta, *GEN)[page.ui.storage_job]
+    assert pending["write"][0]["record"]["preset"] == "Terse"
+    copy = pending["write"][0]["copy"]
+    out = page.after_save(request(), {"copied": [[meta["id"], copy["id"], copy["title"]]], "conversations": []},
+                          pending, meta, "")
+    assert out[page.ui.current] == {"id": copy["id"], "title": copy["title"], "renamed": True, "preset": "Terse"}

@@ -149,7 +149,7 @@ class ConversationEvents:
         copied = [c for c in report.get("copied", []) if c[0] == record["id"]]
         if copied:
             _, copy_id, copy_title = copied[-1]
-            meta = {"id": copy_id, "title": copy_title, "renamed": True}
+            meta = {**current, "id": copy_id, "title": copy_title, "renamed": True}
             result[ui.storage_note] = COPIED.format(title=to_display(record["title"]), copy=to_display(copy_title))
             result[ui.conv_list] = self.conversation_list(report, query, meta)
         elif record["title"] != current.get("title"):

@@ -77,9 +77,10 @@ window.phi3ui = window.phi3ui || (() => {
     const out = {saved: [], skipped: [], copied: [], failed: null, removed: null, open: null, peek: null,
                  changed: null, conversations: [], presets: []};
     try {
-      if (job.presets) writePresets(job.presets, out);
-      if (job.presets) out.presets = presets();
-      if (out.failed) return out;
+      if (job.presets) {
+        writePresets(job.presets, out);
+        out.presets = presets();
+      }
       write(job.write, out);
       if (job.remove && !out.failed) {
         out.removed = get(job.remove);
