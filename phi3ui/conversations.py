@@ -11,7 +11,8 @@ A record is one conversation:
      "messages": [{"role": "user" | "assistant", "content": "text as typed"}, …],
      "settings": {"max_new_tokens": …, "temperature": …, "top_p": …, "top_k": …,
                   "repetition_penalty": …, "seed": …, "system_prompt": "…", "answer_json": …,
-                  "json_schema": "…"}}  (settings.GENERATION_TABLE's names and types)
+                  "json_schema": "…"},  (settings.GENERATION_TABLE's names and types)
+     "preset": "…"}  (the chat preset it uses, by name; "" or absent in older records: none)
 
 Times are milliseconds since 1970. A message with `"metadata": {"title": …}` is one of the
 page's notes (an answer's time to first token, speed and token counts; "Stopped"); the model
@@ -19,10 +20,12 @@ never reads those. The title is the first message's start until the user renames
 changes on every write; it is what tells a tab that another one changed the conversation.
 
 The file of all conversations is `{"format": "phi3ui-conversations", "version": 1,
-"exported": ms, "conversations": [record, …]}`; loading one merges it (`merge`): a
-conversation already there (the same id, or the same messages) is not added twice, and of two
-versions of one id the later-updated one is kept. A single chat's JSON download (a list of
-{role, content} messages) loads as one conversation by the same rule.
+"exported": ms, "conversations": [record, …], "presets": [chat preset, …]}`, `presets` being
+the visitor's own chat presets (phi3ui/chat_presets.py; absent from older files, which load as
+before). Loading one merges it (`merge`): a conversation already there (the same id, or the
+same messages) is not added twice, and of two versions of one id the later-updated one is
+kept; presets merge by name the same way (chat_presets.merge). A single chat's JSON download
+(a list of {role, content} messages) loads as one conversation by the same rule.
 
 Two tabs of one browser share the storage. The rule:
 - A tab writes only the conversation it shows, and removes only one the user deletes in it,
@@ -49,9 +52,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import chat_presets
 from . import prompt as prompts
 from .display import from_display, shown, to_display
-from .settings import PAGE_SETTINGS, SETTING
+from .settings import PAGE_SETTINGS, stored_values
 
 FORMAT = "phi3ui-conversations"
 VERSION = 1
@@ -161,24 +165,6 @@ def _clean_messages(value: Any) -> list[dict]:
     return messages
 
 
-def _clean_settings(value: Any) -> dict:
-    """The known settings with values of the right kind; anything else is left out (the
-    page then keeps what its sliders have)."""
-    if not isinstance(value, dict):
-        return {}
-    kept: dict[str, Any] = {}
-    for name in SETTINGS:
-        v, kind = value.get(name), SETTING[name].type
-        if kind in (str, bool):
-            if isinstance(v, kind):
-                kept[name] = v
-        elif name == "seed" and v is None:
-            kept[name] = None
-        elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-            kept[name] = kind(v)
-    return kept
-
-
 def _time(value: Any, default: int) -> int:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
     return int(value) if ok else default
@@ -204,7 +190,8 @@ def clean(record: Any, now: int | None = None) -> dict:
         "id": rid, "title": title, "renamed": renamed, "created": created,
         "updated": _time(record.get("updated"), created),
         "rev": record["rev"] if isinstance(record.get("rev"), str) else "",
-        "messages": messages, "settings": _clean_settings(record.get("settings")),
+        "messages": messages, "settings": stored_values(record.get("settings")),
+        "preset": chat_presets.name_or_none(record.get("preset")),
     }
 
 
@@ -220,13 +207,14 @@ def readable(records: Any) -> list[dict]:
     return kept
 
 
-def new_meta(title: str = "", renamed: bool = False) -> dict:
+def new_meta(title: str = "", renamed: bool = False, preset: str = "") -> dict:
     """What the page keeps about the conversation on screen before it is saved."""
-    return {"id": new_id(), "title": title, "renamed": renamed}
+    return {"id": new_id(), "title": title, "renamed": renamed, "preset": preset}
 
 
 def meta_of(record: dict) -> dict:
-    return {"id": record["id"], "title": record["title"], "renamed": record["renamed"]}
+    return {"id": record["id"], "title": record["title"], "renamed": record["renamed"],
+            "preset": record.get("preset", "")}
 
 
 def build(meta: dict, display: list, settings: dict, stored: dict | None, now: int | None = None) -> dict | None:
@@ -240,17 +228,18 @@ def build(meta: dict, display: list, settings: dict, stored: dict | None, now: i
         return None
     renamed = bool(meta.get("renamed") and meta.get("title"))
     title = " ".join(str(meta["title"]).split())[:MAX_TITLE_CHARS] if renamed else title_for(messages)
-    settings = _clean_settings(settings)
+    settings = stored_values(settings)
+    preset = chat_presets.name_or_none(meta.get("preset"))
     if stored is not None:
         same = (stored["messages"] == messages, stored["settings"] == settings, stored["title"] == title,
-                stored["renamed"] == renamed)
+                stored["renamed"] == renamed, stored.get("preset", "") == preset)
         if all(same):
             return None
         created, updated = stored["created"], stored["updated"] if same[0] else now
     else:
         created = updated = now
     return {"id": meta["id"], "title": title, "renamed": renamed, "created": created, "updated": updated,
-            "rev": new_rev(), "messages": messages, "settings": settings}
+            "rev": new_rev(), "messages": messages, "settings": settings, "preset": preset}
 
 
 def conflict_copy(record: dict) -> dict:
@@ -317,11 +306,11 @@ def listing(records: list[dict], query: str = "", now: int | None = None) -> lis
 
 
 # --- files -------------------------------------------------------------------------------
-def file_text(records: list[dict], now: int | None = None) -> str:
-    """The file of all conversations, newest first."""
+def file_text(records: list[dict], now: int | None = None, presets: list[chat_presets.ChatPreset] = ()) -> str:
+    """The file of all conversations, newest first, with the visitor's own chat presets."""
     # "exported" (when the file was written) is the format's key, kept for the files already out there
     document = {"format": FORMAT, "version": VERSION, "exported": now_ms() if now is None else now,
-                "conversations": ordered(records)}
+                "conversations": ordered(records), "presets": [p.record() for p in presets]}
     return json.dumps(document, ensure_ascii=False, indent=1)
 
 
@@ -363,6 +352,23 @@ def read_file(text: str, now: int | None = None) -> tuple[list[dict], bool]:
     return records, True
 
 
+def file_presets(text: str) -> list[chat_presets.ChatPreset]:
+    """The chat presets a file of all conversations carries (read_file has read it): none in
+    a single chat's file or in one written before presets. A ConversationError says what is
+    wrong with one."""
+    data = json.loads(text)
+    items = data.get("presets", []) if isinstance(data, dict) else []
+    if not isinstance(items, list):
+        raise ConversationError("That file's chat presets must be a list.")
+    presets = []
+    for i, item in enumerate(items, 1):
+        try:
+            presets.append(chat_presets.clean(item))
+        except chat_presets.PresetError as exc:
+            raise ConversationError(f"Chat preset {i} in that file: {exc}") from None
+    return presets
+
+
 @dataclass
 class Merge:
     """What loading a file adds to the conversations kept: records to write (each with the
@@ -394,8 +400,8 @@ def merge(existing: list[dict], incoming: list[dict]) -> Merge:
         twin = prints.get(fingerprint(record["messages"])) if record["messages"] else None
         if mine is not None:
             newer = record["updated"] > mine["updated"]
-            differs = (mine["messages"], mine["title"], mine["settings"]) != (
-                record["messages"], record["title"], record["settings"])
+            differs = (mine["messages"], mine["title"], mine["settings"], mine["preset"]) != (
+                record["messages"], record["title"], record["settings"], record["preset"])
             if not (newer and differs):
                 plan.already += 1
                 plan.ids.append(mine["id"])

@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 from .chat import ChatBackend, HostPrompt, LoadRequest
+from .chat_presets import PresetError, read_host_file
 from .export import ExportError, add_export_arguments, check_source, memory_limit_from_args, settings_from_args
 from .fairness import (
     LOCKED_MAX_NEW_TOKENS,
@@ -117,6 +118,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         default=_env("PHI3UI_SHOW_SYSTEM_PROMPT", False),
                         help="with --lock-settings, let visitors read the host's system prompt (off: the page "
                              "only says one is in force) [PHI3UI_SHOW_SYSTEM_PROMPT]")
+    parser.add_argument("--chat-presets", metavar="FILE", default=_env("PHI3UI_CHAT_PRESETS", None),
+                        help="a JSON file of chat presets visitors can pick: [{\"name\": …, \"system_prompt\": …, "
+                             "\"settings\": {…}}], settings by the page's names; a locked system prompt stays the "
+                             "host's [PHI3UI_CHAT_PRESETS]")
     parser.add_argument("--rate-limit", type=int, default=_env("PHI3UI_RATE_LIMIT", None),
                         help="requests a minute one client address may send; also at most one answer at a "
                              f"time per address. 0 = off; default {PUBLIC_RATE_PER_MINUTE} on a public server (--share, "
@@ -171,6 +176,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(str(exc))
     if args.context_window is not None and args.context_window < Limits.MIN_CONTEXT_WINDOW:
         parser.error(f"--context-window must be at least {Limits.MIN_CONTEXT_WINDOW}, not {args.context_window}.")
+    try:  # held to the limits visitors will have
+        args.host_presets = read_host_file(args.chat_presets, Limits(
+            max_message_chars=args.max_message_chars, max_new_tokens=args.max_new_tokens_cap)) \
+            if args.chat_presets else ()
+    except PresetError as exc:
+        parser.error(str(exc))
     return args
 
 
@@ -227,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.share and not auth:
         log.warning("Sharing a public link without --auth: anyone with the link can use this machine's model.")
+    if backend.host_prompt.locked and backend.host_prompt.text and any(p.system_prompt for p in args.host_presets):
+        log.warning("The chat presets' system prompts do not apply: with --lock-settings, --system-prompt is the "
+                    "only system prompt.")
     if args.concurrency > 1 and not ENGINES[args.engine].batches:
         log.info("The %s engine answers one message at a time; --concurrency %d lets the others wait "
                  "their turn. The genai engine answers them together.", args.engine, args.concurrency)
@@ -240,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     # One way in for the page, /chat and /v1: the same queue, the same fair-use limits.
     service = ChatService(backend, Gate(FairUse(rate_per_minute=args.rate_limit)), waiting=args.queue_size)
     page = Page(backend, lock_settings=args.lock_settings, service=service, trust_proxy=args.trust_proxy,
-                startup=startup)
+                startup=startup, host_presets=args.host_presets)
     access = Access.decide(args.api_key, host=args.host, share=args.share, spaces=on_spaces(),
                            page_login=bool(auth), behind_proxy=args.trust_proxy)
     api = OpenAIApi(backend, access=access, service=service, lock_settings=args.lock_settings,

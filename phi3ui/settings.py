@@ -7,6 +7,7 @@ command line, the page and the API refuse the same things with the same words.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -416,17 +417,45 @@ class GenerationSettings:
             if f.name == "stop":
                 converted["stop"] = stop_strings(value)
                 continue
-            kind = SETTING[f.name].type if f.name in SETTING else int  # min_new_tokens
-            try:
-                if kind is int and isinstance(value, float) and not value.is_integer():
-                    raise ValueError
-                if isinstance(value, bool) or (kind is not str and isinstance(value, str)):
-                    raise ValueError
-                converted[f.name] = kind(value)
-            except (TypeError, ValueError):
-                described = {int: "a whole number", float: "a number", str: "text"}[kind]
-                raise SettingsError(f"{f.name} must be {described}, not {value!r}.") from None
+            converted[f.name] = typed(f.name, SETTING[f.name].type if f.name in SETTING else int, value)
         return cls(**converted)
+
+
+def typed(name: str, kind: type, value: Any) -> Any:
+    """`value` as a setting of type `kind`, from loosely typed input (page, API, a presets
+    file); a clear error for a value of another kind (a bool is not a number, "1" is not one)."""
+    try:
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        if isinstance(value, bool) or (kind is not str and isinstance(value, str)):
+            raise ValueError
+        return kind(value)
+    except (TypeError, ValueError, OverflowError):
+        described = {int: "a whole number", float: "a number", str: "text", bool: "true or false"}[kind]
+        raise SettingsError(f"{name} must be {described}, not {value!r}.") from None
+
+
+def stored_values(value: Any) -> dict:
+    """The known generation settings with values of the right kind, from a stored or loaded
+    record (a conversation's, a preset's); anything else is left out, not refused: the page
+    then keeps what its controls have."""
+    if not isinstance(value, dict):
+        return {}
+    kept: dict[str, Any] = {}
+    for name in PAGE_SETTINGS:
+        v, kind = value.get(name), SETTING[name].type
+        if kind in (str, bool):
+            if isinstance(v, kind):
+                kept[name] = v
+        elif name == "seed" and v is None:
+            kept[name] = None
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            kept[name] = kind(v)
+    return kept
 
 
 def stop_strings(value: object) -> tuple[str, ...]:

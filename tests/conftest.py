@@ -127,11 +127,15 @@ def app_server(bundled: Exported, engine_name: str) -> Iterator[AppProcess]:
     app.stop()
 
 
+CHAT_PRESETS = Path(__file__).parent / "data" / "chat_presets.json"  # a host's chat presets, "Brief" and "Pirate"
+
+
 @pytest.fixture(scope="session")
 def browser_app(bundled: Exported, engine_name: str) -> Iterator[AppProcess]:
     """The app for browser tests, on each engine, with a 200-character message limit so an
-    over-long message is quick to type."""
-    app = AppProcess("--model", BUNDLED, "--engine", engine_name, "--max-message-chars", "200").wait_ready()
+    over-long message is quick to type, and the host's chat presets in CHAT_PRESETS."""
+    app = AppProcess("--model", BUNDLED, "--engine", engine_name, "--max-message-chars", "200",
+                     "--chat-presets", str(CHAT_PRESETS)).wait_ready()
     yield app
     app.stop()
 

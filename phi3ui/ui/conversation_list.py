@@ -22,7 +22,7 @@ from typing import Any
 
 import gradio as gr
 
-from .. import conversations
+from .. import chat_presets, conversations
 from ..display import to_display
 from ..settings import SETTING
 
@@ -92,12 +92,13 @@ class ConversationEvents:
         return values
 
     # --- what the page shows -------------------------------------------------------------
-    def view_of(self, record: dict | None) -> dict:
+    def view_of(self, record: dict | None, leaving: dict | None = None) -> dict:
         """What shows a conversation: its messages, title and settings. A new chat (None) gets
-        a new id and keeps the sidebar's settings."""
+        a new id and keeps the sidebar's settings, and the chat preset of the one it replaces."""
         ui = self.ui
         if record is None:
-            return {ui.chatbot: [], ui.current: conversations.new_meta(), ui.conv_title: ""}
+            preset = (leaving or {}).get("preset", "")
+            return {ui.chatbot: [], ui.current: conversations.new_meta(preset=preset), ui.conv_title: ""}
         return {ui.chatbot: conversations.display_messages(record["messages"]),
                 ui.current: conversations.meta_of(record), ui.conv_title: record["title"],
                 **dict(zip(ui.gen, self.setting_updates(record["settings"])))}
@@ -148,7 +149,7 @@ class ConversationEvents:
         copied = [c for c in report.get("copied", []) if c[0] == record["id"]]
         if copied:
             _, copy_id, copy_title = copied[-1]
-            meta = {"id": copy_id, "title": copy_title, "renamed": True}
+            meta = {**current, "id": copy_id, "title": copy_title, "renamed": True}
             result[ui.storage_note] = COPIED.format(title=to_display(record["title"]), copy=to_display(copy_title))
             result[ui.conv_list] = self.conversation_list(report, query, meta)
         elif record["title"] != current.get("title"):
@@ -195,11 +196,14 @@ class ConversationEvents:
 
     def load_file(self, request: gr.Request, report: dict, streaming: bool, display: list, current: dict | None,
                   file: Any, *gen) -> dict:
-        """A file of all conversations merges into the kept ones (conversations.merge) and the
-        chat on screen stays; a single chat's JSON becomes a conversation and is shown."""
+        """A file of all conversations merges into the kept ones (conversations.merge), its
+        chat presets into the visitor's own (chat_presets.merge), and the chat on screen
+        stays; a single chat's JSON becomes a conversation and is shown."""
         path = getattr(file, "path", None) or (file.get("path") if isinstance(file, dict) else file)
         try:
-            records, everything = conversations.read_file(Path(str(path)).read_text())
+            text = Path(str(path)).read_text()
+            records, everything = conversations.read_file(text)
+            presets = conversations.file_presets(text) if everything else []
         except (conversations.ConversationError, UnicodeDecodeError, OSError) as exc:
             return {"error": str(exc)}
         plan = conversations.merge(conversations.readable(report.get("conversations")), records)
@@ -208,10 +212,13 @@ class ConversationEvents:
             return {"write": [*self.leave_conversation(request, report, streaming, display, current, *gen), *writes],
                     "open": plan.ids[0]}
         note = f"Loaded {len(records)} conversation(s): {plan.summary()}."
+        kept = chat_presets.merge(chat_presets.readable(report.get("presets")), presets, self.host_names)
+        if presets:
+            note += f" {len(presets)} chat preset(s): {kept.summary()}."
         mine = current and current["id"] in {record["id"] for record, _ in plan.write}
         # the conversation on screen came in newer: show it, unless its answer is on its way
-        return {"write": writes, "note": note, **({"open": current["id"]} if mine and not streaming else
-                                                  {"stay": True})}
+        return {"write": writes, "note": note, "presets": {"write": [p.record() for p in kept.write]},
+                **({"open": current["id"]} if mine and not streaming else {"stay": True})}
 
     def show_opened(self, request: gr.Request, report: dict, job: dict | None, current: dict | None,
                     query: str) -> dict:
@@ -226,7 +233,7 @@ class ConversationEvents:
                     ui.storage_note: problem or job.get("note", "")}
         self.sessions.settle(request.session_hash)
         record = readable(report.get("open"))
-        shown = self.view_of(record)
+        shown = self.view_of(record, current)
         notes = [problem, job.get("note", ""), GONE if job.get("open") and record is None else ""]
         shown.update({ui.conv_list: self.conversation_list(report, query, shown[ui.current]),
                       ui.storage_note: " ".join(n for n in notes if n), ui.unsaved: None})
@@ -272,10 +279,12 @@ class ConversationEvents:
 
     @staticmethod
     def download_all(report: dict, _previous: str = "") -> tuple[str, str]:
-        """The file of all conversations, for the browser to download; or a note why not."""
-        records = conversations.readable(report.get("conversations"))
+        """The file of all conversations and chat presets, for the browser to download; or a
+        note why not."""
+        records, presets = conversations.readable(report.get("conversations")), chat_presets.readable(
+            report.get("presets"))
         if report.get("failed"):
             return "", STORAGE_OFF
-        if not records:
+        if not records and not presets:
             return "", "There are no conversations to download yet."
-        return conversations.file_text(records), ""
+        return conversations.file_text(records, presets=presets), ""

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
-from .. import conversations
+from .. import chat_presets, conversations
 from ..display import LATEX_DELIMITERS
 from ..engines import available_devices
 from ..settings import (
@@ -47,9 +47,10 @@ ON_OTHER_TAB = "window.phi3ui.onOtherTab(() => trigger('click'));"
 
 def head() -> str:
     """The page's CSS and its browser-storage script (static/), for the document's <head>."""
-    prefix = json.dumps(conversations.STORAGE_PREFIX)
+    prefix, presets = json.dumps(conversations.STORAGE_PREFIX), json.dumps(chat_presets.STORAGE_PREFIX)
     return (f"<style>{(STATIC / 'page.css').read_text()}</style>\n"
-            f"<script>window.PHI3UI_PREFIX = {prefix};\n{(STATIC / 'storage.js').read_text()}</script>")
+            f"<script>window.PHI3UI_PREFIX = {prefix}; window.PHI3UI_PRESET_PREFIX = {presets};\n"
+            f"{(STATIC / 'storage.js').read_text()}</script>")
 
 
 @dataclass
@@ -70,7 +71,7 @@ class Components:
     # the model panel
     model_md: gr.Markdown
     model_box: gr.Textbox
-    preset: gr.Radio
+    export_preset: gr.Radio
     weight_format: gr.Dropdown
     group_size: gr.Number
     ratio: gr.Slider
@@ -81,6 +82,12 @@ class Components:
     prompt_lookup: gr.Checkbox
     export_btn: gr.Button
     export_log: gr.Textbox
+    # chat presets: pick one, save the settings as one, delete one of your own
+    chat_preset: gr.Dropdown  # the conversation's preset (its name), among the host's and the visitor's
+    preset_name: gr.Textbox
+    save_preset: gr.Button
+    delete_preset: gr.Button
+    preset_note: gr.Markdown
     # generation settings, by settings.GENERATION_TABLE name, in its order
     settings: dict[str, gr.components.Component]
     # the chat
@@ -97,11 +104,11 @@ class Components:
     dl_json: gr.DownloadButton
     dl_md: gr.DownloadButton
     upload: gr.UploadButton
-    # hidden state: the conversation on screen ({id, title, renamed}); the chat a change left
+    # hidden state: the conversation on screen ({id, title, renamed, preset}); the chat a change left
     # to save; what the browser's storage is to do next (conversation_list.py decides,
     # storage.js does it); the last deleted conversation; the storage's report, which the
     # browser fills in; the file of all conversations; whether an answer is on its way; and
-    # the window's width
+    # the window's width; what the browser's storage is to do with the chat presets
     current: gr.JSON
     unsaved: gr.JSON
     storage_job: gr.JSON
@@ -110,6 +117,7 @@ class Components:
     download_text: gr.Textbox
     streaming: gr.Checkbox
     viewport_width: gr.Number
+    preset_job: gr.JSON
 
     @property
     def details(self) -> list:
@@ -170,8 +178,8 @@ def _render_model_panel(page: Page) -> dict:
     with gr.Accordion("Export and load", open=False, visible=not (page.lock_settings or remote)):
         parts["model_box"] = gr.Textbox(label="Model id or folder", value=source,
                                         info="Hugging Face id, local folder, OpenVINO folder, or 'bundled'")
-        parts["preset"] = gr.Radio(
-            list(PRESETS), label="Preset", elem_id="export-preset", value=page.preset_of(defaults, source),
+        parts["export_preset"] = gr.Radio(
+            list(PRESETS), label="Export preset", elem_id="export-preset", value=page.preset_of(defaults, source),
             info="fills the fields below. The faster presets compress more layers to int4 "
                  "and answer less like the full model: see bench/results/quality.md")
         parts["weight_format"] = gr.Dropdown(list(WEIGHT_FORMATS), value=defaults.weight_format,
@@ -202,12 +210,28 @@ def _render_model_panel(page: Page) -> dict:
 def _render_generation(page: Page) -> dict:
     """One component per row of settings.GENERATION_TABLE, with its label, bounds and step."""
     gr.Markdown("### Generation")
+    parts = _render_chat_presets(page)
     limits = page.backend.limits
     components = {}
     for setting in GENERATION_TABLE:
         components[setting.name] = (page.system_prompt_box() if setting.name == "system_prompt"
                                     else _setting_component(setting, limits))
-    return {"settings": components}
+    return {**parts, "settings": components}
+
+
+def _render_chat_presets(page: Page) -> dict:
+    """Pick a chat preset (it fills the settings below), save them as one, delete one."""
+    parts = {"chat_preset": gr.Dropdown(page.preset_choices([]), value=None, label="Chat preset",
+                                        info="fills the system prompt and the settings below; the chat keeps it",
+                                        interactive=True, elem_id="chat-preset")}
+    parts["preset_name"] = gr.Textbox(placeholder="Preset name", show_label=False, max_lines=1, container=False,
+                                      elem_id="preset-name")
+    with gr.Row():
+        parts["save_preset"] = gr.Button("Save as preset", size="sm", min_width=60, elem_id="preset-save")
+        parts["delete_preset"] = gr.Button("Delete preset", size="sm", variant="stop", min_width=60,
+                                           elem_id="preset-delete")
+    parts["preset_note"] = gr.Markdown(elem_id="preset-note", latex_delimiters=[])
+    return parts
 
 
 def _setting_component(setting: Setting, limits) -> gr.components.Component:
@@ -260,4 +284,5 @@ def _render_state() -> dict:
     return {"current": gr.JSON(None, visible=False), "unsaved": gr.JSON(None, visible=False),
             "storage_job": gr.JSON(None, visible=False), "deleted": gr.JSON(None, visible=False),
             "storage_report": gr.JSON(None, visible=False), "download_text": gr.Textbox(visible=False),
-            "streaming": gr.Checkbox(False, visible=False), "viewport_width": gr.Number(None, visible=False)}
+            "streaming": gr.Checkbox(False, visible=False), "viewport_width": gr.Number(None, visible=False),
+            "preset_job": gr.JSON(None, visible=False)}

@@ -13,10 +13,12 @@ from typing import Any
 import gradio as gr
 
 from ..chat import ChatBackend, LoadRequest
+from ..chat_presets import ChatPreset
 from ..service import ChatService
 from ..sessions import Sessions
 from . import gradio_internals
 from .chat import ChatEvents
+from .chat_presets import PresetEvents
 from .conversation_list import ConversationEvents
 from .layout import Components, render
 from .model_panel import ModelPanel
@@ -38,7 +40,7 @@ def close_on_phone(width: float | None) -> Any:
 
 
 @dataclass
-class Page(ChatEvents, ConversationEvents, ModelPanel):
+class Page(ChatEvents, ConversationEvents, PresetEvents, ModelPanel):
     """Builds the page around one backend; `ui` holds its components once built."""
 
     backend: ChatBackend
@@ -50,6 +52,7 @@ class Page(ChatEvents, ConversationEvents, ModelPanel):
     # (no per-client limits) when not given.
     service: ChatService | None = None
     startup: LoadRequest | None = None  # the model the server starts with, shown before it is loaded
+    host_presets: tuple[ChatPreset, ...] = ()  # the host's chat presets (`--chat-presets`)
     ui: Components | None = None
     # Budgets being worked out now. They run outside the queue (on every keystroke), so raw
     # HTTP calls could otherwise ask for any number at once.
@@ -97,6 +100,11 @@ class Page(ChatEvents, ConversationEvents, ModelPanel):
         answer_ended = dict(fn=None, outputs=None, **storage_step("answer_ended", {}), **quick)
         answered = dict(fn=None, outputs=None, **storage_step("answered", {}), **quick)
         answers = []  # events that stream an answer: going to another conversation cancels them
+        # The chat presets: the browser does the preset job and lists the visitor's own, then the
+        # list shows them with the conversation's preset chosen (after every change of conversation).
+        show_presets = dict(fn=self.show_presets, outputs=[c.preset_job, c.preset_note, c.current, c.chat_preset],
+                            **storage_step("presets", {"storage_report": c.storage_report, "preset_job": c.preset_job,
+                                                       "current": c.current}), **quick)
 
         # Saving the conversation on screen: a save_* step works out the job, the browser does
         # it (`do_job`: writes, removal, opening, then the list) and says how it went.
@@ -121,7 +129,7 @@ class Page(ChatEvents, ConversationEvents, ModelPanel):
         close_sidebar = dict(fn=close_on_phone, outputs=[c.sidebar], **quick,
                              **storage_step("viewport", {"viewport_width": c.viewport_width}))
 
-        def go_to(trigger: Any, fn: Any, extra: dict | None = None, read: str = "leave", away: bool = True) -> None:
+        def go_to(trigger: Any, fn: Any, extra: dict | None = None, read: str = "leave", away: bool = True) -> Any:
             """`fn` decides where to go (and what to save of the chat on screen), the browser
             does it, `show_opened` shows the result. `away`: the page may leave the chat on
             screen (its answer is cancelled; on a phone the sidebar closes to show the chat)."""
@@ -132,7 +140,7 @@ class Page(ChatEvents, ConversationEvents, ModelPanel):
             if away:
                 went.then(**close_sidebar)  # beside the rest: the details need not wait for it
                 went = went.then(**answered)
-            went.then(**remember).then(**details)
+            return went.then(**remember).then(**details)
 
         def send(event: Any) -> None:
             answer = event.success(**answering).success(**generate)
@@ -161,7 +169,8 @@ class Page(ChatEvents, ConversationEvents, ModelPanel):
             go_to(trigger, self.delete)
         go_to(c.restore_btn.click, self.restore_deleted, {"deleted": c.deleted})
         go_to(c.upload.upload, self.load_file, {"file": c.upload}, read="merge")
-        go_to(c.import_all.upload, self.load_file, {"file": c.import_all}, read="merge", away=False)
+        go_to(c.import_all.upload, self.load_file, {"file": c.import_all}, read="merge", away=False).then(
+            **show_presets)
         saved(c.conv_title.submit(self.rename, [c.conv_title, c.current], c.current, **quick), save_now)
         listing = {"storage_report": c.storage_report, "search": c.search, "current": c.current}
         c.search.change(self.conversation_list, outputs=c.conv_list, trigger_mode="always_last",
@@ -173,6 +182,17 @@ class Page(ChatEvents, ConversationEvents, ModelPanel):
                                  **storage_step("everything", {"storage_report": c.storage_report,
                                                                "download_text": c.download_text})).success(
             None, outputs=None, **storage_step("download", {"download_text": c.download_text}), **quick)
+
+        c.current.change(**show_presets)
+        chosen = {"storage_report": c.storage_report, "chat_preset": c.chat_preset, "current": c.current}
+        saved(c.chat_preset.input(self.pick_preset, outputs=[*gen.values(), c.preset_note, c.preset_name, c.current],
+                                  **storage_step("presets", chosen), **quick), save_now)
+        for button, fn, read in ((c.save_preset, self.save_preset, {"preset_name": c.preset_name, **gen}),
+                                 (c.delete_preset, self.delete_preset, {"chat_preset": c.chat_preset,
+                                                                        "current": c.current})):
+            preset_job = button.click(fn, outputs=[c.preset_job, c.preset_note], **quick,
+                                      **storage_step("presets", {"storage_report": c.storage_report, **read}))
+            saved(preset_job.then(**show_presets), save_now)
 
         demo.load(**close_sidebar)
         saved(demo.load(self.open_page, outputs=[c.chatbot, c.current, c.conv_title, *gen.values(), c.conv_list,
@@ -190,8 +210,8 @@ class Page(ChatEvents, ConversationEvents, ModelPanel):
                        **quick)
         for box in gen.values():  # a conversation keeps its settings
             box.change(**{**save_now, "trigger_mode": "always_last"}).then(**after_save)
-        c.model_box.change(self.defaults_for, [c.model_box, c.preset], c.group_size, **quick)
-        c.preset.change(self.apply_preset, [c.preset, c.model_box],
+        c.model_box.change(self.defaults_for, [c.model_box, c.export_preset], c.group_size, **quick)
+        c.export_preset.change(self.apply_preset, [c.export_preset, c.model_box],
                         [c.weight_format, c.group_size, c.ratio, c.sym, c.all_layers], **quick)
         c.export_btn.click(
             self.export_and_load,

@@ -4,8 +4,10 @@
 // The page's events call `window.phi3ui.step(name, names, values)` in their `js=` step: `names`
 // are the event's inputs by name (phi3ui/ui/page.py, `storage_step`), `values` their values.
 // The step named `name` reads and replaces them by name; they go on to Python in input order.
+// The visitor's own chat presets are kept the same way, one entry per preset (phi3ui/chat_presets.py).
 window.phi3ui = window.phi3ui || (() => {
   const PREFIX = window.PHI3UI_PREFIX;  // conversations.STORAGE_PREFIX, set by the page
+  const PRESET_PREFIX = window.PHI3UI_PRESET_PREFIX;  // chat_presets.STORAGE_PREFIX
   const OPEN = "phi3ui:open";
   const known = {};  // id -> the rev this tab last showed or wrote: the two-tabs check
   // Set by the page's events: an answer is streaming in this tab; and the tab is busy with an
@@ -26,6 +28,25 @@ window.phi3ui = window.phi3ui || (() => {
                            updated: r.updated, rev: r.rev});
     }
     return out;
+  }
+  function presets() {
+    const out = [];
+    for (let i = 0; i < localStorage.length; i++) {
+      const key = localStorage.key(i);
+      if (key && key.startsWith(PRESET_PREFIX)) out.push(parse(localStorage.getItem(key)));
+    }
+    return out;
+  }
+  // A presets job: write presets (by name) and remove some (by name).
+  function writePresets(job, out) {
+    try {
+      for (const p of job.write || []) localStorage.setItem(PRESET_PREFIX + p.name, JSON.stringify(p));
+    } catch (e) {
+      out.failed = quota(e) ? "full" : "unavailable";
+      out.error = String(e);
+      return;
+    }
+    for (const name of job.remove || []) localStorage.removeItem(PRESET_PREFIX + name);
   }
   function write(items, out) {
     for (const item of items || []) {
@@ -49,12 +70,17 @@ window.phi3ui = window.phi3ui || (() => {
       out.saved.push(rec.id);
     }
   }
-  // One job's storage work, in this order: write, remove, peek at or open one, list them all.
+  // One job's storage work, in this order: write, remove, peek at or open one, list them all;
+  // with `presets` (a presets job, possibly empty), the presets' writes first and the list of them.
   function run(job) {
     job = job || {};
     const out = {saved: [], skipped: [], copied: [], failed: null, removed: null, open: null, peek: null,
-                 changed: null, conversations: []};
+                 changed: null, conversations: [], presets: []};
     try {
+      if (job.presets) {
+        writePresets(job.presets, out);
+        out.presets = presets();
+      }
       write(job.write, out);
       if (job.remove && !out.failed) {
         out.removed = get(job.remove);
@@ -90,16 +116,22 @@ window.phi3ui = window.phi3ui || (() => {
     // before leaving the conversation on screen: its stored version, and whether it is answering
     leave: (v) => { v.storage_report = run({peek: id(v.current), list: false}); v.streaming = streaming; },
     // a file merges with every kept conversation
-    merge: (v) => { v.storage_report = run({peek: id(v.current), full: true}); v.streaming = streaming; },
+    merge: (v) => {
+      v.storage_report = run({peek: id(v.current), full: true, presets: {}});
+      v.streaming = streaming;
+    },
     // do what Python asked (write, remove, open), then list them
     do_job: (v) => {
       const job = v.storage_job || {};
-      v.storage_report = run({write: job.write, remove: job.remove, open: job.open, full: searching(v)});
+      v.storage_report = run({write: job.write, remove: job.remove, open: job.open, full: searching(v),
+                              presets: job.presets});
     },
+    // the chat presets: do what Python asked (write, remove), then list them
+    presets: (v) => { v.storage_report = run({presets: v.preset_job || {}, list: false}); },
     list: (v) => { v.storage_report = run({full: searching(v)}); },
     // another tab changed something: the list, and the conversation on screen if this tab is idle
     sync: (v) => { v.storage_report = run({full: searching(v), watch: id(v.current)}); },
-    everything: (v) => { v.storage_report = run({full: true}); },
+    everything: (v) => { v.storage_report = run({full: true, presets: {}}); },
     open_last: (v) => { v.storage_report = run({open: preferred()}); },
     // this tab (and a new tab) opens the conversation on screen next time
     remember: (v) => {
