@@ -5,11 +5,13 @@ round-trips through storage and the file of all conversations, and old records s
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
 from phi3ui import conversations as conv
 from phi3ui import versions as v
+from phi3ui.ui.versions_row import VersionEvents
 from phi3ui.window import CUT_TITLE
 
 
@@ -163,3 +165,22 @@ def test_a_state_that_is_not_one_is_left_out() -> None:
     odd = {"choices": {"1": {"others": [[{"role": "system", "content": "x"}]], "version": 0}}}
     record = conv.build(conv.new_meta(), conv.display_messages(messages), {}, None, versions=odd)
     assert record["messages"] == messages, "the chat is kept, without what is not a version"
+
+
+def test_the_page_keeps_the_state_in_step_with_the_chat() -> None:
+    """Retry, edit and undo as the page calls them (the chat as Gradio sends it, text parts)."""
+    page = VersionEvents
+    display = [{"role": "user", "content": [{"type": "text", "text": "a &lt; b"}]},
+               {"role": "assistant", "content": [{"type": "text", "text": "A1"}]}]
+    chat, state = page.retry(display, None)
+    assert chat == display[:1] and v.counts(state, 1) == (2, 2)
+    row = page.version_row([*chat, answer("A2")], state)
+    assert "version 2 of 2" in row[0]["value"] and row[1]["interactive"] and not row[2]["interactive"]
+    edit = SimpleNamespace(index=0, value="c &lt; d", previous_value=[{"type": "text", "text": "a &lt; b"}])
+    edited, state = page.edit([{"role": "user", "content": "c &lt; d"}, answer("A2")], state, edit)
+    assert len(edited) == 1 and v.counts(state, 0) == (2, 2)
+    assert state["choices"]["0"]["others"][0][0] == user("a < b"), "kept as typed"
+    unreadable = SimpleNamespace(index=0, value="x", previous_value=None)
+    assert page.edit([user("x"), answer("A")], state, unreadable)[1]["choices"] == {}, "edited without keeping"
+    _, box, after = page.undo([*edited, answer("C")], state)
+    assert box == "c < d" and after == v.empty()

@@ -1,16 +1,27 @@
 """Answer versions and forks in the real page, in headless Chromium against the app on the
 bundled model: retry and edit keep what was there, ‹ › moves between the versions (the chat
-and the prompt inspector follow), they come back after a reload, and "Fork from here"
-starts a new conversation. On the default engine only: what this checks is the page."""
+and the prompt inspector follow), they come back after a reload and are in the file of all
+conversations, and "Fork from here" starts a new conversation. On the default engine only:
+what this checks is the page."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect
 
 from phi3ui.settings import DEFAULT_ENGINE
-from tests.test_browser import ANSWER, USER, answer_text, ready, send, set_max_new_tokens, wait_idle
+from tests.test_browser import (
+    ANSWER,
+    USER,
+    answer_text,
+    ready,
+    send,
+    set_max_new_tokens,
+    wait_idle,
+)
 from tests.test_conversations_browser import LIST, expect_titles, new_page, stored  # noqa: F401 - a fixture
 from tests.waiting import wait_until
 
@@ -98,8 +109,18 @@ def test_retry_edit_switch_reload_and_fork(new_page) -> None:
     page.locator("#next-version").click()
     expect(page.locator(USER)).to_have_text([EDITED])
 
+    wait_until(lambda: stored(page)[0]["messages"][0]["content"] == EDITED, 20, "the edited branch kept",
+               every_s=0.1)
+    with page.expect_download() as download:  # the file of all conversations has them too
+        page.locator("#download-all").click()
+    exported = json.loads(Path(download.value.path()).read_text())["conversations"][0]["messages"]
+    other = exported[0]["versions"][0]  # the question's branch, with the answer's two versions
+    assert other[0]["content"] == QUESTION and len(other[1]["versions"]) == 1
+
     page.locator("#previous-version").click()  # fork from the question's answer
+    expect(page.locator(USER)).to_have_text([QUESTION])
     page.locator(ANSWER).click()
+    version(page, "Message 2 (answer)")
     page.locator("#fork").click()
     fork = f"{QUESTION} (fork)"
     expect(page.locator("#conv-title input")).to_have_value(fork)

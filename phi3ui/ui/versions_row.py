@@ -48,9 +48,14 @@ class VersionEvents:
         """Continue from an edited user message; the branch from it as it was (Gradio has
         already put the new text in `display`) is kept as another version. The box shows the
         escaped text; round-tripping escapes anything typed anew."""
-        before = [*display[: data.index], {"role": "user", "content": data.previous_value}, *display[data.index + 1:]]
+        edited = [*display[: data.index], {"role": "user", "content": shown(from_display(str(data.value)))}]
+        try:
+            previous = prompts.message_text(data.previous_value)
+        except prompts.PromptError:  # not text as Gradio sends it: the edit goes on without keeping it
+            return edited, branches.cut_to(versions, conversations.record_messages(edited[:-1]))
+        before = [*display[: data.index], {"role": "user", "content": previous}, *display[data.index + 1:]]
         _, state = branches.set_aside(conversations.record_messages(before), versions, data.index)
-        return [*display[: data.index], {"role": "user", "content": shown(from_display(str(data.value)))}], state
+        return edited, state
 
     @staticmethod
     def pick(display: list, versions: dict | None, data: gr.SelectData) -> dict:
@@ -91,16 +96,17 @@ class VersionEvents:
     def fork(self, request: gr.Request, report: dict, streaming: bool, display: list, current: dict | None,
              versions: dict | None, *gen) -> dict:
         """"Fork from here": a new conversation with the messages up to the row's message (the
-        last one when none was clicked), titled after this one; it is saved and shown, and
-        this one is left as it was."""
+        last one when none was clicked), titled after them (or this one's own name); it is
+        saved and shown, and this one is left as it was."""
         messages = conversations.record_messages(display)
         if not messages:
             return {"error": "There is nothing to fork yet."}
         position = branches.focus(versions, messages)
         position = len(branches.positions(messages)) - 1 if position is None else position
-        title = f"{(current or {}).get('title') or conversations.title_for(messages)} (fork)"
-        meta = conversations.new_meta(title, renamed=True)
-        chat = conversations.display_messages(branches.up_to(messages, position))
+        kept = branches.up_to(messages, position)
+        named = (current or {}).get("title") if (current or {}).get("renamed") else ""
+        meta = conversations.new_meta(f"{named or conversations.title_for(kept)} (fork)", renamed=True)
+        chat = conversations.display_messages(kept)
         record = conversations.build(meta, chat, self.setting_values(*gen), None)
         left = self.leave_conversation(request, report, streaming, display, current, versions, *gen)
         return {"write": [*left, {"record": record, "expect": None}], "open": record["id"]}
