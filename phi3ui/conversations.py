@@ -14,6 +14,14 @@ A record is one conversation:
                   "json_schema": "…"},  (settings.GENERATION_TABLE's names and types)
      "preset": "…"}  (the chat preset it uses, by name; "" or absent in older records: none)
 
+A message where the conversation has other versions (a retry or an edit kept the earlier
+answer or branch) also holds them: `"versions": [branch, …]`, the other branches from this
+message on (each a list of messages like these, which may hold versions of their own further
+down), and `"version": n`, this branch's place among all of them (0-based), so ‹ n/m › keeps its
+order. `messages` itself is always the branch on screen, the one the model reads; a record
+without versions (every one written before them) is a conversation with one branch.
+phi3ui/versions.py works on this tree.
+
 Times are milliseconds since 1970. A message with `"metadata": {"title": …}` is one of the
 page's notes (an answer's time to first token, speed and token counts; "Stopped"); the model
 never reads those. The title is the first message's start until the user renames it. `rev`
@@ -23,8 +31,8 @@ The file of all conversations is `{"format": "phi3ui-conversations", "version": 
 "exported": ms, "conversations": [record, …], "presets": [chat preset, …]}`, `presets` being
 the visitor's own chat presets (phi3ui/chat_presets.py; absent from older files, which load as
 before). Loading one merges it (`merge`): a conversation already there (the same id, or the
-same messages) is not added twice, and of two versions of one id the later-updated one is
-kept; presets merge by name the same way (chat_presets.merge). A single chat's JSON download
+same messages on screen) is not added twice, and of two versions of one id the later-updated one
+is kept; presets merge by name the same way (chat_presets.merge). A single chat's JSON download
 (a list of {role, content} messages) loads as one conversation by the same rule.
 
 Two tabs of one browser share the storage. The rule:
@@ -54,6 +62,7 @@ from typing import Any
 
 from . import chat_presets
 from . import prompt as prompts
+from . import versions as branches
 from .display import from_display, shown, to_display
 from .settings import PAGE_SETTINGS, stored_values
 
@@ -66,6 +75,7 @@ MAX_TITLE_CHARS = 200  # a title given by hand
 COPY_SUFFIX = " (copy)"
 SETTINGS = PAGE_SETTINGS  # what a record keeps: settings.GENERATION_TABLE's names
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MAX_DEPTH = 200  # versions inside versions a record may hold (each later in its branch)
 
 
 class ConversationError(ValueError):
@@ -146,7 +156,7 @@ def _text(value: Any, what: str) -> str:
     return value
 
 
-def _clean_messages(value: Any) -> list[dict]:
+def _clean_messages(value: Any, depth: int = 0) -> list[dict]:
     if not isinstance(value, list):
         raise ConversationError("A conversation's messages must be a list.")
     messages = []
@@ -161,8 +171,25 @@ def _clean_messages(value: Any) -> list[dict]:
         metadata = item.get("metadata")
         if isinstance(metadata, dict) and metadata.get("title"):
             message["metadata"] = {"title": _text(metadata["title"], "A note's title")}
+        if item.get("versions"):
+            message.update(_clean_versions(item["versions"], item.get("version", 0), depth))
         messages.append(message)
     return messages
+
+
+def _clean_versions(others: Any, version: Any, depth: int) -> dict:
+    """A message's other versions (branches from it on) and its own place among them."""
+    if depth >= MAX_DEPTH:
+        raise ConversationError(f"A conversation's versions are nested more than {MAX_DEPTH} deep.")
+    if not isinstance(others, list):
+        raise ConversationError("A message's versions must be a list of branches (lists of messages).")
+    kept = [_clean_messages(branch, depth + 1) for branch in others]
+    if not all(kept):
+        raise ConversationError("A message's version has no messages.")
+    if not isinstance(version, int) or isinstance(version, bool) or not 0 <= version <= len(kept):
+        raise ConversationError(f"A message's version must be a number from 0 to {len(kept)} "
+                                "(its place among its versions).")
+    return {"versions": kept, "version": version}
 
 
 def _time(value: Any, default: int) -> int:
@@ -217,13 +244,19 @@ def meta_of(record: dict) -> dict:
             "preset": record.get("preset", "")}
 
 
-def build(meta: dict, display: list, settings: dict, stored: dict | None, now: int | None = None) -> dict | None:
-    """The record to write for the chat on screen, or None when there is nothing to write:
-    an empty chat (a new one is listed once it has a message), or one identical to what is
-    stored. `updated` (the list's order and "last used") moves only when the messages
-    change, not when a setting or the title does."""
+def build(meta: dict, display: list, settings: dict, stored: dict | None, now: int | None = None,
+          versions: dict | None = None) -> dict | None:
+    """The record to write for the chat on screen with its other versions (the page's
+    `versions` state), or None when there is nothing to write: an empty chat (a new one is
+    listed once it has a message), or one identical to what is stored. `updated` (the list's
+    order and "last used") moves only when the messages change, not when a setting or the
+    title does."""
     now = now_ms() if now is None else now
     messages = record_messages(display)
+    try:  # the versions as a record keeps them; if the page sent something else, the chat alone
+        messages = _clean_messages(branches.nest(messages, versions))
+    except ConversationError:
+        pass
     if not messages:
         return None
     renamed = bool(meta.get("renamed") and meta.get("title"))

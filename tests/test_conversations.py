@@ -210,22 +210,22 @@ def test_leaving_stops_the_answer_and_saves_the_chat_so_far(page: Page) -> None:
     meta = conv.new_meta()
     display = [*page_chat("q"), {"role": "assistant", "content": "par"}]
     chat = page.sessions.chat_number("leaver")
-    writes = page.leave_conversation(request("leaver"), {"peek": None}, True, display, meta, *GEN)
+    writes = page.leave_conversation(request("leaver"), {"peek": None}, True, display, meta, None, *GEN)
     assert not page.sessions.is_current("leaver", chat), "the answer on its way writes nothing more"
     (item,) = writes
     assert item["record"]["id"] == meta["id"] and item["copy"]["id"] != meta["id"]
     assert item["record"]["messages"][-1] == {"role": "assistant", "content": LEFT_MID_ANSWER,
                                               "metadata": {"title": "⏹ Stopped"}}
-    assert page.leave_conversation(request("leaver"), {"peek": item["record"]}, False, display, meta, *GEN) != []
-    assert page.leave_conversation(request("leaver"), {}, False, [], meta, *GEN) == [], "an empty chat is not kept"
+    assert page.leave_conversation(request("leaver"), {"peek": item["record"]}, False, display, meta, None, *GEN) != []
+    assert page.leave_conversation(request("leaver"), {}, False, [], meta, None, *GEN) == [], "an empty chat is not kept"
 
 
 def test_a_save_goes_to_the_conversation_on_screen_when_the_step_runs(page: Page) -> None:
     """`record` takes the chat and the conversation from the same step, not what `settle`
     saw: a save racing a switch cannot put one conversation's messages into another."""
     meta = conv.new_meta()
-    assert page.save_changed(request(), {}, None, page_chat("q", "a"), meta, *GEN) == {page.ui.storage_job: None}
-    out = page.save_changed(request(), {}, page_chat("stale"), page_chat("q", "a"), meta, *GEN)
+    assert page.save_changed(request(), {}, None, page_chat("q", "a"), meta, None, *GEN) == {page.ui.storage_job: None}
+    out = page.save_changed(request(), {}, page_chat("stale"), page_chat("q", "a"), meta, None, *GEN)
     (item,) = out[page.ui.storage_job]["write"]
     assert item["record"]["id"] == meta["id"] and item["record"]["messages"][0]["content"] == "q"
     assert out[page.ui.unsaved] is None
@@ -253,12 +253,12 @@ def test_a_locked_system_prompt_is_neither_kept_nor_applied() -> None:
 
 def test_deleting_offers_the_conversation_back(page: Page) -> None:
     kept = conv.build(conv.new_meta(), page_chat("q", "a"), SETTINGS, None)
-    pending = page.delete(request(), {}, False, page_chat("q", "a"), conv.meta_of(kept), *GEN)
+    pending = page.delete(request(), {}, False, page_chat("q", "a"), conv.meta_of(kept), None, *GEN)
     assert pending["remove"] == kept["id"] and pending["new"]
     out = page.show_opened(request(), {"removed": kept, "conversations": []}, pending, conv.meta_of(kept), "")
     assert out[page.ui.chatbot] == [] and out[page.ui.current]["id"] != kept["id"]
     assert out[page.ui.deleted]["id"] == kept["id"] and out[page.ui.restore_btn]["visible"] is True
-    back = page.restore_deleted(request(), {}, False, [], out[page.ui.current], out[page.ui.deleted], *GEN)
+    back = page.restore_deleted(request(), {}, False, [], out[page.ui.current], None, out[page.ui.deleted], *GEN)
     assert back["open"] == kept["id"] and back["write"][-1]["expect"] is None
 
 
@@ -266,17 +266,17 @@ def test_loading_the_same_file_twice_adds_nothing(page: Page, tmp_path) -> None:
     kept = [record("", "q1", "a1"), record("", "q2", "a2")]
     file = tmp_path / "all.json"
     file.write_text(conv.file_text(kept))
-    first = page.load_file(request(), {"conversations": []}, False, [], conv.new_meta(), str(file), *GEN)
+    first = page.load_file(request(), {"conversations": []}, False, [], conv.new_meta(), None, str(file), *GEN)
     assert len(first["write"]) == 2 and first["stay"] and "2 added" in first["note"]
-    again = page.load_file(request(), {"conversations": kept}, False, [], conv.new_meta(), str(file), *GEN)
+    again = page.load_file(request(), {"conversations": kept}, False, [], conv.new_meta(), None, str(file), *GEN)
     assert again["write"] == [] and "2 already here" in again["note"]
     single = tmp_path / "chat.json"
     single.write_text(json.dumps(conv.chat_of(kept[0]["messages"])))
-    opened = page.load_file(request(), {"conversations": kept}, False, [], conv.new_meta(), str(single), *GEN)
+    opened = page.load_file(request(), {"conversations": kept}, False, [], conv.new_meta(), None, str(single), *GEN)
     assert opened["open"] == kept[0]["id"] and opened["write"] == [], "a chat already kept is opened, not copied"
     bad = tmp_path / "bad.json"
     bad.write_text('[{"role": "<img src=x onerror=alert(1)>", "content": "x"}]')
-    refused = page.load_file(request(), {"conversations": []}, False, [], None, str(bad), *GEN)
+    refused = page.load_file(request(), {"conversations": []}, False, [], None, None, str(bad), *GEN)
     assert "roles must be" in refused["error"] and "write" not in refused
     out = page.show_opened(request(), {"conversations": []}, refused, conv.meta_of(kept[0]), "")
     assert page.ui.chatbot not in out and "roles must be" in out[page.ui.storage_note]
@@ -286,7 +286,7 @@ def test_loading_the_same_file_twice_adds_nothing(page: Page, tmp_path) -> None:
 
 def test_a_copy_made_by_the_two_tabs_rule_becomes_the_conversation_on_screen(page: Page) -> None:
     meta = conv.new_meta()
-    pending = page.save_now(request("tabs"), {}, page_chat("q", "a"), meta, *GEN)[page.ui.storage_job]
+    pending = page.save_now(request("tabs"), {}, page_chat("q", "a"), meta, None, *GEN)[page.ui.storage_job]
     copy = pending["write"][0]["copy"]
     out = page.after_save(request("tabs"), {"copied": [[meta["id"], copy["id"], copy["title"]]], "conversations": []},
                      pending, meta, "")

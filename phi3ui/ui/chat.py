@@ -1,6 +1,7 @@
-"""The chat: sending a message, streaming its answer, Stop, retry, undo, edit, the context
-budget and the prompt inspector, and /chat, the same chat as an API. Only `ChatService` and
-`ChatBackend` are called; all model work happens there."""
+"""The chat: sending a message, streaming its answer, Stop, the context budget and the
+prompt inspector, and /chat, the same chat as an API (retry, undo and edit are in
+versions_row.py: they keep versions). Only `ChatService` and `ChatBackend` are called; all
+model work happens there."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import gradio as gr
 
 from .. import downloads, window
 from .. import prompt as prompts
-from ..display import STOPPED, chat_messages, from_display, note, shown, stats_title, to_display
+from ..display import STOPPED, chat_messages, note, shown, stats_title, to_display
 from ..errors import Problem, report
 from ..export import ExportError
 from ..fairness import LimitReached
@@ -147,26 +148,6 @@ class ChatEvents:
         """End this session's answer within about one token; `respond` then adds the note.
         An answer still waiting in the queue never starts."""
         self.sessions.stop(request.session_hash)
-
-    @staticmethod
-    def retry(display: list) -> list:
-        """Back to the last user message; `respond` then answers it anew."""
-        last_user = max((i for i, m in enumerate(display) if m["role"] == "user"), default=-1)
-        return display[: last_user + 1]
-
-    @staticmethod
-    def undo(display: list) -> tuple[list, str]:
-        """Remove the last exchange and give its message back to the box."""
-        last_user = max((i for i, m in enumerate(display) if m["role"] == "user"), default=None)
-        if last_user is None:
-            return display, ""
-        return display[:last_user], from_display(prompts.message_text(display[last_user]["content"]))
-
-    @staticmethod
-    def edit(display: list, data: gr.EditData) -> list:
-        """Continue from an edited user message: everything after it goes. The box shows
-        the escaped text; round-tripping escapes anything typed anew."""
-        return [*display[: data.index], {"role": "user", "content": shown(from_display(str(data.value)))}]
 
     @staticmethod
     def example(data: gr.SelectData) -> str:

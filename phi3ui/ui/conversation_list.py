@@ -23,6 +23,7 @@ from typing import Any
 import gradio as gr
 
 from .. import chat_presets, conversations
+from .. import versions as branches
 from ..display import to_display
 from ..settings import SETTING
 
@@ -93,13 +94,16 @@ class ConversationEvents:
 
     # --- what the page shows -------------------------------------------------------------
     def view_of(self, record: dict | None, leaving: dict | None = None) -> dict:
-        """What shows a conversation: its messages, title and settings. A new chat (None) gets
-        a new id and keeps the sidebar's settings, and the chat preset of the one it replaces."""
+        """What shows a conversation: its messages (the branch on screen, its other versions
+        beside it), title and settings. A new chat (None) gets a new id and keeps the
+        sidebar's settings, and the chat preset of the one it replaces."""
         ui = self.ui
         if record is None:
             preset = (leaving or {}).get("preset", "")
-            return {ui.chatbot: [], ui.current: conversations.new_meta(preset=preset), ui.conv_title: ""}
-        return {ui.chatbot: conversations.display_messages(record["messages"]),
+            return {ui.chatbot: [], ui.versions: branches.empty(), ui.current: conversations.new_meta(preset=preset),
+                    ui.conv_title: ""}
+        messages, versions = branches.unnest(record["messages"])
+        return {ui.chatbot: conversations.display_messages(messages), ui.versions: versions,
                 ui.current: conversations.meta_of(record), ui.conv_title: record["title"],
                 **dict(zip(ui.gen, self.setting_updates(record["settings"])))}
 
@@ -111,27 +115,31 @@ class ConversationEvents:
         return gr.Radio(choices=choices, value=current_id if current_id in {c[1] for c in choices} else None)
 
     # --- saving the conversation on screen --------------------------------------------------
-    def save_items(self, report: dict, display: list, current: dict | None, *gen, streaming: bool = False) -> list:
-        """The chat on screen as writes for the browser; none when there is nothing new."""
+    def save_items(self, report: dict, display: list, current: dict | None, versions: dict | None, *gen,
+                   streaming: bool = False) -> list:
+        """The chat on screen, with its versions, as writes for the browser; none when there is
+        nothing new."""
         if not current:
             return []
         chat = conversations.stopped(display or [], streaming, LEFT_MID_ANSWER)
-        record = conversations.build(current, chat, self.setting_values(*gen), readable(report.get("peek")))
+        record = conversations.build(current, chat, self.setting_values(*gen), readable(report.get("peek")),
+                                     versions=versions)
         return [save_item(record)] if record else []
 
     def save_changed(self, request: gr.Request, report: dict, unsaved: Any, display: list, current: dict | None,
-                     *gen) -> dict:
+                     versions: dict | None, *gen) -> dict:
         """After a change to the chat (`after_change` marked it unsaved): the job that saves
         it, built from the chat and the conversation on screen as they are now, read in the
         same step, so it always goes to the conversation it belongs to."""
         if unsaved is None or not current:
             return {self.ui.storage_job: None}
-        return {**self.save_now(request, report, display, current, *gen), self.ui.unsaved: None}
+        return {**self.save_now(request, report, display, current, versions, *gen), self.ui.unsaved: None}
 
-    def save_now(self, request: gr.Request, report: dict, display: list, current: dict | None, *gen) -> dict:
+    def save_now(self, request: gr.Request, report: dict, display: list, current: dict | None,
+                 versions: dict | None, *gen) -> dict:
         """The job that saves the conversation on screen as it is (after a setting or the title
         changed); none when nothing differs from what is kept."""
-        writes = self.save_items(report, display, current, *gen)
+        writes = self.save_items(report, display, current, versions, *gen)
         return {self.ui.storage_job: {"write": writes, "chat": self.sessions.chat_number(request.session_hash)}
                 if writes else None}
 
@@ -160,42 +168,44 @@ class ConversationEvents:
 
     # --- going to another conversation: these return the storage job ---------------------------
     def leave_conversation(self, request: gr.Request, report: dict, streaming: bool, display: list,
-                           current: dict | None, *gen) -> list:
+                           current: dict | None, versions: dict | None, *gen) -> list:
         """The page goes to another conversation: this one's answer stops and writes nothing
         more, and the chat so far is saved (with a note if its answer was cut short)."""
         self.replace_chat(request)
-        return self.save_items(report, display, current, *gen, streaming=bool(streaming))
+        return self.save_items(report, display, current, versions, *gen, streaming=bool(streaming))
 
     def switch(self, request: gr.Request, data: gr.SelectData, report: dict, streaming: bool, display: list,
-               current: dict | None, *gen) -> dict:
-        return {"write": self.leave_conversation(request, report, streaming, display, current, *gen),
+               current: dict | None, versions: dict | None, *gen) -> dict:
+        return {"write": self.leave_conversation(request, report, streaming, display, current, versions, *gen),
                 "open": data.value}
 
     def start_new(self, request: gr.Request, report: dict, streaming: bool, display: list, current: dict | None,
-                  *gen) -> dict:
-        return {"write": self.leave_conversation(request, report, streaming, display, current, *gen), "new": True}
+                  versions: dict | None, *gen) -> dict:
+        return {"write": self.leave_conversation(request, report, streaming, display, current, versions, *gen),
+                "new": True}
 
     def delete(self, request: gr.Request, report: dict, streaming: bool, display: list, current: dict | None,
-               *gen) -> dict:
+               versions: dict | None, *gen) -> dict:
         """Remove the conversation on screen from the browser and show a new chat; the page
         offers it back (Restore) until the next delete."""
         self.replace_chat(request)
         if not current:
             return {"new": True}
-        unsaved = conversations.build(current, display or [], self.setting_values(*gen), None)
+        unsaved = conversations.build(current, display or [], self.setting_values(*gen), None, versions=versions)
         return {"remove": current["id"], "new": True, "deleted": unsaved}
 
     def restore_deleted(self, request: gr.Request, report: dict, streaming: bool, display: list,
-                        current: dict | None, deleted: Any, *gen) -> dict:
+                        current: dict | None, versions: dict | None, deleted: Any, *gen) -> dict:
         record = readable(deleted)
         if record is None:
             return {"error": "There is no deleted conversation to restore."}
         back = {"record": {**record, "rev": conversations.new_rev()}, "expect": None}
-        return {"write": [*self.leave_conversation(request, report, streaming, display, current, *gen), back],
+        return {"write": [*self.leave_conversation(request, report, streaming, display, current, versions, *gen),
+                          back],
                 "open": record["id"], "restored": True}
 
     def load_file(self, request: gr.Request, report: dict, streaming: bool, display: list, current: dict | None,
-                  file: Any, *gen) -> dict:
+                  versions: dict | None, file: Any, *gen) -> dict:
         """A file of all conversations merges into the kept ones (conversations.merge), its
         chat presets into the visitor's own (chat_presets.merge), and the chat on screen
         stays; a single chat's JSON becomes a conversation and is shown."""
@@ -209,8 +219,8 @@ class ConversationEvents:
         plan = conversations.merge(conversations.readable(report.get("conversations")), records)
         writes = [{"record": record, "expect": rev} for record, rev in plan.write]
         if not everything:
-            return {"write": [*self.leave_conversation(request, report, streaming, display, current, *gen), *writes],
-                    "open": plan.ids[0]}
+            left = self.leave_conversation(request, report, streaming, display, current, versions, *gen)
+            return {"write": [*left, *writes], "open": plan.ids[0]}
         note = f"Loaded {len(records)} conversation(s): {plan.summary()}."
         kept = chat_presets.merge(chat_presets.readable(report.get("presets")), presets, self.host_names)
         if presets:
@@ -254,7 +264,7 @@ class ConversationEvents:
         record = readable(report.get("open"))
         shown = self.view_of(record)
         if record is None:
-            del shown[ui.chatbot]
+            del shown[ui.chatbot], shown[ui.versions]
             shown[ui.unsaved] = display or None
         return {**shown, ui.conv_list: self.conversation_list(report, query, shown[ui.current]),
                 ui.storage_note: storage_problem(report, conversations.NEW_TITLE)}

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
-from .. import chat_presets, conversations
+from .. import chat_presets, conversations, versions
 from ..display import LATEX_DELIMITERS
 from ..engines import available_devices
 from ..settings import (
@@ -94,6 +94,11 @@ class Components:
     preparing: gr.Markdown  # how far the model's download, export and load have got, while they run
     poll: gr.Timer  # ticks while they run
     chatbot: gr.Chatbot
+    # the row under the chat: the message it acts on with its version, ‹ ›, "Fork from here"
+    version_md: gr.Markdown
+    previous_version: gr.Button
+    next_version: gr.Button
+    fork_btn: gr.Button
     message: gr.Textbox
     send: gr.Button
     stop_btn: gr.Button
@@ -104,12 +109,14 @@ class Components:
     dl_json: gr.DownloadButton
     dl_md: gr.DownloadButton
     upload: gr.UploadButton
-    # hidden state: the conversation on screen ({id, title, renamed, preset}); the chat a change left
+    # hidden state: the conversation on screen ({id, title, renamed, preset}); the other versions of
+    # the chat on screen (phi3ui/versions.py); the chat a change left
     # to save; what the browser's storage is to do next (conversation_list.py decides,
     # storage.js does it); the last deleted conversation; the storage's report, which the
     # browser fills in; the file of all conversations; whether an answer is on its way; and
     # the window's width; what the browser's storage is to do with the chat presets
     current: gr.JSON
+    versions: gr.JSON
     unsaved: gr.JSON
     storage_job: gr.JSON
     deleted: gr.JSON
@@ -260,6 +267,14 @@ def _render_chat() -> dict:
         # no other text holds (Gradio cuts left…right out of the raw text before Markdown).
         latex_delimiters=LATEX_DELIMITERS,
     )
+    with gr.Row(equal_height=True, elem_id="version-row"):
+        parts["previous_version"] = gr.Button("‹", size="sm", scale=0, min_width=40, interactive=False,
+                                              elem_id="previous-version")
+        parts["next_version"] = gr.Button("›", size="sm", scale=0, min_width=40, interactive=False,
+                                          elem_id="next-version")
+        parts["version_md"] = gr.Markdown(visible=False, elem_id="version-info", latex_delimiters=[])
+        parts["fork_btn"] = gr.Button("Fork from here", size="sm", scale=0, min_width=120, interactive=False,
+                                      elem_id="fork")
     with gr.Row(equal_height=True):
         parts["message"] = gr.Textbox(placeholder="Message (Enter sends, Shift+Enter for a new line)",
                                       show_label=False, lines=1, max_lines=8, scale=8, elem_id="message",
@@ -281,7 +296,8 @@ def _render_chat() -> dict:
 
 
 def _render_state() -> dict:
-    return {"current": gr.JSON(None, visible=False), "unsaved": gr.JSON(None, visible=False),
+    return {"current": gr.JSON(None, visible=False), "versions": gr.JSON(versions.empty(), visible=False),
+            "unsaved": gr.JSON(None, visible=False),
             "storage_job": gr.JSON(None, visible=False), "deleted": gr.JSON(None, visible=False),
             "storage_report": gr.JSON(None, visible=False), "download_text": gr.Textbox(visible=False),
             "streaming": gr.Checkbox(False, visible=False), "viewport_width": gr.Number(None, visible=False),

@@ -22,6 +22,7 @@ from .chat_presets import PresetEvents
 from .conversation_list import ConversationEvents
 from .layout import Components, render
 from .model_panel import ModelPanel
+from .versions_row import VersionEvents
 
 PHONE_WIDTH = 768  # below this many CSS pixels the sidebar starts closed
 
@@ -40,7 +41,7 @@ def close_on_phone(width: float | None) -> Any:
 
 
 @dataclass
-class Page(ChatEvents, ConversationEvents, PresetEvents, ModelPanel):
+class Page(ChatEvents, VersionEvents, ConversationEvents, PresetEvents, ModelPanel):
     """Builds the page around one backend; `ui` holds its components once built."""
 
     backend: ChatBackend
@@ -94,6 +95,9 @@ class Page(ChatEvents, ConversationEvents, PresetEvents, ModelPanel):
         after_change = dict(fn=self.after_change, inputs=list(chat_now.values()),
                             outputs=[c.unsaved, *details_out, *controls], **quick)
         started = dict(fn=lambda: self.controls(True), inputs=None, outputs=controls, **quick)
+        row_out = [c.version_md, c.previous_version, c.next_version, c.fork_btn]
+        row = dict(fn=self.version_row, inputs=[c.chatbot, c.versions], outputs=row_out, **quick)
+        row_off = dict(fn=lambda: (gr.skip(), *[gr.update(interactive=False)] * 3), outputs=row_out, **quick)
         # The browser's own flags: an answer is streaming, and the tab is busy until it is saved
         # (storage.js reads them when leaving a conversation and when another tab wrote).
         answering = dict(fn=None, outputs=None, **storage_step("answering", {}), **quick)
@@ -113,16 +117,17 @@ class Page(ChatEvents, ConversationEvents, PresetEvents, ModelPanel):
         listed = [c.conv_list, c.current, c.conv_title, c.storage_note]
         save_changed = dict(fn=self.save_changed, outputs=[c.storage_job, c.unsaved], **quick, **storage_step(
             "peek", {"storage_report": c.storage_report, "unsaved": c.unsaved, "chatbot": c.chatbot,
-                     "current": c.current, **gen}))
+                     "current": c.current, "versions": c.versions, **gen}))
         save_now = dict(fn=self.save_now, outputs=[c.storage_job], **quick, **storage_step(
-            "peek", {"storage_report": c.storage_report, "chatbot": c.chatbot, "current": c.current, **gen}))
+            "peek", {"storage_report": c.storage_report, "chatbot": c.chatbot, "current": c.current,
+                     "versions": c.versions, **gen}))
         after_save = dict(fn=self.after_save, outputs=listed, **do_job, **quick)
 
         def saved(event: Any, save: dict = save_changed) -> Any:
             return event.then(**save).then(**after_save)
 
         # Going to another conversation (or a new one): the one on screen is saved first.
-        opened = [c.chatbot, c.current, c.conv_title, *gen.values(), c.conv_list, c.storage_note, c.unsaved,
+        opened = [c.chatbot, c.versions, c.current, c.conv_title, *gen.values(), c.conv_list, c.storage_note, c.unsaved,
                   c.deleted, c.restore_btn, *controls]
         show_opened = dict(fn=self.show_opened, outputs=opened, **do_job, **quick)
         remember = dict(fn=None, outputs=None, **storage_step("remember", {"current": c.current}), **quick)
@@ -134,20 +139,24 @@ class Page(ChatEvents, ConversationEvents, PresetEvents, ModelPanel):
             does it, `show_opened` shows the result. `away`: the page may leave the chat on
             screen (its answer is cancelled; on a phone the sidebar closes to show the chat)."""
             step = storage_step(read, {"storage_report": c.storage_report, "streaming": c.streaming,
-                                       "chatbot": c.chatbot, "current": c.current, **(extra or {}), **gen})
+                                       "chatbot": c.chatbot, "current": c.current, "versions": c.versions,
+                                       **(extra or {}), **gen})
             went = trigger(fn=fn, outputs=c.storage_job, cancels=answers if away else None, **step, **quick)
             went = went.success(**show_opened)
             if away:
                 went.then(**close_sidebar)  # beside the rest: the details need not wait for it
                 went = went.then(**answered)
-            return went.then(**remember).then(**details)
+            return went.then(**remember).then(**details).then(**row)
 
         def send(event: Any) -> None:
+            event.success(**row_off)  # no other version or fork while the answer comes
             answer = event.success(**answering).success(**generate)
             answers.append(answer)
             # the tab counts as answering until its answer is saved: another tab's change shown
             # before that would replace the chat about to be saved (and skip the two-tabs copy)
-            saved(answer.then(**answer_ended).then(**{**after_change, "fn": self.after_answer})).then(**answered)
+            ended = answer.then(**answer_ended).then(**{**after_change, "fn": self.after_answer})
+            ended.then(**row)
+            saved(ended).then(**answered)
 
         sent = [c.message, c.chatbot, c.send, c.stop_btn]
         # Queued, though quick: Gradio shows a queued event's refusal as a toast, and an
@@ -157,9 +166,14 @@ class Page(ChatEvents, ConversationEvents, PresetEvents, ModelPanel):
         for trigger in (c.message.submit, c.send.click):
             send(trigger(**check))
         send(c.chatbot.example_select(self.example, None, c.message, **quick).success(**check))
-        send(c.chatbot.retry(self.retry, c.chatbot, c.chatbot, **quick).success(**started))
-        send(c.chatbot.edit(self.edit, c.chatbot, c.chatbot, **quick).success(**started))
-        saved(c.chatbot.undo(self.undo, c.chatbot, [c.chatbot, c.message], **quick).then(**after_change))
+        chat_versions = [c.chatbot, c.versions]
+        send(c.chatbot.retry(self.retry, chat_versions, chat_versions, **quick).success(**started))
+        send(c.chatbot.edit(self.edit, chat_versions, chat_versions, **quick).success(**started))
+        undone = c.chatbot.undo(self.undo, chat_versions, [c.chatbot, c.message, c.versions], **quick)
+        saved(undone.then(**after_change)).then(**row)
+        c.chatbot.select(self.pick, chat_versions, c.versions, **quick).then(**row)
+        for button, fn in ((c.previous_version, self.previous_version), (c.next_version, self.next_version)):
+            saved(button.click(fn, chat_versions, chat_versions, **quick).then(**after_change)).then(**row)
         c.stop_btn.click(self.stop, None, None, **quick)
 
         go_to(c.conv_list.select, self.switch)
@@ -168,6 +182,7 @@ class Page(ChatEvents, ConversationEvents, PresetEvents, ModelPanel):
         for trigger in (c.delete_btn.click, c.chatbot.clear):
             go_to(trigger, self.delete)
         go_to(c.restore_btn.click, self.restore_deleted, {"deleted": c.deleted})
+        go_to(c.fork_btn.click, self.fork)
         go_to(c.upload.upload, self.load_file, {"file": c.upload}, read="merge")
         go_to(c.import_all.upload, self.load_file, {"file": c.import_all}, read="merge", away=False).then(
             **show_presets)
@@ -175,9 +190,10 @@ class Page(ChatEvents, ConversationEvents, PresetEvents, ModelPanel):
         listing = {"storage_report": c.storage_report, "search": c.search, "current": c.current}
         c.search.change(self.conversation_list, outputs=c.conv_list, trigger_mode="always_last",
                         **storage_step("list", listing), **quick)
-        c.assets.click(self.follow_other_tab, outputs=[c.conv_list, c.chatbot, c.current, c.conv_title,
+        c.assets.click(self.follow_other_tab, outputs=[c.conv_list, c.chatbot, c.versions, c.current, c.conv_title,
                                                         *gen.values()],
-                       trigger_mode="always_last", **storage_step("sync", listing), **quick).then(**details)
+                       trigger_mode="always_last", **storage_step("sync", listing), **quick).then(**details).then(
+            **row)
         c.download_all_btn.click(self.download_all, outputs=[c.download_text, c.storage_note], **quick,
                                  **storage_step("everything", {"storage_report": c.storage_report,
                                                                "download_text": c.download_text})).success(
@@ -195,11 +211,11 @@ class Page(ChatEvents, ConversationEvents, PresetEvents, ModelPanel):
             saved(preset_job.then(**show_presets), save_now)
 
         demo.load(**close_sidebar)
-        saved(demo.load(self.open_page, outputs=[c.chatbot, c.current, c.conv_title, *gen.values(), c.conv_list,
-                                                 c.storage_note, c.unsaved], **quick,
+        saved(demo.load(self.open_page, outputs=[c.chatbot, c.versions, c.current, c.conv_title, *gen.values(),
+                                                 c.conv_list, c.storage_note, c.unsaved], **quick,
                         **storage_step("open_last", {"storage_report": c.storage_report, "chatbot": c.chatbot,
                                                      "search": c.search}))).then(
-            **remember).then(**details)
+            **remember).then(**details).then(**row)
         preparation = dict(fn=self.preparation, outputs=[c.preparing, c.model_md, c.poll], **quick)
         demo.load(**preparation)
         # the budget, once there is a model to count with (not `details`: it rewrites the chat's files)
