@@ -225,7 +225,7 @@ def test_importing_a_file_brings_its_presets(tmp_path) -> None:
     file = tmp_path / "all.json"
     file.write_text(conv.file_text([conv.build(conv.new_meta(), page_chat("q", "a"), SETTINGS, None)],
                                    presets=[mine, HOST]))
-    job = page.load_file(None, {"conversations": [], "presets": []}, False, [], conv.new_meta(), str(file), *GEN)
+    job = page.load_file(None, {"conversations": [], "presets": []}, False, [], conv.new_meta(), None, str(file), *GEN)
     assert job["presets"]["write"] == [mine.record()]
     assert "2 chat preset(s): 1 added, 1 left out" in job["note"]
     text, note = page.download_all({"conversations": [], "presets": [mine.record()]})
