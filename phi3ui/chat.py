@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -17,6 +17,7 @@ from . import prompt as prompts
 from . import resources
 from . import window as window_policy
 from .answer import Answer
+from .attachments import Attachment, AttachmentError, message_with
 from .engine import AnswerEngine
 from .engines import load_engine
 from .errors import ModelNotLoaded, SystemPromptLocked
@@ -278,10 +279,14 @@ class ChatBackend:
         return message
 
     def prepare(self, history: object, message: object, settings: GenerationSettings,
-                draft: bool = False) -> prompts.Fitted:
+                draft: bool = False, files: Sequence[Attachment] = ()) -> prompts.Fitted:
         """Validate everything a client sent and fit it into the context window. A `draft`
-        (the page's preview of what it would send) may have an empty message."""
+        (the page's preview of what it would send) may have an empty message. `files` go
+        into the message (attachments.message_with), each refused if it alone cannot fit."""
         settings.validate(self.limits)
+        if files:
+            self.check_files(files, settings)
+            message = message_with(str(message), files)
         if not (draft and message == ""):
             message = self.check_message(message)
         messages, dropped = prompts.newest(prompts.normalize(history), self.limits.max_history_messages,
@@ -298,6 +303,19 @@ class ChatBackend:
             cut_to=self.limits.window_cut_to, costs=window_policy.costs_for(engine),
         )
         return replace(fitted, dropped_exchanges=fitted.dropped_exchanges + dropped)
+
+    def check_files(self, files: Sequence[Attachment], settings: GenerationSettings) -> None:
+        """Refuse a file that cannot fit the context window with the answer, with its token
+        count and the window: whole files go in the prompt, none is searched for parts."""
+        engine = self.engine
+        window = self.limits.window(engine.context_window)
+        for file in files:
+            tokens = engine.count_tokens(engine.render([{"role": "user", "content": file.block()}]))
+            if tokens + settings.max_new_tokens > window:
+                raise AttachmentError(
+                    f"“{file.name}” is {tokens:,} tokens; with {settings.max_new_tokens:,} for the answer it "
+                    f"cannot fit the model's {window:,}-token context window. Whole files go into the prompt "
+                    "(no part of one is picked out): attach a shorter file or lower 'max new tokens'.")
 
     def start(self, fitted: prompts.Fitted, settings: GenerationSettings) -> Answer:
         """The answer to a fitted prompt; it starts when first read, and `stop()` ends it

@@ -8,7 +8,8 @@ stateless and visitors of a public demo never see each other's chats. The page's
 A record is one conversation:
 
     {"id": "c…", "title": "…", "renamed": false, "created": ms, "updated": ms, "rev": "…",
-     "messages": [{"role": "user" | "assistant", "content": "text as typed"}, …],
+     "messages": [{"role": "user" | "assistant", "content": "text as typed",
+                   "attachments": [{"name": "notes.txt", "size": bytes, "text": "its text"}, …]}, …],
      "settings": {"max_new_tokens": …, "temperature": …, "top_p": …, "top_k": …,
                   "repetition_penalty": …, "seed": …, "system_prompt": "…", "answer_json": …,
                   "json_schema": "…"},  (settings.GENERATION_TABLE's names and types)
@@ -24,8 +25,16 @@ phi3ui/versions.py works on this tree.
 
 Times are milliseconds since 1970. A message with `"metadata": {"title": …}` is one of the
 page's notes (an answer's time to first token, speed and token counts; "Stopped"); the model
-never reads those. The title is the first message's start until the user renames it. `rev`
-changes on every write; it is what tells a tab that another one changed the conversation.
+never reads those. `attachments` (user messages only, optional) are the files sent with the
+message (phi3ui/attachments.py): their text as the model read it, not the file itself (a
+PDF keeps only its text), so the page shows each as a chip again and the model reads it on
+later turns. They are stored and exported with the message, and count against the browser's
+storage (about 5 MB per site; a message with its files is at most `Limits.max_message_chars`
+characters). When a write does not fit, storage.js reports the quota error and the page says
+the storage is full (conversation_list.STORAGE_FULL): that change, files and all, is not
+saved, what was saved before is kept, and the chat stays on screen (Download JSON still has
+it). The title is the first message's start until the user renames it. `rev` changes on
+every write; it is what tells a tab that another one changed the conversation.
 
 The file of all conversations is `{"format": "phi3ui-conversations", "version": 1,
 "exported": ms, "conversations": [record, …], "presets": [chat preset, …]}`, `presets` being
@@ -63,7 +72,8 @@ from typing import Any
 from . import chat_presets
 from . import prompt as prompts
 from . import versions as branches
-from .display import from_display, shown, to_display
+from .attachments import Attachment
+from .display import file_message, from_display, shown, to_display, with_files
 from .settings import PAGE_SETTINGS, stored_values
 
 FORMAT = "phi3ui-conversations"
@@ -99,8 +109,8 @@ def record_messages(display: list) -> list[dict]:
     """The chat on screen as a record keeps it: the text as typed (the page shows it
     escaped), notes kept with their title so the stats come back with the conversation."""
     kept = []
-    for m in display or []:
-        if not isinstance(m, dict) or m.get("role") not in ("user", "assistant"):
+    for m, files in with_files([m for m in display or [] if isinstance(m, dict)]):
+        if m.get("role") not in ("user", "assistant"):
             continue
         try:
             text = from_display(prompts.message_text(m.get("content", "")))
@@ -110,8 +120,16 @@ def record_messages(display: list) -> list[dict]:
         title = (m.get("metadata") or {}).get("title") if isinstance(m.get("metadata"), dict) else None
         if title:
             item["metadata"] = {"title": from_display(str(title))}
+        if files:
+            item["attachments"] = [f.record() for f in files]
         kept.append(item)
     return kept
+
+
+def record_index(display: list, index: int) -> int:
+    """Where the message shown at `index` is in `record_messages(display)`: a file shown
+    under a message is part of it, so the page's indices run ahead of a record's."""
+    return len(record_messages(display[: index + 1])) - 1
 
 
 def display_messages(messages: list[dict]) -> list[dict]:
@@ -123,13 +141,15 @@ def display_messages(messages: list[dict]) -> list[dict]:
         if m.get("metadata"):
             item["metadata"] = {"title": to_display(m["metadata"]["title"]), "status": "done"}
         items.append(item)
+        items += [file_message(Attachment.from_record(a)) for a in m.get("attachments", [])]
     return items
 
 
 def chat_of(messages: list[dict]) -> list[dict]:
     """The exchange itself, notes left out: what the model reads and what makes two
     conversations the same."""
-    return [{"role": m["role"], "content": m["content"]} for m in messages if not m.get("metadata")]
+    return [{key: m[key] for key in ("role", "content", "attachments") if key in m}
+            for m in messages if not m.get("metadata")]
 
 
 def fingerprint(messages: list[dict]) -> str:
@@ -138,7 +158,8 @@ def fingerprint(messages: list[dict]) -> str:
 
 def title_for(messages: list[dict]) -> str:
     """The first user message's start, on one line, cut at a word near TITLE_CHARS."""
-    first = next((m["content"] for m in messages if m["role"] == "user" and not m.get("metadata")), "")
+    first = next((m["content"] or " ".join(a["name"] for a in m.get("attachments", []))
+                  for m in messages if m["role"] == "user" and not m.get("metadata")), "")
     text = " ".join(first.split())
     if not text:
         return NEW_TITLE
@@ -171,6 +192,9 @@ def _clean_messages(value: Any, depth: int = 0) -> list[dict]:
         metadata = item.get("metadata")
         if isinstance(metadata, dict) and metadata.get("title"):
             message["metadata"] = {"title": _text(metadata["title"], "A note's title")}
+        files = _clean_attachments(item.get("attachments"), message)
+        if files:
+            message["attachments"] = files
         if item.get("versions"):
             message.update(_clean_versions(item["versions"], item.get("version", 0), depth))
         messages.append(message)
@@ -190,6 +214,18 @@ def _clean_versions(others: Any, version: Any, depth: int) -> dict:
         raise ConversationError(f"A message's version must be a number from 0 to {len(kept)} "
                                 "(its place among its versions).")
     return {"versions": kept, "version": version}
+
+
+def _clean_attachments(value: Any, message: dict) -> list[dict]:
+    """A user message's files, each {name, size, text}; anything else is not a conversation."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or (value and (message["role"] != "user" or message.get("metadata"))):
+        raise ConversationError("Only a user message may have attachments, as a list of {name, size, text}.")
+    try:
+        return [Attachment.from_record(a).record() for a in value]
+    except ValueError as exc:
+        raise ConversationError(str(exc)) from None
 
 
 def _time(value: Any, default: int) -> int:

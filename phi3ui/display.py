@@ -52,6 +52,11 @@ Chatbot's `inspect.cleandoc`, which reindents it (tabs expanded, common indentat
 blank first lines removed). The model would then read altered text on the next turn, and
 the split above, which holds only for the text as it is, could be read differently: escaped
 text must never reach the page as a plain string.
+
+A file sent with a message (phi3ui/attachments.py) is shown under it as a user message of
+its own, marked by a metadata id `file:<size in bytes>` (`file_message`): a closed box titled
+with its name and size, holding its text, escaped like any other. `chat_messages` puts it
+back into the message it follows, as the model reads it.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ from bisect import bisect_left
 
 from . import prompt as prompts
 from .answer import Stats
+from .attachments import Attachment, human_size, message_with
 
 STOPPED = "⏹ Stopped"  # title prefix of the note under an answer the user stopped
 
@@ -303,10 +309,56 @@ def from_display(text: str) -> str:
     return "".join(typed(*p) for p in _runs(_pieces(text)))
 
 
+FILE_ID = "file:"  # a file's metadata id, with its size in bytes after it
+
+
+def file_message(file: Attachment) -> dict:
+    """A file under its user message: a closed box titled with its name and size (a chip),
+    holding the text the model reads. Its metadata title keeps it out of `prompts.normalize`;
+    `chat_messages` puts it back into the message it follows."""
+    return {"role": "user", "content": shown(file.text),
+            "metadata": {"title": to_display(f"📎 {file.name}"), "log": human_size(file.size),
+                         "id": f"{FILE_ID}{file.size}", "status": "done"}}
+
+
+def file_of(message: object) -> Attachment | None:
+    """The file a `file_message` shows, or None for any other message."""
+    if not isinstance(message, dict) or message.get("role") != "user":
+        return None
+    metadata = message.get("metadata")
+    ident = metadata.get("id") if isinstance(metadata, dict) else None
+    if not (isinstance(ident, str) and ident.startswith(FILE_ID) and ident[len(FILE_ID):].isdigit()):
+        return None
+    name = from_display(str(metadata.get("title") or "")).removeprefix("📎 ")
+    try:
+        text = from_display(prompts.message_text(message.get("content", "")))
+    except prompts.PromptError:
+        return None
+    return Attachment(name, int(ident[len(FILE_ID):]), text)
+
+
+def with_files(display: list) -> list[tuple[dict, list[Attachment]]]:
+    """Each message other than a file's, with the files shown under it."""
+    grouped: list[tuple[dict, list[Attachment]]] = []
+    for m in display:
+        file = file_of(m)
+        if file is None:
+            grouped.append((m, []))
+        elif grouped and grouped[-1][0].get("role") == "user":
+            grouped[-1][1].append(file)
+    return grouped
+
+
 def chat_messages(display: list) -> list[dict]:
-    """The chat as the model sees it: page notes dropped, escaping undone."""
-    return [{"role": m["role"], "content": from_display(prompts.message_text(m["content"]))}
-            for m in prompts.normalize(display)]
+    """The chat as the model sees it: page notes dropped, escaping undone, each user
+    message's files inside it as delimited text (attachments.message_with)."""
+    chat = []
+    for m, files in with_files(display):
+        if not prompts.normalize([m]):
+            continue  # a page note
+        text = from_display(prompts.message_text(m["content"]))
+        chat.append({"role": m["role"], "content": message_with(text, files) if files else text})
+    return chat
 
 
 def note(title: str, body: str = "") -> dict:

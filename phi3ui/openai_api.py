@@ -40,6 +40,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Mount
 from starlette.types import Receive
 
+from . import attachments
 from . import prompt as prompts
 from .chat import ChatBackend, Loaded
 from .errors import report
@@ -192,9 +193,10 @@ class ChatMessage(_Strict):
     @field_validator("content", mode="before")
     @classmethod
     def _text(cls, value: Any) -> str:
-        """A string or text parts; an image or audio part is refused, not dropped."""
+        """A string, or text and file parts (a file's text goes into the message as the page
+        puts it: phi3ui/attachments.py); an image or audio part is refused, not dropped."""
         try:
-            return prompts.message_text(value)
+            return attachments.openai_content(value)
         except prompts.PromptError as exc:
             raise ValueError(str(exc)) from None
 

@@ -20,7 +20,9 @@ def test_gradio_is_the_version_the_internals_were_checked_with() -> None:
         "build `config_values` for every block, and do `components`, `_update_config` and "
         "`_update_value_in_config` still use it as a dict (test_a_new_session_builds_component_configs_only_when_"
         "asked)? (3) phi3ui/ui/static/page.css's rules for the Radio's markup (#conv-list label, "
-        ".wrap, input, span): the conversation list still looks like a list (tests/test_conversations_browser.py).")
+        ".wrap, input, span): the conversation list still looks like a list (tests/test_conversations_browser.py). "
+        "(4) phi3ui/ui/static/attach.js: #message (the MultimodalTextbox) still holds its file input, and a "
+        "file pasted into it is attached (tests/test_attachments_browser.py).")
 
 
 def test_the_validator_is_set_on_chat() -> None:

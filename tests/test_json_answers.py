@@ -23,7 +23,7 @@ from phi3ui.json_answers import (
     response_format_schema,
     schema_problem,
 )
-from phi3ui.settings import BUNDLED, GenerationSettings, RuntimeSettings, SettingsError
+from phi3ui.settings import GenerationSettings, RuntimeSettings, SettingsError
 
 # A valid JSON Schema (Python's re reads the pattern) that XGrammar's regex parser refuses.
 BAD_PATTERN = {"type": "string", "pattern": "(?=a)b"}

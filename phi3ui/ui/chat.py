@@ -13,7 +13,8 @@ import gradio as gr
 
 from .. import downloads, window
 from .. import prompt as prompts
-from ..display import STOPPED, chat_messages, note, shown, stats_title, to_display
+from ..attachments import Attachment, read_upload
+from ..display import STOPPED, chat_messages, file_message, note, shown, stats_title, to_display
 from ..errors import Problem, report
 from ..export import ExportError
 from ..fairness import LimitReached
@@ -57,19 +58,30 @@ class ChatEvents:
     def caller(self, door: str, request: gr.Request | None) -> Caller:
         return Caller.of(door, request, self.trust_proxy)
 
-    def preview(self, display: list, message: str, settings: GenerationSettings) -> prompts.Fitted:
-        """The prompt for the chat plus the box's text. An empty box still shows the
-        conversation (with an empty next turn) instead of an 'empty message' error."""
-        return self.backend.prepare(chat_messages(display), message if message.strip() else "", settings,
-                                    draft=True)
+    @staticmethod
+    def typed(message: Any) -> tuple[str, list[Attachment]]:
+        """The message box's text and its files, read (an AttachmentError names a bad one)."""
+        if not isinstance(message, dict):
+            return str(message or ""), []
+        return str(message.get("text") or ""), [read_upload(path) for path in message.get("files") or []]
 
-    def budget(self, display: list, message: str, *gen) -> tuple:
-        """The context budget and the prompt inspector's text; left as they are while the
-        server is already working out as many as it allows."""
+    def fit(self, display: list, text: str, files: list[Attachment], settings: GenerationSettings,
+            draft: bool = False) -> prompts.Fitted:
+        """The backend's fitted prompt for the chat plus this message and its files (the
+        files only named when there are some: a stand-in backend need not know of them)."""
+        return self.backend.prepare(chat_messages(display), text, settings, draft=draft,
+                                    **({"files": files} if files else {}))
+
+    def budget(self, display: list, message: Any, *gen) -> tuple:
+        """The context budget and the prompt inspector's text for the chat plus the box's
+        text and files; left as they are while the server is already working out as many as
+        it allows. An empty box still shows the conversation (with an empty next turn)
+        instead of an 'empty message' error."""
         if not self._budget_slots.acquire(blocking=False):
             return gr.skip(), gr.skip()
         try:
-            fitted = self.preview(display or [], message or "", self.settings(*gen))
+            text, files = self.typed(message)
+            fitted = self.fit(display or [], text if text.strip() else "", files, self.settings(*gen), draft=True)
         except USER_ERRORS as exc:
             return f"⚠️ {to_display(str(exc))}", ""  # it may quote what the visitor typed
         finally:
@@ -77,8 +89,9 @@ class ChatEvents:
         dropped = (f" · ✂️ the model no longer sees the {fitted.dropped_exchanges} oldest exchange(s) "
                    f"(above the ✂️ mark; it reads from exchange {fitted.dropped_exchanges + 1} on)"
                    if fitted.dropped_exchanges else "")
+        counted = (f" · counted: {', '.join(to_display(f.chip) for f in files)}" if files else "")
         budget = (f"**Context** {fitted.used_tokens:,} of {fitted.window:,} tokens "
-                  f"({fitted.prompt_tokens:,} prompt + {fitted.max_new_tokens:,} for the answer){dropped}")
+                  f"({fitted.prompt_tokens:,} prompt + {fitted.max_new_tokens:,} for the answer){counted}{dropped}")
         sent = fitted.prompt.shown().replace("\n", "⏎\n")
         return budget, (f"{fitted.prompt_tokens} tokens. The chat template's own text is marked "
                         f"{STRUCTURE_MARK.format('…')}; everything else is read as plain text.\n\n{sent}")
@@ -89,15 +102,20 @@ class ChatEvents:
         """Message box, Send and Stop while an answer streams (Stop only) and after."""
         return gr.update(interactive=not answering), gr.update(visible=not answering), gr.update(visible=answering)
 
-    def submit(self, message: str, display: list, *gen) -> tuple:
-        """Check the message before it leaves the box: on error the text stays there."""
+    def submit(self, message: Any, display: list, *gen) -> tuple:
+        """Check the message and its files before they leave the box: on error they stay there."""
+        text = (message.get("text") or "") if isinstance(message, dict) else str(message or "")
         try:
-            self.backend.prepare(chat_messages(display), message, self.settings(*gen))
+            text, files = self.typed(message)
+            self.fit(display, text, files, self.settings(*gen))
         except USER_ERRORS as exc:
-            kept = " Nothing was sent; your text is still in the box." if str(message or "").strip() else ""
+            held = isinstance(message, dict) and message.get("files")
+            kept = (" Nothing was sent; your text and files are still in the box." if held else
+                    " Nothing was sent; your text is still in the box." if text.strip() else "")
             raise gr.Error(f"{exc}{kept}", print_exception=False) from None  # the visitor's to fix
         box, send, stop = self.controls(True)
-        return {**box, "value": ""}, [*display, {"role": "user", "content": shown(message)}], send, stop
+        sent = [{"role": "user", "content": shown(text)}, *map(file_message, files)]
+        return {**box, "value": ""}, [*display, *sent], send, stop
 
     def respond(self, request: gr.Request, display: list, *gen) -> Iterator[list]:
         """Stream the answer to the last user message into the chat, one update per
@@ -161,18 +179,18 @@ class ChatEvents:
             return None, None
         return downloads.write_files(chat_messages(display) if display else [], session)
 
-    def details(self, request: gr.Request, display: list, message: str, *gen) -> tuple:
+    def details(self, request: gr.Request, display: list, message: Any, *gen) -> tuple:
         """The chat's files, budget and inspector as it is now (Components.details)."""
         json_file, md_file = self.files(display, request.session_hash)
         return (json_file, md_file, *self.budget(display, message, *gen))
 
-    def after_change(self, request: gr.Request, display: list, message: str, *gen) -> tuple:
+    def after_change(self, request: gr.Request, display: list, message: Any, *gen) -> tuple:
         """After every change to the chat: mark it unsaved (conversation_list saves it),
         its details, and the controls back. A Stop that came too late to matter is forgotten."""
         self.sessions.settle(request.session_hash)
         return (display, *self.details(request, display, message, *gen), *self.controls(False))
 
-    def after_answer(self, request: gr.Request, display: list, message: str, *gen) -> tuple:
+    def after_answer(self, request: gr.Request, display: list, message: Any, *gen) -> tuple:
         """`after_change` after an answer, unless the chat was replaced meanwhile: a
         cancelled answer's step can read the page before Clear has emptied it, and saving
         that would bring the old chat back into the conversation."""

@@ -46,11 +46,13 @@ ON_OTHER_TAB = "window.phi3ui.onOtherTab(() => trigger('click'));"
 
 
 def head() -> str:
-    """The page's CSS and its browser-storage script (static/), for the document's <head>."""
+    """The page's CSS, its browser-storage script and its paste-a-file script (static/), for
+    the document's <head>."""
     prefix, presets = json.dumps(conversations.STORAGE_PREFIX), json.dumps(chat_presets.STORAGE_PREFIX)
     return (f"<style>{(STATIC / 'page.css').read_text()}</style>\n"
             f"<script>window.PHI3UI_PREFIX = {prefix}; window.PHI3UI_PRESET_PREFIX = {presets};\n"
-            f"{(STATIC / 'storage.js').read_text()}</script>")
+            f"{(STATIC / 'storage.js').read_text()}</script>\n"
+            f"<script>{(STATIC / 'attach.js').read_text()}</script>")
 
 
 @dataclass
@@ -99,7 +101,7 @@ class Components:
     previous_version: gr.Button
     next_version: gr.Button
     fork_btn: gr.Button
-    message: gr.Textbox
+    message: gr.MultimodalTextbox  # the text and the files attached to it
     send: gr.Button
     stop_btn: gr.Button
     clear: gr.Button
@@ -276,9 +278,14 @@ def _render_chat() -> dict:
         parts["fork_btn"] = gr.Button("Fork from here", size="sm", scale=0, min_width=120, interactive=False,
                                       elem_id="fork")
     with gr.Row(equal_height=True):
-        parts["message"] = gr.Textbox(placeholder="Message (Enter sends, Shift+Enter for a new line)",
-                                      show_label=False, lines=1, max_lines=8, scale=8, elem_id="message",
-                                      autofocus=True)
+        # 📎, dropping a file on the box or pasting one attaches it (phi3ui/attachments.py reads
+        # it: any type may be picked, so a wrong one gets that module's message, naming it).
+        # Pasted text stays text however long (Gradio would make a long paste a file).
+        parts["message"] = gr.MultimodalTextbox(
+            placeholder="Message (Enter sends, Shift+Enter for a new line; 📎, drop or paste to attach "
+                        "text, code, CSV, JSON or PDF files)",
+            show_label=False, lines=1, max_lines=8, scale=8, elem_id="message", autofocus=True,
+            sources=["upload"], file_count="multiple", submit_btn=False, max_plain_text_length=10**9)
         parts["send"] = gr.Button("Send", variant="primary", scale=1, min_width=80, elem_id="send")
         parts["stop_btn"] = gr.Button("Stop", variant="stop", scale=1, min_width=80, elem_id="stop", visible=False)
         parts["clear"] = gr.Button("New chat", scale=1, min_width=80, elem_id="clear")

@@ -10,6 +10,7 @@ and back (conversations.record_messages / display_messages, which escape what is
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import gradio as gr
@@ -17,7 +18,7 @@ import gradio as gr
 from .. import conversations
 from .. import prompt as prompts
 from .. import versions as branches
-from ..display import from_display, shown, to_display
+from ..display import file_message, file_of, from_display, shown, to_display
 
 NO_FOCUS = "Click a message to fork from it or to see its versions."
 
@@ -30,13 +31,17 @@ class VersionEvents:
         """Back to the last user message, its answer kept as another version; `respond`
         then answers it anew."""
         last_user = max((i for i, m in enumerate(display) if m["role"] == "user"), default=-1)
-        _, state = branches.set_aside(conversations.record_messages(display), versions, last_user + 1)
-        return display[: last_user + 1], state
+        kept = display[: last_user + 1]  # the message and the files under it
+        _, state = branches.set_aside(conversations.record_messages(display), versions,
+                                      len(conversations.record_messages(kept)))
+        return kept, state
 
     @staticmethod
     def undo(display: list, versions: dict | None) -> tuple[list, str, dict]:
-        """Remove the last exchange (with its versions) and give its message back to the box."""
-        last_user = max((i for i, m in enumerate(display) if m["role"] == "user"), default=None)
+        """Remove the last exchange (with its versions) and give its message's text back to
+        the box (its files go with it: attach them again)."""
+        last_user = max((i for i, m in enumerate(display) if m["role"] == "user" and file_of(m) is None),
+                        default=None)
         if last_user is None:
             return display, "", versions or branches.empty()
         kept = display[:last_user]
@@ -45,22 +50,31 @@ class VersionEvents:
 
     @staticmethod
     def edit(display: list, versions: dict | None, data: gr.EditData) -> tuple[list, dict]:
-        """Continue from an edited user message; the branch from it as it was (Gradio has
-        already put the new text in `display`) is kept as another version. The box shows the
-        escaped text; round-tripping escapes anything typed anew."""
-        edited = [*display[: data.index], {"role": "user", "content": shown(from_display(str(data.value)))}]
+        """Continue from an edited user message, or from the message whose file was edited (the
+        file keeps its name); the branch from it as it was (Gradio has already put the new text
+        in `display`) is kept as another version. The box shows the escaped text;
+        round-tripping escapes anything typed anew."""
+        index, text = data.index, from_display(str(data.value))
+        file = file_of(display[index]) if index < len(display) else None
+        changed = file_message(replace(file, text=text)) if file else {"role": "user", "content": shown(text)}
+        end = index + 1
+        while end < len(display) and file_of(display[end]) is not None:  # the message's other files stay
+            end += 1
+        edited = [*display[:index], changed, *display[index + 1:end]]
+        position = conversations.record_index(display, index)
         try:
             previous = prompts.message_text(data.previous_value)
         except prompts.PromptError:  # not text as Gradio sends it: the edit goes on without keeping it
-            return edited, branches.cut_to(versions, conversations.record_messages(edited[:-1]))
-        before = [*display[: data.index], {"role": "user", "content": previous}, *display[data.index + 1:]]
-        _, state = branches.set_aside(conversations.record_messages(before), versions, data.index)
+            return edited, branches.cut_to(versions, conversations.record_messages(edited)[:position])
+        before = [*display[:index], {**display[index], "content": previous}, *display[index + 1:]]
+        _, state = branches.set_aside(conversations.record_messages(before), versions, position)
         return edited, state
 
     @staticmethod
     def pick(display: list, versions: dict | None, data: gr.SelectData) -> dict:
         """A message clicked in the chat: the row acts on it."""
-        return branches.clicked(versions, conversations.record_messages(display), data.index)
+        index = conversations.record_index(display, data.index) if isinstance(data.index, int) else data.index
+        return branches.clicked(versions, conversations.record_messages(display), index)
 
     @staticmethod
     def other_version(display: list, versions: dict | None, step: int) -> tuple[list, dict]:
