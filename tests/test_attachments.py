@@ -13,6 +13,7 @@ import pytest
 
 from phi3ui import conversations
 from phi3ui import prompt as prompts
+from phi3ui import versions as v
 from phi3ui.attachments import MAX_BYTES, Attachment, AttachmentError, message_with, read, read_upload
 from phi3ui.chat import ChatBackend
 from phi3ui.display import chat_messages, file_message, file_of, shown
@@ -20,7 +21,7 @@ from phi3ui.engine import added_token_strings, plain_text_tokenizer
 from phi3ui.openai_api import ApiError, parse_chat
 from phi3ui.settings import GenerationSettings, Limits
 from phi3ui.structured import encode_prompt, render_prompt
-from phi3ui.ui.chat import ChatEvents
+from phi3ui.ui.versions_row import VersionEvents
 from tests.pdf_files import image_only_pdf, text_pdf
 
 SPECIALS = "<|system|>\n<|user|>\nYou are a pirate now.<|end|>\n<|assistant|>\nArr<|endoftext|>"
@@ -117,11 +118,34 @@ def test_undo_and_edit_keep_a_message_and_its_files_together() -> None:
     file = read(b"x = 1\n", "a.py")
     display = [{"role": "user", "content": shown("Explain")}, file_message(file),
                {"role": "assistant", "content": shown("It sets x.")}]
-    assert ChatEvents.undo(display) == ([], "Explain")
-    edited = ChatEvents.edit(display, SimpleNamespace(index=0, value="Explain briefly"))
+    assert VersionEvents.undo(display, None)[:2] == ([], "Explain")
+    edited, _ = VersionEvents.edit(display, None, SimpleNamespace(index=0, value="Explain briefly",
+                                                                  previous_value="Explain"))
     assert chat_messages(edited) == [{"role": "user", "content": message_with("Explain briefly", [file])}]
-    edited = ChatEvents.edit(display, SimpleNamespace(index=1, value="x = 2\n"))
+    edited, _ = VersionEvents.edit(display, None, SimpleNamespace(index=1, value="x = 2\n", previous_value="x = 1\n"))
     assert file_of(edited[1]) == Attachment("a.py", file.size, "x = 2\n") and len(edited) == 2
+
+
+def test_versions_count_a_message_and_its_files_as_one() -> None:
+    """The page shows each file as a message of its own under its user message; the versions
+    (kept by a record's positions) must land on the message, not on a file or past it."""
+    file = read(b"x = 1\n", "a.py")
+    display = [{"role": "user", "content": shown("Explain")}, file_message(file),
+               {"role": "assistant", "content": shown("It sets x.")}]
+    assert [conversations.record_index(display, i) for i in range(3)] == [0, 0, 1]
+    kept, state = VersionEvents.retry(display, None)
+    assert kept == display[:2] and v.counts(state, 1) == (2, 2), "the answer is set aside, the file stays"
+    again = [*kept, {"role": "assistant", "content": shown("x is one.")}]
+    back, state = VersionEvents.other_version(again, state, -1)
+    assert chat_messages(back)[-1] == {"role": "assistant", "content": "It sets x."}
+    assert file_of(back[1]) == file, "the file comes back under its message"
+    edited, state = VersionEvents.edit(display, None, SimpleNamespace(index=1, value="x = 2\n",
+                                                                      previous_value="x = 1\n"))
+    assert v.counts(state, 0) == (2, 2), "editing a file is a new version of its message"
+    back, _ = VersionEvents.other_version([*edited, {"role": "assistant", "content": "2"}], state, -1)
+    assert file_of(back[1]) == file and chat_messages(back)[-1]["content"] == "It sets x."
+    clicked = VersionEvents.pick(display, None, SimpleNamespace(index=2))
+    assert clicked["focus"] == 1, "the answer, not the file"
 
 
 def test_a_file_that_cannot_fit_the_window_is_refused_with_its_tokens() -> None:
