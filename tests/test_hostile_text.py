@@ -128,8 +128,11 @@ STATE = """() => ({
 })"""
 
 # The page's own controls that nothing in the chat may cover: the ones a cover would hide.
+# (Each control is scrolled into view first: a point outside the window hits nothing.)
 COVERED = """() => ['#message textarea', '#send', '#new-chat', '#page-title', '#budget'].filter(selector => {
-    const element = document.querySelector(selector), box = element.getBoundingClientRect();
+    const element = document.querySelector(selector);
+    element.scrollIntoView({block: 'nearest'});
+    const box = element.getBoundingClientRect();
     const hit = document.elementFromPoint(box.left + box.width / 2, box.top + box.height / 2);
     return !(hit && (element.contains(hit) || hit.contains(element)));
 })"""

@@ -184,19 +184,25 @@ class ChatEvents:
         json_file, md_file = self.files(display, request.session_hash)
         return (json_file, md_file, *self.budget(display, message, *gen))
 
-    def after_change(self, request: gr.Request, display: list, message: Any, *gen) -> tuple:
-        """After every change to the chat: mark it unsaved (conversation_list saves it),
-        its details, and the controls back. A Stop that came too late to matter is forgotten."""
+    def changed(self, request: gr.Request, display: list, message: Any, *gen) -> tuple:
+        """After every change to the chat: mark it unsaved (conversation_list saves it) and
+        its details. A Stop that came too late to matter is forgotten."""
         self.sessions.settle(request.session_hash)
-        return (display, *self.details(request, display, message, *gen), *self.controls(False))
+        return (display, *self.details(request, display, message, *gen))
+
+    def after_change(self, request: gr.Request, display: list, message: Any, *gen) -> tuple:
+        """`changed`, and the controls back."""
+        return (*self.changed(request, display, message, *gen), *self.controls(False))
 
     def after_answer(self, request: gr.Request, display: list, message: Any, *gen) -> tuple:
-        """`after_change` after an answer, unless the chat was replaced meanwhile: a
-        cancelled answer's step can read the page before Clear has emptied it, and saving
-        that would bring the old chat back into the conversation."""
+        """`changed` after an answer, unless the chat was replaced meanwhile: a cancelled
+        answer's step can read the page before Clear has emptied it, and saving that would
+        bring the old chat back into the conversation. The controls come back only once the
+        answer is saved (phi3ui/ui/page.py), so Send showing again means it is kept: a
+        reload then finds it."""
         if not self.sessions.turn_is_current(request.session_hash):
-            return (gr.skip(),) * (1 + DETAILS) + self.controls(False)  # unsaved and the details
-        return self.after_change(request, display, message, *gen)
+            return (gr.skip(),) * (1 + DETAILS)  # unsaved and the details
+        return self.changed(request, display, message, *gen)
 
     def replace_chat(self, request: gr.Request) -> None:
         """The chat is about to be replaced: a running answer stops and writes nothing more

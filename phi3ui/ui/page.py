@@ -95,6 +95,7 @@ class Page(ChatEvents, VersionEvents, ConversationEvents, PresetEvents, ModelPan
         after_change = dict(fn=self.after_change, inputs=list(chat_now.values()),
                             outputs=[c.unsaved, *details_out, *controls], **quick)
         started = dict(fn=lambda: self.controls(True), inputs=None, outputs=controls, **quick)
+        idle = dict(fn=lambda: self.controls(False), inputs=None, outputs=controls, **quick)
         row_out = [c.version_md, c.previous_version, c.next_version, c.fork_btn]
         row = dict(fn=self.version_row, inputs=[c.chatbot, c.versions], outputs=row_out, **quick)
         row_off = dict(fn=lambda: (gr.skip(), *[gr.update(interactive=False)] * 3), outputs=row_out, **quick)
@@ -154,9 +155,10 @@ class Page(ChatEvents, VersionEvents, ConversationEvents, PresetEvents, ModelPan
             answers.append(answer)
             # the tab counts as answering until its answer is saved: another tab's change shown
             # before that would replace the chat about to be saved (and skip the two-tabs copy)
-            ended = answer.then(**answer_ended).then(**{**after_change, "fn": self.after_answer})
+            ended = answer.then(**answer_ended).then(**{**after_change, "fn": self.after_answer,
+                                                        "outputs": [c.unsaved, *details_out]})
             ended.then(**row)
-            saved(ended).then(**answered)
+            saved(ended).then(**answered).then(**idle)  # Send is back once the answer is kept
 
         sent = [c.message, c.chatbot, c.send, c.stop_btn]
         # Queued, though quick: Gradio shows a queued event's refusal as a toast, and an
