@@ -48,6 +48,19 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{marker}: {text}")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files with browser tests first, then those starting apps, then the other slow ones, the
+    unit tests last: on two workers (`-n 2`, a file each with --dist loadfile) the short files
+    then fill the end of the run, rather than one long file running alone. Within a file the
+    order stays (the sort is stable)."""
+    ranks = ("browser", "server", "slow")
+    rank: dict[Path, int] = {}
+    for item in items:
+        mine = next((i for i, marker in enumerate(ranks) if item.get_closest_marker(marker)), len(ranks))
+        rank[item.path] = min(rank.get(item.path, len(ranks)), mine)
+    items.sort(key=lambda item: rank[item.path])
+
+
 PHASES = pytest.StashKey[dict[str, pytest.TestReport]]()
 
 
