@@ -375,13 +375,52 @@ def test_two_tabs_never_overwrite_each_other(new_page) -> None:
     first.locator("#stop").click()
     wait_idle(first)
     wait_idle(second)
-    for tab in (first, second):
-        expect_titles(tab, ["Name a color. (copy)", "Name a color.", "Name a fruit."])
+    both = ["Name a color. (copy)", "Name a color."]
+    for tab in (first, second):  # newest first: which of the two was saved last is up to the race
+        wait_until(lambda: titles(tab) in ([*both, "Name a fruit."], [*both[::-1], "Name a fruit."]), 20,
+                   lambda: f"both versions listed (it lists {titles(tab)})", every_s=0.1)
     versions = {tuple(m["content"] for m in r["messages"] if m["role"] == "user") for r in stored(first)}
     common = ("Name a color.", "Name another color.")
     assert {(*common, LONG_PROMPT), (*common, "Tell me about blue.")} <= versions
     copied = second if "(copy)" in second.locator("#conv-title input").input_value() else first
     expect(copied.locator("#conv-note")).to_contain_text("changed in another tab")
+
+
+# Each tab saves the record it is sent, as the page saves a conversation it shows, with a copy
+# to fall back on; a BroadcastChannel message reaches both tabs at the same moment.
+SAVE_WHEN_TOLD = """() => { window.saves = [];
+  new BroadcastChannel("save-now").onmessage = async ({data: rec}) => {
+    const job = {write: [{record: {...rec, rev: crypto.randomUUID()}, copy: {id: crypto.randomUUID(), title: "copy"}}]};
+    const [report] = await window.phi3ui.step("do_job", ["storage_report", "storage_job"], [null, job]);
+    window.saves.push(report); }; }"""
+STORAGE_JOB = """(job) => window.phi3ui.step("do_job", ["storage_report", "storage_job"], [null, job])"""
+
+
+def test_two_tabs_saving_one_conversation_at_the_same_moment_keep_both(new_page) -> None:
+    """Each tab reads the storage through its own copy, which the other's write reaches a moment
+    later: saves at the very same moment must still find each other."""
+    first = new_page()
+    second = new_page(first.context)
+    for tab in (first, second):
+        tab.evaluate(SAVE_WHEN_TOLD)
+    rounds = 20
+    for n in range(rounds):
+        record = {"id": f"race-{n}", "title": "race", "renamed": False, "created": 1, "updated": 1, "rev": "0",
+                  "messages": [{"role": "user", "content": "Name a color."}]}
+        first.evaluate(STORAGE_JOB, {"write": [{"record": record, "expect": None}]})
+        key = json.dumps(f"phi3ui:conversation:{record['id']}")
+        wait_until(lambda: second.evaluate(f"localStorage.getItem({key}) !== null"), 20, "the other tab sees it")
+        second.evaluate(STORAGE_JOB, {"open": record["id"]})  # both tabs show version "0"
+        first.evaluate("(rec) => new BroadcastChannel('save-now').postMessage(rec)", record)
+        def both_saved() -> tuple | None:
+            saves = [tab.evaluate("window.saves") for tab in (first, second)]
+            return tuple(s[n] for s in saves) if all(len(s) > n for s in saves) else None
+
+        reports = wait_until(both_saved, 20, "both tabs saved")
+        assert [len(r["saved"]) for r in reports] == [1, 1], reports
+        assert sorted(len(r["copied"]) for r in reports) == [0, 1], f"round {n}: {reports}"
+    kept = {r["id"] for r in stored(first)}
+    assert len(kept) == 2 * rounds, "every round keeps the conversation and one copy"
 
 
 def test_a_phone_sized_screen(new_page) -> None:

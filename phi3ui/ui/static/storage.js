@@ -3,7 +3,8 @@
 //
 // The page's events call `window.phi3ui.step(name, names, values)` in their `js=` step: `names`
 // are the event's inputs by name (phi3ui/ui/page.py, `storage_step`), `values` their values.
-// The step named `name` reads and replaces them by name; they go on to Python in input order.
+// The step named `name` reads and replaces them by name; they go on to Python in input order
+// (`step` returns a promise: a write waits for IndexedDB, see `write`).
 // The visitor's own chat presets are kept the same way, one entry per preset (phi3ui/chat_presets.py).
 window.phi3ui = window.phi3ui || (() => {
   const PREFIX = window.PHI3UI_PREFIX;  // conversations.STORAGE_PREFIX, set by the page
@@ -48,31 +49,90 @@ window.phi3ui = window.phi3ui || (() => {
     }
     for (const name of job.remove || []) localStorage.removeItem(PRESET_PREFIX + name);
   }
-  function write(items, out) {
-    for (const item of items || []) {
-      let rec = item.record;
-      const stored = get(rec.id);
-      const expect = "expect" in item ? item.expect : known[rec.id];
-      if (stored && expect !== undefined && stored.rev !== expect) {  // another tab wrote it
-        if (!item.copy) { out.skipped.push(rec.id); continue; }
-        out.copied.push([rec.id, item.copy.id, item.copy.title]);
-        rec = Object.assign({}, rec, item.copy);
-      }
+  // The rev a conversation is stored with: undefined when there is none, null when it has no rev.
+  const storedRev = (id) => { const r = get(id); return r ? (r.rev === undefined ? null : r.rev) : undefined; };
+  // Write one item unless another tab wrote its conversation since this tab read it (`stored`
+  // is the rev stored now); then write it as the copy it carries, or skip it. The record written,
+  // or null.
+  function writeOne(item, stored, out) {
+    let rec = item.record;
+    const expect = "expect" in item ? item.expect : known[rec.id];
+    if (stored !== undefined && expect !== undefined && stored !== expect) {  // another tab wrote it
+      if (!item.copy) { out.skipped.push(rec.id); return null; }
+      out.copied.push([rec.id, item.copy.id, item.copy.title]);
+      rec = Object.assign({}, rec, item.copy);
+    }
+    try {
+      localStorage.setItem(PREFIX + rec.id, JSON.stringify(rec));
+    } catch (e) {
+      out.failed = quota(e) ? "full" : "unavailable";
+      out.error = String(e);
+      out.copied = out.copied.filter((c) => c[1] !== rec.id);
+      return null;
+    }
+    known[rec.id] = rec.rev;
+    out.saved.push(rec.id);
+    return rec;
+  }
+  function removeOne(id, out) {
+    out.removed = get(id);
+    localStorage.removeItem(PREFIX + id);
+    delete known[id];
+  }
+  // Without IndexedDB: checked against this tab's view of localStorage.
+  function writeHere(items, remove, out) {
+    for (const item of items) {
+      if (out.failed) return;
+      writeOne(item, storedRev(item.record.id), out);
+    }
+    if (remove && !out.failed) removeOne(remove, out);
+  }
+
+  // Writes are checked and done inside one IndexedDB transaction on a ledger of revs (id -> the
+  // rev last written by any tab; null once removed). Each tab reads localStorage through its own
+  // copy, which another tab's write reaches a moment later, so two tabs saving one conversation
+  // at the same moment could both find the rev they expect, and the later write would replace
+  // the earlier. IndexedDB transactions that touch the same store run one at a time across tabs.
+  let ledger = null;
+  function openLedger() {
+    ledger = ledger || new Promise((resolve) => {
       try {
-        localStorage.setItem(PREFIX + rec.id, JSON.stringify(rec));
-      } catch (e) {
-        out.failed = quota(e) ? "full" : "unavailable";
-        out.error = String(e);
-        out.copied = out.copied.filter((c) => c[1] !== rec.id);
+        const req = indexedDB.open(PREFIX + "revs", 1);
+        req.onupgradeneeded = () => req.result.createObjectStore("revs");
+        req.onsuccess = () => resolve(req.result);
+        req.onerror = req.onblocked = () => resolve(null);
+      } catch (e) { resolve(null); }
+    });
+    return ledger;
+  }
+  async function write(items, remove, out) {
+    items = items || [];
+    if (!items.length && !remove) return;
+    const db = await openLedger();
+    let tx = null;
+    try { tx = db && db.transaction("revs", "readwrite"); } catch (e) { tx = null; }
+    if (!tx) { writeHere(items, remove, out); return; }
+    const revs = tx.objectStore("revs");
+    const done = new Promise((resolve) => { tx.oncomplete = tx.onerror = tx.onabort = resolve; });
+    const next = (i) => {  // one item after another, each reading what the one before wrote
+      if (i === items.length || out.failed) {
+        if (remove && !out.failed) { removeOne(remove, out); revs.put(null, remove); }
         return;
       }
-      known[rec.id] = rec.rev;
-      out.saved.push(rec.id);
-    }
+      const id = items[i].record.id, req = revs.get(id);
+      req.onsuccess = () => {
+        const rec = writeOne(items[i], req.result === undefined ? storedRev(id)
+                                       : (req.result === null ? undefined : req.result), out);
+        if (rec) revs.put(rec.rev, rec.id);
+        next(i + 1);
+      };
+    };
+    next(0);
+    await done;
   }
   // One job's storage work, in this order: write, remove, peek at or open one, list them all;
   // with `presets` (a presets job, possibly empty), the presets' writes first and the list of them.
-  function run(job) {
+  async function run(job) {
     job = job || {};
     const out = {saved: [], skipped: [], copied: [], failed: null, removed: null, open: null, peek: null,
                  changed: null, conversations: [], presets: []};
@@ -81,12 +141,7 @@ window.phi3ui = window.phi3ui || (() => {
         writePresets(job.presets, out);
         out.presets = presets();
       }
-      write(job.write, out);
-      if (job.remove && !out.failed) {
-        out.removed = get(job.remove);
-        localStorage.removeItem(PREFIX + job.remove);
-        delete known[job.remove];
-      }
+      await write(job.write, job.remove, out);
       if (job.peek) out.peek = get(job.peek);
       if (job.open && !out.failed) {
         out.open = get(job.open);
@@ -112,27 +167,27 @@ window.phi3ui = window.phi3ui || (() => {
   // The steps, by name. `v` holds the event's inputs by name; a step replaces some of them.
   const steps = {
     // the stored version of the conversation on screen (what a save compares with)
-    peek: (v) => { v.storage_report = run({peek: id(v.current), list: false}); },
+    peek: async (v) => { v.storage_report = await run({peek: id(v.current), list: false}); },
     // before leaving the conversation on screen: its stored version, and whether it is answering
-    leave: (v) => { v.storage_report = run({peek: id(v.current), list: false}); v.streaming = streaming; },
+    leave: async (v) => { v.storage_report = await run({peek: id(v.current), list: false}); v.streaming = streaming; },
     // a file merges with every kept conversation
-    merge: (v) => {
-      v.storage_report = run({peek: id(v.current), full: true, presets: {}});
+    merge: async (v) => {
+      v.storage_report = await run({peek: id(v.current), full: true, presets: {}});
       v.streaming = streaming;
     },
     // do what Python asked (write, remove, open), then list them
-    do_job: (v) => {
+    do_job: async (v) => {
       const job = v.storage_job || {};
-      v.storage_report = run({write: job.write, remove: job.remove, open: job.open, full: searching(v),
-                              presets: job.presets});
+      v.storage_report = await run({write: job.write, remove: job.remove, open: job.open, full: searching(v),
+                                    presets: job.presets});
     },
     // the chat presets: do what Python asked (write, remove), then list them
-    presets: (v) => { v.storage_report = run({presets: v.preset_job || {}, list: false}); },
-    list: (v) => { v.storage_report = run({full: searching(v)}); },
+    presets: async (v) => { v.storage_report = await run({presets: v.preset_job || {}, list: false}); },
+    list: async (v) => { v.storage_report = await run({full: searching(v)}); },
     // another tab changed something: the list, and the conversation on screen if this tab is idle
-    sync: (v) => { v.storage_report = run({full: searching(v), watch: id(v.current)}); },
-    everything: (v) => { v.storage_report = run({full: true, presets: {}}); },
-    open_last: (v) => { v.storage_report = run({open: preferred()}); },
+    sync: async (v) => { v.storage_report = await run({full: searching(v), watch: id(v.current)}); },
+    everything: async (v) => { v.storage_report = await run({full: true, presets: {}}); },
+    open_last: async (v) => { v.storage_report = await run({open: preferred()}); },
     // this tab (and a new tab) opens the conversation on screen next time
     remember: (v) => {
       if (!id(v.current)) return;
@@ -152,10 +207,10 @@ window.phi3ui = window.phi3ui || (() => {
     },
     viewport: (v) => { v.viewport_width = window.innerWidth; },
   };
-  function step(name, names, values) {
+  async function step(name, names, values) {
     const v = {};
     names.forEach((n, i) => { v[n] = values[i]; });
-    steps[name](v);
+    await steps[name](v);
     return names.map((n) => v[n]);
   }
   // Another tab wrote a conversation: `callback` (the page's sync event) runs once things settle.
