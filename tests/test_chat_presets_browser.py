@@ -22,6 +22,7 @@ from tests.test_conversations_browser import (  # noqa: F401 - fixtures
     open_conversation,
     stored,
 )
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.parametrize("engine_name", [DEFAULT_ENGINE], indirect=True)]
 
@@ -110,9 +111,13 @@ def test_pick_save_and_carry_chat_presets(new_page, tmp_path: Path) -> None:
     expect(fresh.locator(PRESET)).to_have_value("Mine")
     expect(fresh.locator(MAX_NEW_TOKENS)).to_have_value("9")
 
-    # deleting one's own: gone from the list; the host's cannot be deleted
+    # deleting one's own: gone from the list, in this tab and another; the host's cannot be deleted
+    other_tab = new_page(fresh.context)
+    new_chat(other_tab)  # showing another conversation: only the presets changed for it
+    assert offered(other_tab)[-1] == "Mine"
     fresh.locator("#preset-delete").click()
     expect(fresh.locator("#preset-note")).to_contain_text("Deleted “Mine”")
+    wait_until(lambda: "Mine" not in offered(other_tab), 20, "the other tab's list follows")
     expect(fresh.locator(PRESET)).not_to_have_value("Mine")
     assert offered(fresh) == ["Brief · this server's", "Pirate · this server's"]
     pick(fresh, "Pirate · this server's")

@@ -195,7 +195,7 @@ class Page(ChatEvents, VersionEvents, ConversationEvents, PresetEvents, ModelPan
         c.assets.click(self.follow_other_tab, outputs=[c.conv_list, c.chatbot, c.versions, c.current, c.conv_title,
                                                         *gen.values()],
                        trigger_mode="always_last", **storage_step("sync", listing), **quick).then(**details).then(
-            **row)
+            **row).then(**show_presets)
         c.download_all_btn.click(self.download_all, outputs=[c.download_text, c.storage_note], **quick,
                                  **storage_step("everything", {"storage_report": c.storage_report,
                                                                "download_text": c.download_text})).success(

@@ -213,11 +213,13 @@ window.phi3ui = window.phi3ui || (() => {
     await steps[name](v);
     return names.map((n) => v[n]);
   }
-  // Another tab wrote a conversation: `callback` (the page's sync event) runs once things settle.
+  // Another tab wrote a conversation or a chat preset: `callback` (the page's sync event) runs
+  // once things settle.
   function onOtherTab(callback) {
     let timer = null;
     window.addEventListener("storage", (e) => {
-      if (e.storageArea !== localStorage || (e.key !== null && !e.key.startsWith(PREFIX))) return;
+      if (e.storageArea !== localStorage) return;
+      if (e.key !== null && !e.key.startsWith(PREFIX) && !e.key.startsWith(PRESET_PREFIX)) return;
       clearTimeout(timer);
       timer = setTimeout(callback, 150);
     });
