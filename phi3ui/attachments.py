@@ -3,8 +3,9 @@
 Plain text, Markdown, code, CSV and JSON are read as UTF-8; a PDF's text is extracted with
 pypdf. The type is decided by the content first (a PDF starts with `%PDF-`) and the name's
 extension second. Binary files (NUL bytes, text that is not UTF-8, or an extension that is
-never text), PDFs with no text to extract (scanned, image-only, damaged or encrypted) and
-files over MAX_BYTES are refused with an `AttachmentError` whose text names the file.
+never text), PDFs with no text to extract (scanned, image-only, damaged or encrypted) or that
+take over PDF_SECONDS to read, and files over MAX_BYTES are refused with an `AttachmentError`
+whose text names the file.
 
 A file's text reaches the model as delimited text inside the user message (`message_with`):
 a fenced block headed by the file's name, fenced longer than any backtick run in it. It is
@@ -20,8 +21,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
-import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,10 +28,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from . import pdf_text
 from .prompt import PromptError, message_text
 
 MAX_BYTES = 4 * 1024 * 1024  # below the page's upload limit (5 MB), so this message is the one shown
 MAX_NAME_CHARS = 200
+PDF_SECONDS = 15.0  # a PDF that takes longer to read is refused (phi3ui/pdf_text.py says why)
 PDF_MAGIC = b"%PDF-"
 # extensions that are never text, whatever their bytes look like
 BINARY_EXTENSIONS = frozenset(
@@ -45,8 +46,6 @@ LANGUAGES = {"md": "markdown", "py": "python", "js": "javascript", "ts": "typesc
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
 _BACKTICKS = re.compile(r"`+")
 _DATA_URL = re.compile(r"data:([^;,]*)(?:;[^,]*)?;base64,(.*)", re.S)
-
-logging.getLogger("pypdf").setLevel(logging.ERROR)  # its warnings about odd PDFs are not the user's to read
 
 
 class AttachmentError(PromptError):
@@ -214,18 +213,17 @@ def _plain_text(data: bytes, name: str) -> str:
 
 
 def _pdf_text(data: bytes, name: str) -> str:
-    from pypdf import PdfReader
-
-    try:
-        reader = PdfReader(io.BytesIO(data))
-        if reader.is_encrypted and not reader.decrypt(""):
-            raise AttachmentError(f"“{name}” is a password-protected PDF; its text cannot be read.")
-        pages = [(page.extract_text() or "").strip() for page in reader.pages]
-    except AttachmentError:
-        raise
-    except Exception:  # noqa: BLE001 - pypdf raises many kinds on a damaged file
-        raise AttachmentError(f"“{name}” is a PDF that could not be read (damaged or unsupported).") from None
-    text = "\n\n".join(page for page in pages if page)
+    result = pdf_text.pages(data, PDF_SECONDS)
+    error = result.get("error")
+    if error == "encrypted":
+        raise AttachmentError(f"“{name}” is a password-protected PDF; its text cannot be read.")
+    if error == "slow":
+        raise AttachmentError(f"“{name}” is a PDF that takes too long to read (over {PDF_SECONDS:g} s): "
+                              "paste the part you need as text instead.")
+    pages = result.get("pages")
+    if error or not isinstance(pages, list):
+        raise AttachmentError(f"“{name}” is a PDF that could not be read (damaged or unsupported).")
+    text = "\n\n".join(page for page in pages if isinstance(page, str) and page)
     if not text.strip():
         raise AttachmentError(f"“{name}” is a PDF with no text to read (scanned or only images).")
     return _CONTROL.sub("", text)

@@ -1,7 +1,10 @@
 """Small PDF files written byte by byte, for the attachment tests: one with text (Helvetica,
-one line a text object) and one whose only page draws an image (a scan has no text to read)."""
+one line a text object), one whose only page draws an image (a scan has no text to read), and
+one of a few kilobytes that takes minutes to read."""
 
 from __future__ import annotations
+
+import zlib
 
 
 def _pdf(objects: list[bytes]) -> bytes:
@@ -46,3 +49,15 @@ def image_only_pdf() -> bytes:
                  _stream(b"q 400 0 0 400 100 200 cm /Im1 Do Q"),
                  _stream(b"\x80\x40\x40\x80", b"/Type /XObject /Subtype /Image /Width 2 /Height 2 "
                                                 b"/ColorSpace /DeviceGray /BitsPerComponent 8 ")])
+
+
+def slow_pdf(operators: int = 1_000_000) -> bytes:
+    """A one-page PDF whose compressed content stream unpacks to `operators` text-showing
+    operators: some 30 KB that pypdf reads for minutes (the default) on this kind of machine."""
+    content = zlib.compress(b"BT /F1 12 Tf 10 10 Td " + b"(ab) Tj 1 0 Td " * operators + b"ET", 9)
+    return _pdf([b"<< /Type /Catalog /Pages 2 0 R >>",
+                 b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+                 (b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+                  b"/Resources << /Font << /F1 5 0 R >> >> >>"),
+                 _stream(content, b"/Filter /FlateDecode "),
+                 b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"])
