@@ -19,6 +19,7 @@ from .. import chat_presets
 from ..chat_presets import ChatPreset, PresetError
 from ..conversations import now_ms
 from ..display import to_display
+from ..settings import SETTING
 
 HOST_MARK = " · this server's"  # after a host preset's name in the list
 GONE = "That chat preset is no longer kept here (deleted in another tab?)."
@@ -84,7 +85,7 @@ class PresetEvents:
             own = {p.name for p in chat_presets.readable(report.get("presets"))}
             if name not in own and len(own) >= chat_presets.MAX_PRESETS:
                 raise PresetError(f"You have {len(own)} presets, the most this page keeps: delete one first.")
-            values = {k: ("" if v is None and k in ("system_prompt", "json_schema") else v)
+            values = {k: ("" if v is None and SETTING[k].type is str else v)  # an empty text box
                       for k, v in self.setting_values(*gen).items()}
             preset = chat_presets.validate(
                 {"name": name, "system_prompt": values.pop("system_prompt"), "settings": values},
