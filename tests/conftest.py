@@ -133,24 +133,38 @@ def bundled_engine(bundled: Exported, engine_name: str) -> Engine:
 
 
 @pytest.fixture(scope="session")
-def app_server(bundled: Exported, engine_name: str) -> Iterator[AppProcess]:
-    """The real app on the bundled model, once per engine."""
-    app = AppProcess("--model", BUNDLED, "--engine", engine_name).wait_ready()
+def kept_apps() -> Iterator[Callable[..., AppProcess]]:
+    """Starts the app once per argument list and keeps it until the worker's session ends.
+    pytest ends a session fixture whenever its engine parameter changes, which on two workers
+    (`--dist loadfile`) is in every file: the shared apps below would start again for each
+    file that uses them, though no test stops or changes them."""
+    apps: dict[tuple[str, ...], AppProcess] = {}
+
+    def app(*args: str) -> AppProcess:
+        if args not in apps:
+            apps[args] = AppProcess(*args).wait_ready()
+        return apps[args]
+
     yield app
-    app.stop()
+    for started in apps.values():
+        started.stop()
+
+
+@pytest.fixture(scope="session")
+def app_server(bundled: Exported, engine_name: str, kept_apps: Callable[..., AppProcess]) -> AppProcess:
+    """The real app on the bundled model, once per engine."""
+    return kept_apps("--model", BUNDLED, "--engine", engine_name)
 
 
 CHAT_PRESETS = Path(__file__).parent / "data" / "chat_presets.json"  # a host's chat presets, "Brief" and "Pirate"
 
 
 @pytest.fixture(scope="session")
-def browser_app(bundled: Exported, engine_name: str) -> Iterator[AppProcess]:
+def browser_app(bundled: Exported, engine_name: str, kept_apps: Callable[..., AppProcess]) -> AppProcess:
     """The app for browser tests, on each engine, with a 200-character message limit so an
     over-long message is quick to type, and the host's chat presets in CHAT_PRESETS."""
-    app = AppProcess("--model", BUNDLED, "--engine", engine_name, "--max-message-chars", "200",
-                     "--chat-presets", str(CHAT_PRESETS)).wait_ready()
-    yield app
-    app.stop()
+    return kept_apps("--model", BUNDLED, "--engine", engine_name, "--max-message-chars", "200",
+                     "--chat-presets", str(CHAT_PRESETS))
 
 
 CHROMIUM = Path("/usr/bin/chromium")
