@@ -132,25 +132,59 @@ def bundled_engine(bundled: Exported, engine_name: str) -> Engine:
     return load_engine(bundled.folder, RuntimeSettings(engine=engine_name))
 
 
+class KeptApps:
+    """The apps tests share, started once per argument list and kept while this worker's
+    next file uses them too. pytest ends a session fixture whenever its engine parameter
+    changes, which on two workers (`--dist loadfile`) is in every file: each file would start
+    the same app again. An idle app is not free (Gradio's queue polls every millisecond), so
+    at each new file the apps it does not use are stopped."""
+
+    def __init__(self) -> None:
+        self.apps: dict[tuple[str, ...], tuple[str, AppProcess]] = {}
+
+    def get(self, fixture: str, *args: str) -> AppProcess:
+        if args not in self.apps:
+            self.apps[args] = fixture, AppProcess(*args).wait_ready()
+        return self.apps[args][1]
+
+    def keep_only(self, fixtures: set[str]) -> None:
+        for args, (fixture, app) in list(self.apps.items()):
+            if fixture not in fixtures:
+                del self.apps[args]
+                app.stop()
+
+
+KEPT_APPS = KeptApps()
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """After a file's last test, keep only the apps the next file uses (xdist tells a
+    worker its next test)."""
+    if nextitem is None or nextitem.path != item.path:
+        after = {name for other in item.session.items if nextitem and other.path == nextitem.path
+                 for name in getattr(other, "fixturenames", ())}
+        KEPT_APPS.keep_only(after)
+
+
+def pytest_sessionfinish() -> None:
+    KEPT_APPS.keep_only(set())  # also when the run was cut short
+
+
 @pytest.fixture(scope="session")
-def app_server(bundled: Exported, engine_name: str) -> Iterator[AppProcess]:
+def app_server(bundled: Exported, engine_name: str) -> AppProcess:
     """The real app on the bundled model, once per engine."""
-    app = AppProcess("--model", BUNDLED, "--engine", engine_name).wait_ready()
-    yield app
-    app.stop()
+    return KEPT_APPS.get("app_server", "--model", BUNDLED, "--engine", engine_name)
 
 
 CHAT_PRESETS = Path(__file__).parent / "data" / "chat_presets.json"  # a host's chat presets, "Brief" and "Pirate"
 
 
 @pytest.fixture(scope="session")
-def browser_app(bundled: Exported, engine_name: str) -> Iterator[AppProcess]:
+def browser_app(bundled: Exported, engine_name: str) -> AppProcess:
     """The app for browser tests, on each engine, with a 200-character message limit so an
     over-long message is quick to type, and the host's chat presets in CHAT_PRESETS."""
-    app = AppProcess("--model", BUNDLED, "--engine", engine_name, "--max-message-chars", "200",
-                     "--chat-presets", str(CHAT_PRESETS)).wait_ready()
-    yield app
-    app.stop()
+    return KEPT_APPS.get("browser_app", "--model", BUNDLED, "--engine", engine_name, "--max-message-chars", "200",
+                         "--chat-presets", str(CHAT_PRESETS))
 
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -28,8 +28,12 @@ OV_SAME_IDS_TEXTS = [t for t in ROUND_TRIP_TEXTS if not re.search(r"\s\s\d", t)]
 
 
 @pytest.fixture(scope="session")
-def hf_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return bundled.write_hf_folder(tmp_path_factory.mktemp("bundled") / "smollm2")
+def hf_folder() -> Path:
+    """The app's own conversion, in the test cache folder (read only here; converted on the
+    first run): a second conversion would only take the model out of the GGUF again for
+    checks of the same output. test_interrupted_run_leaves_nothing still converts, up to
+    the tokenizer."""
+    return bundled.write_hf_folder(bundled.hf_folder())
 
 
 @pytest.fixture(scope="session")
