@@ -157,6 +157,7 @@ class KeptApps:
 KEPT_APPS = KeptApps()
 
 
+@pytest.hookimpl(trylast=True)  # after the file's own fixtures, which may still use an app, are torn down
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
     """After a file's last test, keep only the apps the next file uses (xdist tells a
     worker its next test)."""
