@@ -135,17 +135,23 @@ def read_path(path: str | Path, name: str | None = None) -> Attachment:
 
 def read_upload(path: str | Path) -> Attachment:
     """A file the page uploaded (Gradio keeps it under its own name), read once while it is
-    unchanged: the context budget asks again on every keystroke."""
+    unchanged, refusal included: the context budget asks again on every keystroke."""
     try:
         stat = Path(path).stat()
     except OSError:
         raise AttachmentError(f"“{clean_name(Path(path).name)}” could not be read.") from None
-    return _read_unchanged(str(path), stat.st_size, stat.st_mtime_ns)
+    result = _read_unchanged(str(path), stat.st_size, stat.st_mtime_ns)
+    if isinstance(result, AttachmentError):
+        raise result
+    return result
 
 
 @lru_cache(maxsize=32)
-def _read_unchanged(path: str, size: int, mtime_ns: int) -> Attachment:
-    return read_path(path)
+def _read_unchanged(path: str, size: int, mtime_ns: int) -> Attachment | AttachmentError:
+    try:
+        return read_path(path)
+    except AttachmentError as refused:
+        return refused
 
 
 def from_data_url(file_data: Any, filename: Any) -> Attachment:
@@ -220,6 +226,8 @@ def _pdf_text(data: bytes, name: str) -> str:
     if error == "slow":
         raise AttachmentError(f"“{name}” is a PDF that takes too long to read (over {PDF_SECONDS:g} s): "
                               "paste the part you need as text instead.")
+    if error == "failed":
+        raise AttachmentError(f"“{name}” could not be read: the server could not start its PDF reader.")
     pages = result.get("pages")
     if error or not isinstance(pages, list):
         raise AttachmentError(f"“{name}” is a PDF that could not be read (damaged or unsupported).")

@@ -52,7 +52,8 @@ Two tabs of one browser share the storage. The rule:
   version. If this tab changed it too (both answered at once), its write finds a `rev` it did
   not read: its version is saved as a new conversation, titled "… (copy)" (`conflict_copy`),
   and the page says so. Both versions are kept; neither tab overwrites the other, even when
-  both save at the same moment (storage.js checks and writes in one IndexedDB transaction).
+  both save at the same moment where the browser has IndexedDB (storage.js checks and writes
+  in one IndexedDB transaction).
 - A conversation deleted in one tab stays on screen in another; if that tab goes on with it,
   it is saved again.
 

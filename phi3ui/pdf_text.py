@@ -12,23 +12,35 @@ with its memory capped so that a decompression bomb fails instead of filling the
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 MEMORY_BYTES = 2 << 30  # the reading process's address space
+READERS = threading.BoundedSemaphore(2)  # PDFs read at once: more wait, so a crowd's PDFs cannot take every core
+
+log = logging.getLogger(__name__)
 
 
 def pages(data: bytes, seconds: float) -> dict:
-    """The text of each page, or {"error": "encrypted" | "damaged" | "slow"}."""
+    """The text of each page, or {"error": "encrypted" | "damaged" | "slow" | "failed"}
+    ("failed": the reading process could not start)."""
     try:
-        done = subprocess.run([sys.executable, "-m", "phi3ui.pdf_text"], input=data, capture_output=True,
-                              timeout=seconds, cwd=Path(__file__).resolve().parent.parent, check=False)
+        with READERS:
+            done = subprocess.run([sys.executable, "-m", "phi3ui.pdf_text"], input=data, capture_output=True,
+                                  timeout=seconds, cwd=Path(__file__).resolve().parent.parent, check=False)
     except subprocess.TimeoutExpired:
         return {"error": "slow"}
+    except OSError as exc:
+        log.error("could not start the PDF reader: %s", exc)
+        return {"error": "failed"}
     try:
         out = json.loads(done.stdout)
-    except ValueError:  # it ran out of memory or crashed: the file is what made it
+    except ValueError:  # out of memory, or broken: the log says which
+        log.warning("the PDF reader ended with code %s: %s", done.returncode,
+                    done.stderr.decode(errors="replace")[-2000:])
         return {"error": "damaged"}
     return out if isinstance(out, dict) else {"error": "damaged"}
 

@@ -134,16 +134,18 @@ def bundled_engine(bundled: Exported, engine_name: str) -> Engine:
 
 class KeptApps:
     """The apps tests share, started once per argument list and kept while this worker's
-    next file uses them too. pytest ends a session fixture whenever its engine parameter
-    changes, which on two workers (`--dist loadfile`) is in every file: each file would start
-    the same app again. An idle app is not free (Gradio's queue polls every millisecond), so
-    at each new file the apps it does not use are stopped."""
+    next file uses them too. Each file asks again (the fixtures are per module): a session
+    fixture would be ended by pytest whenever its engine parameter changes, which on two
+    workers (`--dist loadfile`) is in every file, yet kept across a file that does not use it,
+    after it was stopped here. An idle app is not free (Gradio's queue polls every
+    millisecond), so at each new file the apps it does not use are stopped."""
 
     def __init__(self) -> None:
         self.apps: dict[tuple[str, ...], tuple[str, AppProcess]] = {}
 
     def get(self, fixture: str, *args: str) -> AppProcess:
-        if args not in self.apps:
+        kept = self.apps.get(args)
+        if kept is None or kept[1].process.poll() is not None:  # never started, or it ended
             self.apps[args] = fixture, AppProcess(*args).wait_ready()
         return self.apps[args][1]
 
@@ -171,7 +173,7 @@ def pytest_sessionfinish() -> None:
     KEPT_APPS.keep_only(set())  # also when the run was cut short
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def app_server(bundled: Exported, engine_name: str) -> AppProcess:
     """The real app on the bundled model, once per engine."""
     return KEPT_APPS.get("app_server", "--model", BUNDLED, "--engine", engine_name)
@@ -180,7 +182,7 @@ def app_server(bundled: Exported, engine_name: str) -> AppProcess:
 CHAT_PRESETS = Path(__file__).parent / "data" / "chat_presets.json"  # a host's chat presets, "Brief" and "Pirate"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser_app(bundled: Exported, engine_name: str) -> AppProcess:
     """The app for browser tests, on each engine, with a 200-character message limit so an
     over-long message is quick to type, and the host's chat presets in CHAT_PRESETS."""

@@ -48,7 +48,21 @@ def test_a_pdf_that_takes_too_long_to_read_is_refused_by_name(monkeypatch: pytes
     monkeypatch.setattr(attachments, "PDF_SECONDS", 1)
     with pytest.raises(AttachmentError, match="“slow.pdf” is a PDF that takes too long to read [(]over 1 s[)]"):
         read(slow_pdf(), "slow.pdf")
+    monkeypatch.undo()
     assert read(text_pdf(["Still read."]), "quick.pdf").text == "Still read."
+
+
+def test_an_uploaded_file_is_read_once_refusal_included(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The budget asks on every keystroke: a refused PDF must not be read again each time."""
+    reads = []
+    real = attachments.pdf_text.pages
+    monkeypatch.setattr(attachments.pdf_text, "pages", lambda *args: reads.append(args) or real(*args))
+    broken = tmp_path / "broken.pdf"
+    broken.write_bytes(b"%PDF-1.4\n1 0 obj <<")
+    for _ in range(3):
+        with pytest.raises(AttachmentError, match="“broken.pdf” is a PDF that could not be read"):
+            read_upload(broken)
+    assert len(reads) == 1
 
 
 def test_a_fence_in_the_file_cannot_close_its_block() -> None:

@@ -62,8 +62,9 @@ def page(open_page) -> Page:
 
 
 def ready(page: Page) -> None:
-    """The page has loaded its chat from storage and drawn the context budget."""
+    """The page has loaded its chat and list from storage and drawn the context budget."""
     page.wait_for_selector("#message textarea")
+    page.wait_for_selector("body[data-phi3ui-loaded]", state="attached")
     expect(page.locator("#budget")).to_contain_text("Context", timeout=30_000)
 
 

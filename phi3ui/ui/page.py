@@ -132,6 +132,8 @@ class Page(ChatEvents, VersionEvents, ConversationEvents, PresetEvents, ModelPan
                   c.deleted, c.restore_btn, *controls]
         show_opened = dict(fn=self.show_opened, outputs=opened, **do_job, **quick)
         remember = dict(fn=None, outputs=None, **storage_step("remember", {"current": c.current}), **quick)
+        listing = {"storage_report": c.storage_report, "search": c.search, "current": c.current}
+        listed = dict(fn=self.conversation_list, outputs=c.conv_list, **storage_step("list", listing), **quick)
         close_sidebar = dict(fn=close_on_phone, outputs=[c.sidebar], **quick,
                              **storage_step("viewport", {"viewport_width": c.viewport_width}))
 
@@ -189,9 +191,7 @@ class Page(ChatEvents, VersionEvents, ConversationEvents, PresetEvents, ModelPan
         go_to(c.import_all.upload, self.load_file, {"file": c.import_all}, read="merge", away=False).then(
             **show_presets)
         saved(c.conv_title.submit(self.rename, [c.conv_title, c.current], c.current, **quick), save_now)
-        listing = {"storage_report": c.storage_report, "search": c.search, "current": c.current}
-        c.search.change(self.conversation_list, outputs=c.conv_list, trigger_mode="always_last",
-                        **storage_step("list", listing), **quick)
+        c.search.change(**listed, trigger_mode="always_last")
         c.assets.click(self.follow_other_tab, outputs=[c.conv_list, c.chatbot, c.versions, c.current, c.conv_title,
                                                         *gen.values()],
                        trigger_mode="always_last", **storage_step("sync", listing), **quick).then(**details).then(
@@ -217,7 +217,9 @@ class Page(ChatEvents, VersionEvents, ConversationEvents, PresetEvents, ModelPan
                                                  c.conv_list, c.storage_note, c.unsaved], **quick,
                         **storage_step("open_last", {"storage_report": c.storage_report, "chatbot": c.chatbot,
                                                      "search": c.search}))).then(
-            **remember).then(**details).then(**row)
+            **remember).then(**details).then(**row).then(
+            **listed).then(  # a search typed while the page was loading
+            None, outputs=None, **storage_step("loaded", {}), **quick)
         preparation = dict(fn=self.preparation, outputs=[c.preparing, c.model_md, c.poll], **quick)
         demo.load(**preparation)
         # the budget, once there is a model to count with (not `details`: it rewrites the chat's files)

@@ -14,6 +14,7 @@ window.phi3ui = window.phi3ui || (() => {
   // Set by the page's events: an answer is streaming in this tab; and the tab is busy with an
   // answer until it is saved (another tab's change is not shown then).
   let streaming = false, working = false;
+  let writing = 0;  // writes under way in this tab: another tab's change is not taken up meanwhile
   const parse = (text) => { try { return JSON.parse(text); } catch (e) { return null; } };
   const get = (id) => (id ? parse(localStorage.getItem(PREFIX + id)) : null);
   const quota = (e) => !!e && (e.name === "QuotaExceededError" || e.name === "NS_ERROR_DOM_QUOTA_REACHED"
@@ -93,13 +94,20 @@ window.phi3ui = window.phi3ui || (() => {
   // copy, which another tab's write reaches a moment later, so two tabs saving one conversation
   // at the same moment could both find the rev they expect, and the later write would replace
   // the earlier. IndexedDB transactions that touch the same store run one at a time across tabs.
+  // Without an answer within LEDGER_WAIT ms (another page holds an old version open, or the
+  // browser keeps no IndexedDB here), or after a failed transaction, writes go without it.
+  const LEDGER_WAIT = 2000;
   let ledger = null;
   function openLedger() {
     ledger = ledger || new Promise((resolve) => {
+      setTimeout(() => resolve(null), LEDGER_WAIT);
       try {
         const req = indexedDB.open(PREFIX + "revs", 1);
         req.onupgradeneeded = () => req.result.createObjectStore("revs");
-        req.onsuccess = () => resolve(req.result);
+        req.onsuccess = () => {
+          req.result.onversionchange = () => req.result.close();  // a later version of the page
+          resolve(req.result);
+        };
         req.onerror = req.onblocked = () => resolve(null);
       } catch (e) { resolve(null); }
     });
@@ -113,10 +121,15 @@ window.phi3ui = window.phi3ui || (() => {
     try { tx = db && db.transaction("revs", "readwrite"); } catch (e) { tx = null; }
     if (!tx) { writeHere(items, remove, out); return; }
     const revs = tx.objectStore("revs");
-    const done = new Promise((resolve) => { tx.oncomplete = tx.onerror = tx.onabort = resolve; });
+    let reached = 0, removed = false;
+    const ended = new Promise((resolve) => {
+      tx.oncomplete = () => resolve(true);
+      tx.onerror = tx.onabort = () => resolve(false);
+    });
     const next = (i) => {  // one item after another, each reading what the one before wrote
+      reached = i;
       if (i === items.length || out.failed) {
-        if (remove && !out.failed) { removeOne(remove, out); revs.put(null, remove); }
+        if (remove && !out.failed) { removeOne(remove, out); revs.put(null, remove); removed = true; }
         return;
       }
       const id = items[i].record.id, req = revs.get(id);
@@ -128,7 +141,10 @@ window.phi3ui = window.phi3ui || (() => {
       };
     };
     next(0);
-    await done;
+    if (!(await ended)) {  // what was written stays written; the rest goes without the ledger
+      ledger = Promise.resolve(null);
+      writeHere(items.slice(reached), removed ? null : remove, out);
+    }
   }
   // One job's storage work, in this order: write, remove, peek at or open one, list them all;
   // with `presets` (a presets job, possibly empty), the presets' writes first and the list of them.
@@ -141,13 +157,14 @@ window.phi3ui = window.phi3ui || (() => {
         writePresets(job.presets, out);
         out.presets = presets();
       }
-      await write(job.write, job.remove, out);
+      writing++;
+      try { await write(job.write, job.remove, out); } finally { writing--; }
       if (job.peek) out.peek = get(job.peek);
       if (job.open && !out.failed) {
         out.open = get(job.open);
         if (out.open) known[out.open.id] = out.open.rev;
       }
-      if (job.watch && known[job.watch] !== undefined && !working) {
+      if (job.watch && known[job.watch] !== undefined && !working && !writing) {
         const r = get(job.watch);
         if (r && r.rev !== known[job.watch]) { out.changed = r; known[r.id] = r.rev; }
       }
@@ -206,6 +223,8 @@ window.phi3ui = window.phi3ui || (() => {
       setTimeout(() => { URL.revokeObjectURL(a.href); a.remove(); }, 1000);
     },
     viewport: (v) => { v.viewport_width = window.innerWidth; },
+    // the page has shown what it keeps (a test, or a script, can wait for this)
+    loaded: () => { document.body.dataset.phi3uiLoaded = "1"; },
   };
   async function step(name, names, values) {
     const v = {};
