@@ -226,11 +226,15 @@ window.phi3ui = window.phi3ui || (() => {
     // the page has shown what it keeps (a test, or a script, can wait for this)
     loaded: () => { document.body.dataset.phi3uiLoaded = "1"; },
   };
-  async function step(name, names, values) {
+  // Steps run one at a time, in the order the page's events call them, as they did when none
+  // waited: a save waiting for IndexedDB must not let a later step read or list around it.
+  let queue = Promise.resolve();
+  function step(name, names, values) {
     const v = {};
     names.forEach((n, i) => { v[n] = values[i]; });
-    await steps[name](v);
-    return names.map((n) => v[n]);
+    const done = queue.then(() => steps[name](v)).then(() => names.map((n) => v[n]));
+    queue = done.catch(() => {});
+    return done;
   }
   // Another tab wrote a conversation or a chat preset: `callback` (the page's sync event) runs
   // once things settle.
