@@ -47,7 +47,6 @@ def pages(data: bytes, seconds: float) -> dict:
 
 def _read(data: bytes) -> dict:
     import io
-    import logging
 
     from pypdf import PdfReader
 

@@ -14,7 +14,6 @@ window.phi3ui = window.phi3ui || (() => {
   // Set by the page's events: an answer is streaming in this tab; and the tab is busy with an
   // answer until it is saved (another tab's change is not shown then).
   let streaming = false, working = false;
-  let writing = 0;  // writes under way in this tab: another tab's change is not taken up meanwhile
   const parse = (text) => { try { return JSON.parse(text); } catch (e) { return null; } };
   const get = (id) => (id ? parse(localStorage.getItem(PREFIX + id)) : null);
   const quota = (e) => !!e && (e.name === "QuotaExceededError" || e.name === "NS_ERROR_DOM_QUOTA_REACHED"
@@ -157,14 +156,13 @@ window.phi3ui = window.phi3ui || (() => {
         writePresets(job.presets, out);
         out.presets = presets();
       }
-      writing++;
-      try { await write(job.write, job.remove, out); } finally { writing--; }
+      await write(job.write, job.remove, out);
       if (job.peek) out.peek = get(job.peek);
       if (job.open && !out.failed) {
         out.open = get(job.open);
         if (out.open) known[out.open.id] = out.open.rev;
       }
-      if (job.watch && known[job.watch] !== undefined && !working && !writing) {
+      if (job.watch && known[job.watch] !== undefined && !working) {
         const r = get(job.watch);
         if (r && r.rev !== known[job.watch]) { out.changed = r; known[r.id] = r.rev; }
       }
