@@ -343,14 +343,15 @@ class GenaiStepper:
     def __init__(self, spec: dict):
         import openvino_genai as ov_genai
 
-        from phi3ui.engine import default_properties, merge_properties
+        from phi3ui.engine import cache_turn, default_properties, merge_properties
 
         start = time.perf_counter()
         self.properties = merge_properties(default_properties(), spec["properties"])
         scheduler = ov_genai.SchedulerConfig()
         scheduler.enable_prefix_caching = True
         scheduler.cache_size = 1
-        self.pipeline = ov_genai.ContinuousBatchingPipeline(spec["folder"], scheduler, "CPU", self.properties)
+        with cache_turn(self.properties):
+            self.pipeline = ov_genai.ContinuousBatchingPipeline(spec["folder"], scheduler, "CPU", self.properties)
         self.load_s = time.perf_counter() - start
         self.requests = 0
 

@@ -28,9 +28,11 @@ def measure(folder: str) -> list[tuple[str, int, float]]:
     """(input kind, prompt tokens, seconds to the one new token) per prompt."""
     import openvino_genai as ov_genai
 
-    from phi3ui.engine import default_properties
+    from phi3ui.engine import cache_turn, default_properties
 
-    pipeline = ov_genai.LLMPipeline(folder, "CPU", **default_properties())
+    properties = default_properties()
+    with cache_turn(properties):
+        pipeline = ov_genai.LLMPipeline(folder, "CPU", **properties)
     tokenizer = pipeline.get_tokenizer()
     config = pipeline.get_generation_config()
     config.max_new_tokens, config.apply_chat_template = 1, False

@@ -14,11 +14,14 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict, deque
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
+
+from filelock import FileLock, Timeout
 
 from . import mapped_files, rope
 from . import prompt as prompts
@@ -84,6 +87,31 @@ def without_cache(properties: dict) -> dict:
 def merge_properties(defaults: dict, overrides: dict) -> dict:
     """`overrides` over `defaults`; None unsets a key (OpenVINO's own default then applies)."""
     return {k: v for k, v in {**defaults, **overrides}.items() if v is not None}
+
+
+@contextmanager
+def cache_turn(properties: Mapping) -> Iterator[None]:
+    """Hold the model cache's lock while a model is compiled with it.
+
+    OpenVINO writes a cache entry in place and removes one it cannot read, so a process that
+    loads a model while another writes the same entry can delete the file under the writer,
+    whose load then fails ("cannot set permissions: ... .blob"). Loads that share a CACHE_DIR
+    (two apps, an app and a benchmark) take turns; a load without a cache goes straight on."""
+    folder = properties.get("CACHE_DIR")
+    if not folder:
+        yield
+        return
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    lock = FileLock(Path(folder) / "phi3ui-load.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("Waiting for another load that uses the model cache %s to finish.", folder)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def read_json(path: Path) -> dict:
@@ -343,7 +371,8 @@ class Engine(AnswerEngine):
         self.chat_template: str | None = None
         self.specials = added_token_strings(self.folder)
         self.text_tokenizer = plain_text_tokenizer(self.folder)
-        self._load()
+        with cache_turn(self.properties):
+            self._load()
         self.system_ok = prompts.supports_system(self.render_text)
         if not self.system_ok and self.model_type == "phi3":
             self.chat_template, self.system_ok = prompts.PHI3_CHAT_TEMPLATE, True

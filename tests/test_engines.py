@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -222,3 +225,38 @@ def test_model_cache_keeps_the_compiled_graph_not_a_second_copy_of_the_weights(b
     blobs = sum(blob.stat().st_size for blob in tmp_path.rglob("*.blob"))
     assert 0 < blobs < (bundled.folder / "openvino_model.bin").stat().st_size / 2
     assert answers[0] == answers[1] and "Paris" in answers[0]
+
+
+HOLD_THE_CACHE = """import sys
+from phi3ui.engine import cache_turn
+with cache_turn({"CACHE_DIR": sys.argv[1]}):
+    print("held", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_a_load_waits_while_another_process_loads_with_the_same_model_cache(bundled, engine_name, tmp_path,
+                                                                            caplog):
+    """OpenVINO removes a cache entry it cannot read, even one another process is writing:
+    a load takes its turn at the cache instead of compiling into it at the same time."""
+    caplog.set_level(logging.INFO, logger="phi3ui.engine")
+    other = subprocess.Popen([sys.executable, "-c", HOLD_THE_CACHE, str(tmp_path)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "held"
+        loaded = []
+        load = threading.Thread(target=lambda: loaded.append(load_engine(
+            bundled.folder, RuntimeSettings(engine=engine_name, properties={"CACHE_DIR": str(tmp_path)}))))
+        load.start()
+        wait_until(lambda: "Waiting for another load" in caplog.text, 120, "the load to wait for its turn")
+        assert not list(tmp_path.glob("*.blob"))
+        other.stdin.write("\n")
+        other.stdin.flush()
+        load.join(timeout=300)
+    finally:
+        other.kill() if other.poll() is None else None
+        other.wait()
+    [engine] = loaded
+    assert "Paris" in ask(engine, "What is the capital of France?", max_new_tokens=8)[1].text
+    assert list(tmp_path.glob("*.blob"))
+    engine.close()
