@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 LEFT = "the client went away"
 
 
+PACED_CHARS = 2000  # an answer this long or shorter is updated every `every_s`
+
 @dataclass(frozen=True)
 class Caller:
     """Who asks: the door (for the log), the client's address and its browser session."""
@@ -103,10 +105,13 @@ class Turn:
     def texts(self, every_s: float, end: bool = True) -> Iterator[str]:
         """The answer so far, at most once per `every_s` and (with `end`) at its end: as often
         as a screen can show it (per token, a fast model floods the browser and the server's
-        cores). A caller that shows the end itself with more says `end=False`."""
+        cores). A page redraws the whole answer on each update, so past `PACED_CHARS`
+        characters the updates come further apart in proportion: the characters redrawn a
+        second stay bounded and a busy browser still acts on Stop during a long answer. A
+        caller that shows the end itself with more says `end=False`."""
         last, shown = -math.inf, ""  # the first text goes at once
         for _ in self:
-            if time.monotonic() - last >= every_s:
+            if time.monotonic() - last >= every_s * max(1.0, len(shown) / PACED_CHARS):
                 last, shown = time.monotonic(), self.text
                 yield shown
         if end and self.text != shown:

@@ -13,9 +13,10 @@ from phi3ui.errors import MODEL_FAILED, ModelNotLoaded, RemoteError, ServerBusy,
 from phi3ui.export import ExportError
 from phi3ui.fairness import FairUse, Gate, LimitReached
 from phi3ui.prompt import MessageTooLong, PromptError
-from phi3ui.service import Caller, ChatService
+from phi3ui import service
+from phi3ui.service import PACED_CHARS, Caller, ChatService
 from phi3ui.settings import GenerationSettings, SettingsError
-from tests.test_page import FakeBackend
+from tests.test_page import Clock, FakeBackend
 
 SETTINGS = GenerationSettings(max_new_tokens=8)
 
@@ -128,6 +129,22 @@ def test_a_remote_refusal_of_the_visitors_request_keeps_its_reason() -> None:
     told = errors.problem(RemoteError("The remote refused.", 400, "remote_refused",
                                       detail="maximum context length is 4096"), locked=True)
     assert told.status == 400 and "maximum context length" in told.text and told.kind == "invalid_request_error"
+
+
+def test_a_long_answer_is_updated_less_often_in_proportion(monkeypatch) -> None:
+    """Each update is redrawn whole: past PACED_CHARS the gap between updates grows with the
+    text, so the characters redrawn a second stay bounded. Timed by a `Clock` that moves each
+    time it is read, the same on any machine."""
+    clock = Clock(step_s=0.01)
+    monkeypatch.setattr(service, "time", clock)
+    chunks = ["x" * 99 + " " for _ in range(400)]  # 40,000 characters
+    with ChatService(FakeBackend(chunks), Gate()).open(Caller("/chat", "1.2.3.4"), [], "hi", SETTINGS) as turn:
+        updates = [(clock.now, len(text)) for text in turn.texts(every_s=0.05)]
+    gaps = [(now - before, shown) for (before, shown), (now, _) in zip(updates, updates[1:-1])]
+    assert all(gap >= 0.05 * max(1, shown / PACED_CHARS) for gap, shown in gaps), gaps
+    assert max(gap for gap, _ in gaps) >= 0.05 * 10, "a 20,000-character answer waits ten times longer"
+    redrawn = sum(shown for _, shown in updates[:-1]) / (updates[-2][0] - updates[0][0])
+    assert redrawn <= 2 * PACED_CHARS / 0.05, f"{redrawn:.0f} characters redrawn a second"
 
 
 def test_texts_are_paced_and_end_with_the_whole_answer() -> None:

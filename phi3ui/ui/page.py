@@ -145,9 +145,10 @@ class Page(ChatEvents, VersionEvents, ConversationEvents, PresetEvents, ModelPan
                                        "chatbot": c.chatbot, "current": c.current, "versions": c.versions,
                                        **(extra or {}), **gen})
             went = trigger(fn=fn, outputs=c.storage_job, cancels=answers if away else None, **step, **quick)
+            if away:  # closed before the chat shows: a sidebar opened after that stays open
+                went = went.success(**close_sidebar)
             went = went.success(**show_opened)
             if away:
-                went.then(**close_sidebar)  # beside the rest: the details need not wait for it
                 went = went.then(**answered)
             return went.then(**remember).then(**details).then(**row)
 
