@@ -36,9 +36,8 @@ from .settings import GenerationSettings
 
 log = logging.getLogger(__name__)
 LEFT = "the client went away"
-
-
 PACED_CHARS = 2000  # an answer this long or shorter is updated every `every_s`
+
 
 @dataclass(frozen=True)
 class Caller:

@@ -254,7 +254,8 @@ def test_a_load_waits_while_another_process_loads_with_the_same_model_cache(bund
         other.stdin.flush()
         load.join(timeout=300)
     finally:
-        other.kill() if other.poll() is None else None
+        if other.poll() is None:
+            other.kill()
         other.wait()
     [engine] = loaded
     assert "Paris" in ask(engine, "What is the capital of France?", max_new_tokens=8)[1].text
