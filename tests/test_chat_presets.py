@@ -235,7 +235,7 @@ def test_importing_a_file_brings_its_presets(tmp_path) -> None:
 def test_the_copy_the_two_tabs_rule_makes_keeps_the_preset() -> None:
     page = preset_page()
     meta = {**conv.new_meta(), "preset": "Terse"}
-    pending = page.save_now(request(), {}, page_chat("q", "a"), meta, *GEN)[page.ui.storage_job]
+    pending = page.save_now(request(), {}, page_chat("q", "a"), meta, *GEN)[page.ui.save_job]
     assert pending["write"][0]["record"]["preset"] == "Terse"
     copy = pending["write"][0]["copy"]
     out = page.after_save(request(), {"copied": [[meta["id"], copy["id"], copy["title"]]], "conversations": []},

@@ -224,9 +224,9 @@ def test_a_save_goes_to_the_conversation_on_screen_when_the_step_runs(page: Page
     """`record` takes the chat and the conversation from the same step, not what `settle`
     saw: a save racing a switch cannot put one conversation's messages into another."""
     meta = conv.new_meta()
-    assert page.save_changed(request(), {}, None, page_chat("q", "a"), meta, None, *GEN) == {page.ui.storage_job: None}
+    assert page.save_changed(request(), {}, None, page_chat("q", "a"), meta, None, *GEN) == {page.ui.save_job: None}
     out = page.save_changed(request(), {}, page_chat("stale"), page_chat("q", "a"), meta, None, *GEN)
-    (item,) = out[page.ui.storage_job]["write"]
+    (item,) = out[page.ui.save_job]["write"]
     assert item["record"]["id"] == meta["id"] and item["record"]["messages"][0]["content"] == "q"
     assert out[page.ui.unsaved] is None
 
@@ -286,11 +286,25 @@ def test_loading_the_same_file_twice_adds_nothing(page: Page, tmp_path) -> None:
 
 def test_a_copy_made_by_the_two_tabs_rule_becomes_the_conversation_on_screen(page: Page) -> None:
     meta = conv.new_meta()
-    pending = page.save_now(request("tabs"), {}, page_chat("q", "a"), meta, None, *GEN)[page.ui.storage_job]
+    pending = page.save_now(request("tabs"), {}, page_chat("q", "a"), meta, None, *GEN)[page.ui.save_job]
     copy = pending["write"][0]["copy"]
     out = page.after_save(request("tabs"), {"copied": [[meta["id"], copy["id"], copy["title"]]], "conversations": []},
                      pending, meta, "")
     assert out[page.ui.current]["id"] == copy["id"] and "another tab" in out[page.ui.storage_note]
+
+
+def test_a_save_that_ends_after_the_page_moved_on_leaves_the_list_choice_to_the_page(page: Page) -> None:
+    """An answer's save can end after the page went to another conversation and chose it in
+    the list: the list is drawn again, its choice is not moved back."""
+    left, other = (conv.build(conv.new_meta(), page_chat(q, "a"), SETTINGS, None) for q in ("q1", "q2"))
+    report = {"conversations": [left, other]}
+    pending = page.save_now(request("mover"), {}, page_chat("q1", "b"), conv.meta_of(left), None, *GEN)[page.ui.save_job]
+    assert page.after_save(request("mover"), report, pending, conv.meta_of(left), "")[page.ui.conv_list].value == left["id"]
+    page.switch(request("mover"), gr.SelectData(None, {"value": other["id"], "index": 1}), {}, False, [], conv.meta_of(left),
+                None, *GEN)
+    for job in (pending, None):  # the save began before the switch, or had nothing to write
+        late = page.after_save(request("mover"), report, job, conv.meta_of(left), "")[page.ui.conv_list]
+        assert "value" not in late and {i for _, i in late["choices"]} == {left["id"], other["id"]}
 
 
 def test_the_page_opens_the_conversation_in_use_or_a_new_chat(page: Page) -> None:

@@ -178,6 +178,42 @@ def test_a_conversation_keeps_its_own_settings(new_page) -> None:
     expect(page.locator("#max-new-tokens input[type=number]")).to_have_value("5")
 
 
+# Holds the page's storage step `name` until `window.release()`; `window.held` says it is held
+# and `window.done` lists the steps done since.
+HOLD_STEP = """(name) => { const step = window.phi3ui.step;
+  let release; const held = new Promise((r) => { release = r; });
+  Object.assign(window, {release, held: false, done: []});
+  window.phi3ui.step = (n, names, values) => {
+    const run = () => step(n, names, values).then((out) => { window.done.push(n); return out; });
+    if (n !== name) return run();
+    window.held = true;
+    return held.then(run); }; }"""
+
+
+def test_a_setting_changed_while_another_conversation_opens(new_page) -> None:
+    """The change of conversation is held between working out where to go and going there,
+    while the visitor changes a setting of the chat on screen, which saves it: each does its
+    own job (one job for both opened a new chat instead)."""
+    page = new_page()
+    set_max_new_tokens(page, 8)
+    ask(page, "Name a color.")
+    new_chat(page)
+    set_max_new_tokens(page, 5)
+    ask(page, "Name a fruit.")
+    page.evaluate(HOLD_STEP, "viewport")  # the step between the two (it closes a phone's sidebar)
+    page.locator(LIST, has_text="Name a color.").click()
+    wait_until(lambda: page.evaluate("window.held"), 20, "the change of conversation to be held")
+    set_max_new_tokens(page, 7)
+    wait_until(lambda: page.evaluate("window.done.includes('do_job')"), 20, "the setting to be saved")
+    page.evaluate("window.release()")
+    expect(page.locator("#conv-title input")).to_have_value("Name a color.")
+    assert chat(page) == ["Name a color."]
+    expect(page.locator("#max-new-tokens input[type=number]")).to_have_value("8")
+    expect(page.locator("#conv-list label.selected")).to_have_text(re.compile(r"^\s*Name a color\."))
+    open_conversation(page, "Name a fruit.")
+    expect(page.locator("#max-new-tokens input[type=number]")).to_have_value("7")
+
+
 def test_answer_as_json_is_a_setting_each_conversation_keeps(new_page) -> None:
     page = new_page()
     set_max_new_tokens(page, 200)
@@ -391,9 +427,9 @@ def test_two_tabs_never_overwrite_each_other(new_page) -> None:
 SAVE_WHEN_TOLD = """() => { window.saves = [];
   new BroadcastChannel("save-now").onmessage = async ({data: rec}) => {
     const job = {write: [{record: {...rec, rev: crypto.randomUUID()}, copy: {id: crypto.randomUUID(), title: "copy"}}]};
-    const [report] = await window.phi3ui.step("do_job", ["storage_report", "storage_job"], [null, job]);
+    const [report] = await window.phi3ui.step("do_job", ["storage_report", "job"], [null, job]);
     window.saves.push(report); }; }"""
-STORAGE_JOB = """(job) => window.phi3ui.step("do_job", ["storage_report", "storage_job"], [null, job])"""
+STORAGE_JOB = """(job) => window.phi3ui.step("do_job", ["storage_report", "job"], [null, job])"""
 
 
 def test_two_tabs_saving_one_conversation_at_the_same_moment_keep_both(new_page) -> None:

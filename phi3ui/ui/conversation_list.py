@@ -108,9 +108,12 @@ class ConversationEvents:
                 **dict(zip(ui.gen, self.setting_updates(record["settings"])))}
 
     @staticmethod
-    def conversation_list(report: dict, query: str, current: dict | None) -> gr.Radio:
-        """The sidebar's list: the kept conversations that match the search, newest first."""
+    def conversation_list(report: dict, query: str, current: dict | None, select: bool = True) -> gr.Radio | dict:
+        """The sidebar's list: the kept conversations that match the search, newest first, with
+        `current` chosen (`select`), or the page's choice left as it is."""
         choices = conversations.listing(conversations.readable(report.get("conversations")), query or "")
+        if not select:
+            return gr.update(choices=choices)
         current_id = (current or {}).get("id")
         return gr.Radio(choices=choices, value=current_id if current_id in {c[1] for c in choices} else None)
 
@@ -132,7 +135,7 @@ class ConversationEvents:
         it, built from the chat and the conversation on screen as they are now, read in the
         same step, so it always goes to the conversation it belongs to."""
         if unsaved is None or not current:
-            return {self.ui.storage_job: None}
+            return {self.ui.save_job: None}
         return {**self.save_now(request, report, display, current, versions, *gen), self.ui.unsaved: None}
 
     def save_now(self, request: gr.Request, report: dict, display: list, current: dict | None,
@@ -140,7 +143,7 @@ class ConversationEvents:
         """The job that saves the conversation on screen as it is (after a setting or the title
         changed); none when nothing differs from what is kept."""
         writes = self.save_items(report, display, current, versions, *gen)
-        return {self.ui.storage_job: {"write": writes, "chat": self.sessions.chat_number(request.session_hash)}
+        return {self.ui.save_job: {"write": writes, "chat": self.sessions.chat_number(request.session_hash)}
                 if writes else None}
 
     def after_save(self, request: gr.Request, report: dict, job: dict | None, current: dict | None,
@@ -148,10 +151,13 @@ class ConversationEvents:
         """After the browser wrote: the list, a note if it could not, and the title (the first
         message names a conversation; another tab's change makes this one a copy)."""
         ui, current = self.ui, current or {}
-        result = {ui.conv_list: self.conversation_list(report, query, current),
-                  ui.storage_note: storage_problem(report, current.get("title") or conversations.NEW_TITLE)}
         written = [w["record"] for w in (job or {}).get("write", []) if w["record"]["id"] == current.get("id")]
-        if not written or not self.sessions.is_current(request.session_hash, job.get("chat", -1)):
+        # `current` was read when this save began: unless it saved the chat still on screen, the
+        # page may have gone to another conversation since, and chosen that in the list
+        mine = bool(written) and self.sessions.is_current(request.session_hash, job.get("chat", -1))
+        result = {ui.conv_list: self.conversation_list(report, query, current, select=mine),
+                  ui.storage_note: storage_problem(report, current.get("title") or conversations.NEW_TITLE)}
+        if not mine:
             return result
         record = written[-1]
         copied = [c for c in report.get("copied", []) if c[0] == record["id"]]

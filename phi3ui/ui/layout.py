@@ -112,15 +112,18 @@ class Components:
     dl_md: gr.DownloadButton
     upload: gr.UploadButton
     # hidden state: the conversation on screen ({id, title, renamed, preset}); the other versions of
-    # the chat on screen (phi3ui/versions.py); the chat a change left
-    # to save; what the browser's storage is to do next (conversation_list.py decides,
-    # storage.js does it); the last deleted conversation; the storage's report, which the
-    # browser fills in; the file of all conversations; whether an answer is on its way; and
-    # the window's width; what the browser's storage is to do with the chat presets
+    # the chat on screen (phi3ui/versions.py); the chat a change left to save; what the browser's
+    # storage is to do to save the chat on screen, and to go to another conversation (two, so
+    # that a save and a change of conversation at the same moment each do their own;
+    # conversation_list.py decides, storage.js does it); the last deleted conversation; the
+    # storage's report, which the browser fills in; the file of all conversations; whether an
+    # answer is on its way; the window's width; what the browser's storage is to do with the
+    # chat presets
     current: gr.JSON
     versions: gr.JSON
     unsaved: gr.JSON
-    storage_job: gr.JSON
+    save_job: gr.JSON
+    open_job: gr.JSON
     deleted: gr.JSON
     storage_report: gr.JSON
     download_text: gr.Textbox
@@ -305,7 +308,8 @@ def _render_chat() -> dict:
 def _render_state() -> dict:
     return {"current": gr.JSON(None, visible=False), "versions": gr.JSON(versions.empty(), visible=False),
             "unsaved": gr.JSON(None, visible=False),
-            "storage_job": gr.JSON(None, visible=False), "deleted": gr.JSON(None, visible=False),
+            "save_job": gr.JSON(None, visible=False), "open_job": gr.JSON(None, visible=False),
+            "deleted": gr.JSON(None, visible=False),
             "storage_report": gr.JSON(None, visible=False), "download_text": gr.Textbox(visible=False),
             "streaming": gr.Checkbox(False, visible=False), "viewport_width": gr.Number(None, visible=False),
             "preset_job": gr.JSON(None, visible=False)}

@@ -112,17 +112,21 @@ class Page(ChatEvents, VersionEvents, ConversationEvents, PresetEvents, ModelPan
                                                        "current": c.current}), **quick)
 
         # Saving the conversation on screen: a save_* step works out the job, the browser does
-        # it (`do_job`: writes, removal, opening, then the list) and says how it went.
-        do_job = storage_step("do_job", {"storage_report": c.storage_report, "storage_job": c.storage_job,
-                                         "current": c.current, "search": c.search})
+        # it (`do_job`: writes, removal, opening, then the list) and says how it went. Saves and
+        # changes of conversation keep their jobs apart (`save_job`, `open_job`): one's job
+        # must not be done by, or replaced before, the other's step.
+        def do_job(job: gr.JSON) -> dict:
+            return storage_step("do_job", {"storage_report": c.storage_report, "job": job, "current": c.current,
+                                           "search": c.search})
+
         listed = [c.conv_list, c.current, c.conv_title, c.storage_note]
-        save_changed = dict(fn=self.save_changed, outputs=[c.storage_job, c.unsaved], **quick, **storage_step(
+        save_changed = dict(fn=self.save_changed, outputs=[c.save_job, c.unsaved], **quick, **storage_step(
             "peek", {"storage_report": c.storage_report, "unsaved": c.unsaved, "chatbot": c.chatbot,
                      "current": c.current, "versions": c.versions, **gen}))
-        save_now = dict(fn=self.save_now, outputs=[c.storage_job], **quick, **storage_step(
+        save_now = dict(fn=self.save_now, outputs=[c.save_job], **quick, **storage_step(
             "peek", {"storage_report": c.storage_report, "chatbot": c.chatbot, "current": c.current,
                      "versions": c.versions, **gen}))
-        after_save = dict(fn=self.after_save, outputs=listed, **do_job, **quick)
+        after_save = dict(fn=self.after_save, outputs=listed, **do_job(c.save_job), **quick)
 
         def saved(event: Any, save: dict = save_changed) -> Any:
             return event.then(**save).then(**after_save)
@@ -130,7 +134,7 @@ class Page(ChatEvents, VersionEvents, ConversationEvents, PresetEvents, ModelPan
         # Going to another conversation (or a new one): the one on screen is saved first.
         opened = [c.chatbot, c.versions, c.current, c.conv_title, *gen.values(), c.conv_list, c.storage_note, c.unsaved,
                   c.deleted, c.restore_btn, *controls]
-        show_opened = dict(fn=self.show_opened, outputs=opened, **do_job, **quick)
+        show_opened = dict(fn=self.show_opened, outputs=opened, **do_job(c.open_job), **quick)
         remember = dict(fn=None, outputs=None, **storage_step("remember", {"current": c.current}), **quick)
         listing = {"storage_report": c.storage_report, "search": c.search, "current": c.current}
         listed = dict(fn=self.conversation_list, outputs=c.conv_list, **storage_step("list", listing), **quick)
@@ -144,7 +148,7 @@ class Page(ChatEvents, VersionEvents, ConversationEvents, PresetEvents, ModelPan
             step = storage_step(read, {"storage_report": c.storage_report, "streaming": c.streaming,
                                        "chatbot": c.chatbot, "current": c.current, "versions": c.versions,
                                        **(extra or {}), **gen})
-            went = trigger(fn=fn, outputs=c.storage_job, cancels=answers if away else None, **step, **quick)
+            went = trigger(fn=fn, outputs=c.open_job, cancels=answers if away else None, **step, **quick)
             if away:  # closed before the chat shows: a sidebar opened after that stays open
                 went = went.success(**close_sidebar)
             went = went.success(**show_opened)
@@ -229,8 +233,10 @@ class Page(ChatEvents, VersionEvents, ConversationEvents, PresetEvents, ModelPan
         for box in (c.message, *gen.values()):
             box.change(self.budget, list(chat_now.values()), [c.budget_md, c.inspector], trigger_mode="always_last",
                        **quick)
-        for box in gen.values():  # a conversation keeps its settings
-            box.change(**{**save_now, "trigger_mode": "always_last"}).then(**after_save)
+        # A conversation keeps the settings the visitor chose: on `input`, as `change` would also
+        # save each setting a change of conversation puts on screen.
+        for box in gen.values():
+            box.input(**{**save_now, "trigger_mode": "always_last"}).then(**after_save)
         c.model_box.change(self.defaults_for, [c.model_box, c.export_preset], c.group_size, **quick)
         c.export_preset.change(self.apply_preset, [c.export_preset, c.model_box],
                         [c.weight_format, c.group_size, c.ratio, c.sym, c.all_layers], **quick)

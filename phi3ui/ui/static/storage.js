@@ -192,7 +192,7 @@ window.phi3ui = window.phi3ui || (() => {
     },
     // do what Python asked (write, remove, open), then list them
     do_job: async (v) => {
-      const job = v.storage_job || {};
+      const job = v.job || {};
       v.storage_report = await run({write: job.write, remove: job.remove, open: job.open, full: searching(v),
                                     presets: job.presets});
     },
