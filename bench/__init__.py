@@ -7,6 +7,7 @@
     python -m bench.lookup        prompt lookup against plain decoding and llama.cpp's
     python -m bench.quality       answer quality of export and runtime choices
     python -m bench.stop          how soon Stop, a closed reader and a Stop in the queue end an answer
+    python -m bench.idle          what an app nobody uses costs in CPU, and a short call through the queue
     python -m bench.readme        copies the results into README.md
 
 What was measured and what it showed: bench/NOTES.md; every figure: bench/results/.

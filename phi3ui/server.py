@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     from starlette.middleware import Middleware
 
     from .status import NotReady, StatusApi
-    from .ui import Page  # Gradio loads only when serving
+    from .ui import Page, gradio_internals  # Gradio loads only when serving
 
     # One way in for the page, /chat and /v1: the same queue, the same fair-use limits.
     service = ChatService(backend, Gate(FairUse(rate_per_minute=args.rate_limit)), waiting=args.queue_size)
@@ -266,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     status = StatusApi(service, access)
     demo = page.build()
     demo.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
+    gradio_internals.poll_the_queue_less(demo)
     # /v1 is mounted ahead of the page's routes, outside Gradio's login (it checks its own key).
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
                 show_error=not args.lock_settings, max_file_size="5mb", footer_links=["api"], prevent_thread_lock=True,

@@ -22,7 +22,8 @@ def test_gradio_is_the_version_the_internals_were_checked_with() -> None:
         "asked)? (3) phi3ui/ui/static/page.css's rules for the Radio's markup (#conv-list label, "
         ".wrap, input, span): the conversation list still looks like a list (tests/test_conversations_browser.py). "
         "(4) phi3ui/ui/static/attach.js: #message (the MultimodalTextbox) still holds its file input, and a "
-        "file pasted into it is attached (tests/test_attachments_browser.py).")
+        "file pasted into it is attached (tests/test_attachments_browser.py). (5) poll_the_queue_less: does "
+        "`queue()` take a polling interval now (then use it)? If not, test_the_queue_polls_less_when_idle.")
 
 
 def test_the_validator_is_set_on_chat() -> None:
@@ -57,3 +58,21 @@ def test_no_markdown_showing_changing_text_cuts_math_out_of_it() -> None:
     shown = {b.elem_id: b for b in demo.blocks.values() if isinstance(b, gr.Markdown) and b.elem_id}
     for elem_id in ("conv-note", "budget", "preparing", "model-info"):
         assert shown[elem_id].latex_delimiters == [], elem_id
+
+
+def test_the_queue_polls_less_when_idle() -> None:
+    """The intervals are set on the queue `demo.queue()` made, and they are what its loops wait."""
+    import inspect
+
+    from gradio import queueing
+
+    demo = Page(Backend([])).build()
+    demo.queue()
+    before = dict(vars(demo._queue))
+    assert {"sleep_when_free", "progress_update_sleep_when_free"} <= before.keys()
+    gradio_internals.poll_the_queue_less(demo, every_s=0.02, progress_every_s=0.2)
+    changed = {k: v for k, v in vars(demo._queue).items() if before[k] != v}
+    assert changed == {"sleep_when_free": 0.02, "progress_update_sleep_when_free": 0.2}
+    assert "asyncio.sleep(self.sleep_when_free)" in inspect.getsource(queueing.Queue.start_processing)
+    assert "asyncio.sleep(self.progress_update_sleep_when_free)" in inspect.getsource(
+        queueing.Queue.start_progress_updates)
