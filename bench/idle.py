@@ -9,7 +9,7 @@ Starts the app on the bundled model (genai engine), waits until it is ready and 
     python -m bench.idle                       # this checkout
     python -m bench.idle --root /tmp/before    # another checkout of phi3ui, to compare
 
-Prints a Markdown row and writes bench/results/idle.json (one entry per commit measured).
+Prints a Markdown row and adds the run to bench/results/idle.json.
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ from .answer import Answer
 
 @dataclass
 class _Session:
-    chat: int = 0  # bumped each time the chat on screen is replaced (Clear, Load JSON)
+    chat: int = 0  # bumped each time the chat on screen is replaced (another conversation, Clear, Load JSON)
+    shown: int = 0  # the chat the page shows: behind `chat` while the page goes to another one
     turn_chat: int | None = None  # the chat the latest answer was asked for in
     answer: Answer | None = None  # the answer in flight
     stop_early: bool = False  # Stop pressed before that answer existed
@@ -107,6 +108,19 @@ class Sessions:
         """The number of the chat on screen, for `is_current` later."""
         with self._lock:
             return self._get(session).chat
+
+    def show(self, session: str) -> None:
+        """The page now shows the chat it went to (or stayed on)."""
+        with self._lock:
+            state = self._get(session)
+            state.shown = state.chat
+
+    def saving_chat(self, session: str) -> int | None:
+        """The number of the chat a save of the page's chat is for; None while the page goes
+        to another chat: what it saves then is the chat it leaves."""
+        with self._lock:
+            state = self._get(session)
+            return state.chat if state.shown == state.chat else None
 
     def is_current(self, session: str, chat: int) -> bool:
         """Whether chat number `chat` is still the one on screen."""

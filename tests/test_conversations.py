@@ -295,16 +295,29 @@ def test_a_copy_made_by_the_two_tabs_rule_becomes_the_conversation_on_screen(pag
 
 def test_a_save_that_ends_after_the_page_moved_on_leaves_the_list_choice_to_the_page(page: Page) -> None:
     """An answer's save can end after the page went to another conversation and chose it in
-    the list: the list is drawn again, its choice is not moved back."""
+    the list: the list is drawn again, its choice and the note under it are left alone."""
     left, other = (conv.build(conv.new_meta(), page_chat(q, "a"), SETTINGS, None) for q in ("q1", "q2"))
-    report = {"conversations": [left, other]}
-    pending = page.save_now(request("mover"), {}, page_chat("q1", "b"), conv.meta_of(left), None, *GEN)[page.ui.save_job]
-    assert page.after_save(request("mover"), report, pending, conv.meta_of(left), "")[page.ui.conv_list].value == left["id"]
-    page.switch(request("mover"), gr.SelectData(None, {"value": other["id"], "index": 1}), {}, False, [], conv.meta_of(left),
-                None, *GEN)
-    for job in (pending, None):  # the save began before the switch, or had nothing to write
-        late = page.after_save(request("mover"), report, job, conv.meta_of(left), "")[page.ui.conv_list]
-        assert "value" not in late and {i for _, i in late["choices"]} == {left["id"], other["id"]}
+    report, session = {"conversations": [left, other]}, request("mover")
+
+    def save() -> dict:  # of the chat the page shows, or showed when the save began
+        return page.save_now(session, {}, page_chat("q1", "b"), conv.meta_of(left), None, *GEN)[page.ui.save_job]
+
+    def list_after(job: dict | None) -> dict:
+        out = page.after_save(session, report, job, conv.meta_of(left), "")
+        assert out[page.ui.storage_note] == gr.skip() or out[page.ui.conv_list].value == left["id"]
+        return out[page.ui.conv_list]
+
+    before = save()
+    assert list_after(before).value == left["id"], "a save of the chat on screen chooses it"
+    page.switch(session, gr.SelectData(None, {"value": other["id"], "index": 1}), {}, False, [],
+                conv.meta_of(left), None, *GEN)
+    during = save()  # the page has not shown the other conversation yet
+    for job in (before, during, None):  # None: the save had nothing to write
+        late = list_after(job)
+        assert isinstance(late, dict) and "value" not in late, f"the list's choice moved: {late}"
+        assert {i for _, i in late["choices"]} == {left["id"], other["id"]}
+    page.show_opened(session, {"open": other, "conversations": [left, other]}, {"open": other["id"]}, None, "")
+    assert save()["chat"] == page.sessions.chat_number("mover"), "once shown, saves are of the chat on screen"
 
 
 def test_the_page_opens_the_conversation_in_use_or_a_new_chat(page: Page) -> None:

@@ -173,9 +173,18 @@ def test_a_conversation_keeps_its_own_settings(new_page) -> None:
     set_max_new_tokens(page, 5)  # a new chat starts with the settings on screen; this one changes them
     ask(page, "Name a fruit.")
     open_conversation(page, "Name a color.")
-    expect(page.locator("#max-new-tokens input[type=number]")).to_have_value("8")
+    box = page.locator("#max-new-tokens input[type=number]")
+    expect(box).to_have_value("8")
     open_conversation(page, "Name a fruit.")
-    expect(page.locator("#max-new-tokens input[type=number]")).to_have_value("5")
+    expect(box).to_have_value("5")
+    page.locator("#max-new-tokens [data-testid=reset-button]").click()  # ↺ is a choice the conversation keeps
+    expect(box).not_to_have_value("5")
+    default = box.input_value()
+    wait_until(lambda: next(r for r in stored(page) if answered(r, "Name a fruit."))["settings"]["max_new_tokens"]
+               == int(default), 20, "the reset setting to be kept")  # kept at once, not only when leaving
+    page.reload()
+    ready(page)
+    expect(box).to_have_value(default)
 
 
 # Holds the page's storage step `name` until `window.release()`; `window.held` says it is held
@@ -429,7 +438,7 @@ SAVE_WHEN_TOLD = """() => { window.saves = [];
     const job = {write: [{record: {...rec, rev: crypto.randomUUID()}, copy: {id: crypto.randomUUID(), title: "copy"}}]};
     const [report] = await window.phi3ui.step("do_job", ["storage_report", "job"], [null, job]);
     window.saves.push(report); }; }"""
-STORAGE_JOB = """(job) => window.phi3ui.step("do_job", ["storage_report", "job"], [null, job])"""
+DO_JOB = """(job) => window.phi3ui.step("do_job", ["storage_report", "job"], [null, job])"""
 
 
 def test_two_tabs_saving_one_conversation_at_the_same_moment_keep_both(new_page) -> None:
@@ -443,10 +452,10 @@ def test_two_tabs_saving_one_conversation_at_the_same_moment_keep_both(new_page)
     for n in range(rounds):
         record = {"id": f"race-{n}", "title": "race", "renamed": False, "created": 1, "updated": 1, "rev": "0",
                   "messages": [{"role": "user", "content": "Name a color."}]}
-        first.evaluate(STORAGE_JOB, {"write": [{"record": record, "expect": None}]})
+        first.evaluate(DO_JOB, {"write": [{"record": record, "expect": None}]})
         key = json.dumps(f"phi3ui:conversation:{record['id']}")
         wait_until(lambda: second.evaluate(f"localStorage.getItem({key}) !== null"), 20, "the other tab sees it")
-        second.evaluate(STORAGE_JOB, {"open": record["id"]})  # both tabs show version "0"
+        second.evaluate(DO_JOB, {"open": record["id"]})  # both tabs show version "0"
         first.evaluate("(rec) => new BroadcastChannel('save-now').postMessage(rec)", record)
         def both_saved() -> tuple | None:
             saves = [tab.evaluate("window.saves") for tab in (first, second)]

@@ -23,7 +23,7 @@ def test_gradio_is_the_version_the_internals_were_checked_with() -> None:
         ".wrap, input, span): the conversation list still looks like a list (tests/test_conversations_browser.py). "
         "(4) phi3ui/ui/static/attach.js: #message (the MultimodalTextbox) still holds its file input, and a "
         "file pasted into it is attached (tests/test_attachments_browser.py). (5) poll_the_queue_less: does "
-        "`queue()` take a polling interval now (then use it)? If not, test_the_queue_polls_less_when_idle.")
+        "`queue()` take a polling interval now (then use it)? If not, test_the_queue_polls_less_often.")
 
 
 def test_the_validator_is_set_on_chat() -> None:
@@ -60,8 +60,9 @@ def test_no_markdown_showing_changing_text_cuts_math_out_of_it() -> None:
         assert shown[elem_id].latex_delimiters == [], elem_id
 
 
-def test_the_queue_polls_less_when_idle() -> None:
-    """The intervals are set on the queue `demo.queue()` made, and they are what its loops wait."""
+def test_the_queue_polls_less_often() -> None:
+    """The intervals are set on the queue `demo.queue()` made, and they are what its loops wait
+    between looks for work and for progress."""
     import inspect
 
     from gradio import queueing

@@ -34,6 +34,15 @@ def test_stop_reaches_the_running_answer_of_that_session_only() -> None:
     assert mine.stopped and not theirs.stopped
 
 
+def test_saves_while_the_page_goes_to_another_chat_are_of_the_chat_it_leaves() -> None:
+    sessions = Sessions()
+    assert sessions.saving_chat("s") == 0
+    sessions.replace_chat("s")
+    assert sessions.saving_chat("s") is None
+    sessions.show("s")
+    assert sessions.saving_chat("s") == 1 == sessions.chat_number("s")
+
+
 def test_a_late_stop_is_forgotten_when_the_chat_settles() -> None:
     sessions, answer = Sessions(), idle_answer()
     sessions.stop("s")

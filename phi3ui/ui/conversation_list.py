@@ -108,11 +108,11 @@ class ConversationEvents:
                 **dict(zip(ui.gen, self.setting_updates(record["settings"])))}
 
     @staticmethod
-    def conversation_list(report: dict, query: str, current: dict | None, select: bool = True) -> gr.Radio | dict:
+    def conversation_list(report: dict, query: str, current: dict | None, choose: bool = True) -> gr.Radio | dict:
         """The sidebar's list: the kept conversations that match the search, newest first, with
-        `current` chosen (`select`), or the page's choice left as it is."""
+        `current` chosen (`choose`), or the page's choice left as it is."""
         choices = conversations.listing(conversations.readable(report.get("conversations")), query or "")
-        if not select:
+        if not choose:
             return gr.update(choices=choices)
         current_id = (current or {}).get("id")
         return gr.Radio(choices=choices, value=current_id if current_id in {c[1] for c in choices} else None)
@@ -143,7 +143,7 @@ class ConversationEvents:
         """The job that saves the conversation on screen as it is (after a setting or the title
         changed); none when nothing differs from what is kept."""
         writes = self.save_items(report, display, current, versions, *gen)
-        return {self.ui.save_job: {"write": writes, "chat": self.sessions.chat_number(request.session_hash)}
+        return {self.ui.save_job: {"write": writes, "chat": self.sessions.saving_chat(request.session_hash)}
                 if writes else None}
 
     def after_save(self, request: gr.Request, report: dict, job: dict | None, current: dict | None,
@@ -152,11 +152,14 @@ class ConversationEvents:
         message names a conversation; another tab's change makes this one a copy)."""
         ui, current = self.ui, current or {}
         written = [w["record"] for w in (job or {}).get("write", []) if w["record"]["id"] == current.get("id")]
-        # `current` was read when this save began: unless it saved the chat still on screen, the
-        # page may have gone to another conversation since, and chosen that in the list
-        mine = bool(written) and self.sessions.is_current(request.session_hash, job.get("chat", -1))
-        result = {ui.conv_list: self.conversation_list(report, query, current, select=mine),
-                  ui.storage_note: storage_problem(report, current.get("title") or conversations.NEW_TITLE)}
+        chat = (job or {}).get("chat")
+        # `current` is read before this step waits its turn: unless the save was of the chat
+        # still on screen, the page may have gone to another conversation, chosen in the list,
+        # and noted how that went
+        mine = bool(written) and chat is not None and self.sessions.is_current(request.session_hash, chat)
+        problem = storage_problem(report, current.get("title") or conversations.NEW_TITLE)
+        result = {ui.conv_list: self.conversation_list(report, query, current, choose=mine),
+                  ui.storage_note: problem if mine or problem else gr.skip()}
         if not mine:
             return result
         record = written[-1]
@@ -172,7 +175,7 @@ class ConversationEvents:
             return result
         return {**result, ui.current: meta, ui.conv_title: meta["title"]}
 
-    # --- going to another conversation: these return the storage job ---------------------------
+    # --- going to another conversation: these return the open job ---------------------------
     def leave_conversation(self, request: gr.Request, report: dict, streaming: bool, display: list,
                            current: dict | None, versions: dict | None, *gen) -> list:
         """The page goes to another conversation: this one's answer stops and writes nothing
@@ -241,6 +244,7 @@ class ConversationEvents:
         """After the browser did the job: show the conversation it opened (or a new chat). If
         it could not save the chat being left, the page stays on it."""
         ui, job, current = self.ui, job or {}, current or {}
+        self.sessions.show(request.session_hash)
         problem = storage_problem(report, current.get("title") or conversations.NEW_TITLE)
         if job.get("error"):  # an event's own errors would not show: a note says it
             problem = f"⚠️ {to_display(job['error'])}"

@@ -14,8 +14,8 @@ an upgrade it fails, and says what to check again here.
   (bench/NOTES.md, "Bursts from one client"). Sessions here build a component's config when
   something first asks for it; deep links still get every one, in the page's order.
 - `poll_the_queue_less`: Gradio's queue looks for work every millisecond (and for progress to
-  send every 10 ms) even when nobody uses the page, which keeps an idle app at about 7% of a
-  core (bench/README.md, "An idle app"). `queue()` offers no setting for it.
+  send every 10 ms; 50 and 100 ms on Windows), also when nobody uses the page, which keeps an
+  idle app busy (bench/README.md, "An idle app"). `queue()` offers no setting for it.
 """
 
 from __future__ import annotations
@@ -35,9 +35,11 @@ def set_validator(demo: gr.Blocks, endpoint: Any, validator: Callable) -> None:
 
 def poll_the_queue_less(demo: gr.Blocks, every_s: float = 0.01, progress_every_s: float = 0.1) -> None:
     """Once `demo.queue()` was called: the queue looks for new events every `every_s` (a
-    queued event may wait that much longer to start) and for progress every `progress_every_s`."""
-    demo._queue.sleep_when_free = every_s
-    demo._queue.progress_update_sleep_when_free = progress_every_s
+    queued event may wait that much longer to start) and for progress every `progress_every_s`,
+    or less often where Gradio already does."""
+    queue = demo._queue
+    queue.sleep_when_free = max(queue.sleep_when_free, every_s)
+    queue.progress_update_sleep_when_free = max(queue.progress_update_sleep_when_free, progress_every_s)
 
 
 def build_configs_when_asked() -> None:

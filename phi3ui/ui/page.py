@@ -111,10 +111,11 @@ class Page(ChatEvents, VersionEvents, ConversationEvents, PresetEvents, ModelPan
                             **storage_step("presets", {"storage_report": c.storage_report, "preset_job": c.preset_job,
                                                        "current": c.current}), **quick)
 
-        # Saving the conversation on screen: a save_* step works out the job, the browser does
-        # it (`do_job`: writes, removal, opening, then the list) and says how it went. Saves and
-        # changes of conversation keep their jobs apart (`save_job`, `open_job`): one's job
-        # must not be done by, or replaced before, the other's step.
+        # A step in Python works out a job for the browser's storage, the browser does it
+        # (`do_job`: writes, then a removal and the conversation to open, then the list) and the
+        # next step shows how it went. Saving the chat on screen and going to another
+        # conversation keep their jobs apart (`save_job`, `open_job`): a save in between the
+        # steps of a change of conversation must not replace its job, nor do it.
         def do_job(job: gr.JSON) -> dict:
             return storage_step("do_job", {"storage_report": c.storage_report, "job": job, "current": c.current,
                                            "search": c.search})
@@ -233,10 +234,12 @@ class Page(ChatEvents, VersionEvents, ConversationEvents, PresetEvents, ModelPan
         for box in (c.message, *gen.values()):
             box.change(self.budget, list(chat_now.values()), [c.budget_md, c.inspector], trigger_mode="always_last",
                        **quick)
-        # A conversation keeps the settings the visitor chose: on `input`, as `change` would also
-        # save each setting a change of conversation puts on screen.
+        # A conversation keeps the settings the visitor chose: on `input` (and a slider's ↺, which
+        # sends only `release`), as `change` would also save each setting a change of
+        # conversation puts on screen.
         for box in gen.values():
-            box.input(**{**save_now, "trigger_mode": "always_last"}).then(**after_save)
+            by_visitor = [box.input, box.release] if isinstance(box, gr.Slider) else [box.input]
+            gr.on(by_visitor, **{**save_now, "trigger_mode": "always_last"}).then(**after_save)
         c.model_box.change(self.defaults_for, [c.model_box, c.export_preset], c.group_size, **quick)
         c.export_preset.change(self.apply_preset, [c.export_preset, c.model_box],
                         [c.weight_format, c.group_size, c.ratio, c.sym, c.all_layers], **quick)
