@@ -68,6 +68,18 @@ def ready(page: Page) -> None:
     expect(page.locator("#budget")).to_contain_text("Context", timeout=30_000)
 
 
+def shown(page: Page) -> str | None:
+    """The id of the conversation the page last settled on, with its settings on screen."""
+    return page.evaluate("document.body.dataset.phi3uiShown || null")
+
+
+def settled_elsewhere(page: Page, before: str | None) -> None:
+    """Wait until the page has settled on a conversation other than `before`: a setting
+    changed sooner would be replaced by the one the page puts on screen."""
+    wait_until(lambda: shown(page) not in (None, before), 60, "the page to settle on another conversation",
+               every_s=0.05)
+
+
 def set_max_new_tokens(page: Page, n: int) -> None:
     box = page.locator("#max-new-tokens input[type=number]")
     box.fill(str(n))
@@ -244,8 +256,10 @@ def test_download_and_load_json(page: Page, tmp_path: Path) -> None:
         page.locator("#download-md").click()
     assert "**User:**\n\nIs 2 < 3 & 3 > 2?" in Path(download.value.path()).read_text()
 
+    before = shown(page)
     page.locator("#clear").click()
     expect(page.locator(USER)).to_have_count(0)
+    settled_elsewhere(page, before)
     chat = tmp_path / "chat.json"
     chat.write_text(json.dumps(saved))
     with page.expect_file_chooser() as chooser:
@@ -260,12 +274,12 @@ def test_clear_mid_answer_empties_the_chat(page: Page, browser_app) -> None:
     set_max_new_tokens(page, 1000)
     send(page, LONG_PROMPT)
     wait_growing(page)
-    before = len(ended_answers(browser_app))
+    before, chat = len(ended_answers(browser_app)), shown(page)
     page.locator("#clear").click()
     wait_idle(page)
     wait_ended(browser_app, before)  # the cancelled answer has ended: nothing of it may come after
-    # the page has settled on the new chat (its settings on screen with it): the cleared chat
-    # is kept in the list, and none is selected
+    settled_elsewhere(page, chat)  # the new chat, with its settings on screen
+    # the cleared chat is kept in the list, and none is selected
     expect(page.locator("#conv-list label", has_text="Write a long story")).to_have_count(1)
     expect(page.locator("#conv-list label.selected")).to_have_count(0)
     expect(page.locator(USER)).to_have_count(0)

@@ -33,6 +33,8 @@ from tests.test_browser import (  # noqa: F401 - fixtures
     ready,
     send,
     set_max_new_tokens,
+    settled_elsewhere,
+    shown,
     wait_ended,
     wait_growing,
     wait_idle,
@@ -97,10 +99,11 @@ def chat(page: Page) -> list[str]:
 
 
 def new_chat(page: Page) -> None:
-    """Start a new chat and wait until the page has settled on it: the list is drawn again
-    with none selected, in the same update that puts the new chat's settings on screen (a
-    setting changed before that would be overwritten)."""
+    """Start a new chat and wait until the page has settled on it, with its settings on screen
+    (a setting changed before that would be replaced)."""
+    before = shown(page)
     page.locator("#new-chat").click()
+    settled_elsewhere(page, before)
     expect(page.locator(USER)).to_have_count(0)
     expect(page.locator("#conv-title input")).to_have_value("")
     expect(page.locator("#conv-list label.selected")).to_have_count(0)
@@ -482,8 +485,10 @@ def test_a_phone_sized_screen(new_page) -> None:
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"], "nothing wider than the screen"
     box = page.locator("#message textarea").bounding_box()
     assert box and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
+    before = shown(page)
     page.locator("#clear").click()  # New chat, in the chat row
     expect(page.locator(USER)).to_have_count(0)
+    settled_elsewhere(page, before)
     toggle.click()
     expect(sidebar).to_have_class(re.compile(r"\bopen\b"))
     page.locator(LIST, has_text="Name a color.").click()

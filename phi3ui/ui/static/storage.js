@@ -203,9 +203,11 @@ window.phi3ui = window.phi3ui || (() => {
     sync: async (v) => { v.storage_report = await run({full: searching(v), watch: id(v.current)}); },
     everything: async (v) => { v.storage_report = await run({full: true, presets: {}}); },
     open_last: async (v) => { v.storage_report = await run({open: preferred()}); },
-    // this tab (and a new tab) opens the conversation on screen next time
+    // this tab (and a new tab) opens the conversation on screen next time; the page has settled
+    // on it (a test, or a script, can wait for `data-phi3ui-shown` to change)
     remember: (v) => {
       if (!id(v.current)) return;
+      document.body.dataset.phi3uiShown = v.current.id;
       try { sessionStorage.setItem(OPEN, v.current.id); localStorage.setItem(OPEN, v.current.id); } catch (e) {}
     },
     answering: () => { streaming = working = true; },
