@@ -68,6 +68,7 @@ from bench.bench import (
 from phi3ui.bundled import gguf_path
 from phi3ui.files import staged
 from phi3ui.settings import BUNDLED, BUNDLED_EXPORT, ExportSettings, cache_root
+from tests.app_process import cpu_ticks
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -461,8 +462,7 @@ def _cpu_ticks() -> dict[int, int]:
     ticks = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            ticks[int(stat.parent.name)] = int(fields[11]) + int(fields[12])  # utime + stime
+            ticks[int(stat.parent.name)] = cpu_ticks(int(stat.parent.name))
         except (OSError, IndexError, ValueError):
             pass
     return ticks

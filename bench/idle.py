@@ -22,23 +22,18 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.app_process import ROOT, AppProcess
+from tests.app_process import ROOT, AppProcess, cpu_ticks
 
 RESULTS = ROOT / "bench" / "results"
 SETTLE_S = 5  # after /health says ok: the warm-up's leftovers and the first page config
 
 
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of process `pid` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def idle_share(app: AppProcess, seconds: float) -> float:
     """The app's CPU time over `seconds` of nobody using it, per second: 1.0 is one core."""
-    start_cpu, start = cpu_seconds(app.process.pid), time.perf_counter()
+    start_ticks, start = cpu_ticks(app.process.pid), time.perf_counter()
     time.sleep(seconds)
-    return (cpu_seconds(app.process.pid) - start_cpu) / (time.perf_counter() - start)
+    cpu_s = (cpu_ticks(app.process.pid) - start_ticks) / os.sysconf("SC_CLK_TCK")
+    return cpu_s / (time.perf_counter() - start)
 
 
 def call_ms(app: AppProcess, calls: int) -> list[float]:

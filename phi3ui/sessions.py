@@ -104,11 +104,6 @@ class Sessions:
             if state.answer is not None:
                 state.answer.stop("the chat was replaced")
 
-    def chat_number(self, session: str) -> int:
-        """The number of the chat on screen, for `is_current` later."""
-        with self._lock:
-            return self._get(session).chat
-
     def show(self, session: str) -> None:
         """The page now shows the chat it went to (or stayed on)."""
         with self._lock:
@@ -116,8 +111,8 @@ class Sessions:
             state.shown = state.chat
 
     def saving_chat(self, session: str) -> int | None:
-        """The number of the chat a save of the page's chat is for; None while the page goes
-        to another chat: what it saves then is the chat it leaves."""
+        """The number of the chat a save of the page's chat is for, for `is_current` later;
+        None while the page goes to another chat: what it saves then is the chat it leaves."""
         with self._lock:
             state = self._get(session)
             return state.chat if state.shown == state.chat else None

@@ -35,6 +35,13 @@ def vm_hwm_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_ticks(pid: int) -> int:
+    """A live process's user and system CPU time so far, in clock ticks
+    (`os.sysconf("SC_CLK_TCK")` a second), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
 class AppProcess:
     """`python app.py ...`, its output kept in a log file for failures."""
 

@@ -209,7 +209,7 @@ def request(session: str = "s1") -> SimpleNamespace:
 def test_leaving_stops_the_answer_and_saves_the_chat_so_far(page: Page) -> None:
     meta = conv.new_meta()
     display = [*page_chat("q"), {"role": "assistant", "content": "par"}]
-    chat = page.sessions.chat_number("leaver")
+    chat = page.sessions.saving_chat("leaver")
     writes = page.leave_conversation(request("leaver"), {"peek": None}, True, display, meta, None, *GEN)
     assert not page.sessions.is_current("leaver", chat), "the answer on its way writes nothing more"
     (item,) = writes
@@ -317,7 +317,7 @@ def test_a_save_that_ends_after_the_page_moved_on_leaves_the_list_choice_to_the_
         assert isinstance(late, dict) and "value" not in late, f"the list's choice moved: {late}"
         assert {i for _, i in late["choices"]} == {left["id"], other["id"]}
     page.show_opened(session, {"open": other, "conversations": [left, other]}, {"open": other["id"]}, None, "")
-    assert save()["chat"] == page.sessions.chat_number("mover"), "once shown, saves are of the chat on screen"
+    assert page.sessions.is_current("mover", save()["chat"]), "once shown, saves are of the chat on screen"
 
 
 def test_the_page_opens_the_conversation_in_use_or_a_new_chat(page: Page) -> None:

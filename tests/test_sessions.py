@@ -40,7 +40,7 @@ def test_saves_while_the_page_goes_to_another_chat_are_of_the_chat_it_leaves() -
     sessions.replace_chat("s")
     assert sessions.saving_chat("s") is None
     sessions.show("s")
-    assert sessions.saving_chat("s") == 1 == sessions.chat_number("s")
+    assert sessions.saving_chat("s") == 1 and sessions.is_current("s", 1)
 
 
 def test_a_late_stop_is_forgotten_when_the_chat_settles() -> None:
@@ -128,6 +128,6 @@ def test_an_early_stop_for_a_recent_session_applies_when_its_answer_attaches() -
 def test_eviction_keeps_the_chat_number_of_recent_sessions() -> None:
     sessions = Sessions(max_sessions=2)
     sessions.replace_chat("s")
-    chat = sessions.chat_number("s")
+    chat = sessions.begin_turn("s")
     sessions.stop("raw-1")
     assert sessions.is_current("s", chat)
